@@ -1,0 +1,38 @@
+"""IaaS providers behind one CPI-sized contract (see base.py and docs/providers.md)."""
+
+from dockyard.providers.base import (
+    Attachment,
+    Disk,
+    DiskSpec,
+    InPlaceResizeUnsupportedError,
+    NotFoundError,
+    PermanentError,
+    Provider,
+    ProviderConfig,
+    ProviderError,
+    ShrinkRefusedError,
+    TransientError,
+    VMSpec,
+    VMState,
+    VM,
+)
+from dockyard.providers.registry import available_providers, make_provider
+
+__all__ = [
+    "VM",
+    "Attachment",
+    "Disk",
+    "DiskSpec",
+    "InPlaceResizeUnsupportedError",
+    "NotFoundError",
+    "PermanentError",
+    "Provider",
+    "ProviderConfig",
+    "ProviderError",
+    "ShrinkRefusedError",
+    "TransientError",
+    "VMSpec",
+    "VMState",
+    "available_providers",
+    "make_provider",
+]

@@ -1,0 +1,162 @@
+"""The provider contract: Dockyard's one IaaS seam, as small as BOSH's CPI.
+
+Every call is synchronous (boto3, google-cloud-compute and the Docker SDK are); callers on the
+event loop use ``asyncio.to_thread``. Every create is idempotent: a provider looks its resource up
+by tags first, so an operator that crashes between "create" and "record in status" never makes a
+second VM or disk. Deletes of something already gone succeed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import docker
+
+# Logical tag keys. Each provider maps them onto what its IaaS allows (Docker labels and EC2 tags
+# take them as ``dockyard.dev/<key>``; GCE labels as ``dockyard-<key>``, lower-cased).
+TAG_OWNER_UID = "owner-uid"
+TAG_DEPLOYMENT = "deployment"
+TAG_JOB = "job"
+TAG_INDEX = "index"
+TAG_DISK = "disk"
+
+
+class ProviderError(Exception):
+    """Base of every error a provider raises on purpose."""
+
+
+class NotFoundError(ProviderError):
+    """The VM or disk does not exist (any more)."""
+
+
+class TransientError(ProviderError):
+    """Worth retrying later: quota, throttling, timeouts, a resource still busy."""
+
+    def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(ProviderError):
+    """Retrying the same call will not help: bad input, refused operation."""
+
+
+class ShrinkRefusedError(PermanentError):
+    """A disk never shrinks."""
+
+
+class InPlaceResizeUnsupportedError(PermanentError):
+    """The provider cannot grow this disk in place; the caller copy-migrates instead."""
+
+
+class VMState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    MISSING = "missing"  # terminated, deleted, or never existed
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    """What to create. ``tags`` identify the VM: create_vm returns an existing VM with them."""
+
+    tags: Mapping[str, str]
+    stemcell: str = ""  # provider-specific image: local image tag, AMI id, GCE image URL
+    machine_type: str = ""  # "" means the provider's default
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VM:
+    id: str
+    state: VMState
+    tags: Mapping[str, str]
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """What to create. ``tags`` identify the disk: create_disk returns an existing disk with them."""
+
+    tags: Mapping[str, str]
+    size_mib: int
+    disk_type: str = ""  # "" means the provider's default
+
+
+@dataclass(frozen=True)
+class Disk:
+    id: str
+    size_mib: int
+    tags: Mapping[str, str]
+    attached_to: str | None = None  # VM id
+    disk_type: str = ""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """Where an attached disk shows up: the block device and, when the provider mounts it
+    itself (local), the mount point inside the VM that containers bind from."""
+
+    device: str
+    mount_path: str | None = None
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """Everything a provider is built from; ``credentials`` come from a Secret and are never
+    logged (their values are masked in ``__repr__``)."""
+
+    type: str
+    region: str = ""
+    zone: str = ""
+    endpoint: str = ""  # override for the IaaS API (moto, a test fake)
+    options: Mapping[str, str] = field(default_factory=dict)
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """The CPI-sized contract every IaaS implements."""
+
+    #: True when ``resize_disk`` works on an attached disk (EBS, GCE PD). False (local) means the
+    #: caller must stop the disk's users and detach it before resizing.
+    resizes_attached_disks: bool
+
+    def create_vm(self, spec: VMSpec) -> VM: ...
+
+    def delete_vm(self, vm_id: str) -> None: ...
+
+    def find_vms(self, tags: Mapping[str, str]) -> list[VM]:
+        """VMs (not MISSING) that carry all of ``tags``."""
+        ...
+
+    def vm_state(self, vm_id: str) -> VMState: ...
+
+    def set_vm_metadata(self, vm_id: str, metadata: Mapping[str, str]) -> None: ...
+
+    def create_disk(self, spec: DiskSpec) -> Disk: ...
+
+    def attach_disk(self, vm_id: str, disk_id: str) -> Attachment: ...
+
+    def detach_disk(self, vm_id: str, disk_id: str) -> None: ...
+
+    def resize_disk(self, disk_id: str, size_mib: int) -> Disk:
+        """Grow to at least ``size_mib``. Raises ShrinkRefusedError when smaller than now and
+        InPlaceResizeUnsupportedError when the caller must copy-migrate."""
+        ...
+
+    def delete_disk(self, disk_id: str) -> None: ...
+
+    def find_disks(self, tags: Mapping[str, str]) -> list[Disk]: ...
+
+    def docker_client(self, vm_id: str) -> docker.DockerClient:
+        """A client for the Docker engine inside the VM."""
+        ...
+
+    def close(self) -> None:
+        """Release clients and connections (not resources)."""
+        ...
