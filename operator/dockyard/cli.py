@@ -1,0 +1,43 @@
+"""The ``dockyard`` command: ``dockyard run`` (the operator) and ``dockyard crds`` (CRD YAML)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from dockyard.api.crds import write_crds
+
+    for path in write_crds(Path(args.out)):
+        print(path)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dockyard.handlers.main import run_operator
+
+    return run_operator(namespace=args.namespace, metrics_port=args.metrics_port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dockyard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    crds = sub.add_parser("crds", help="write the CRD YAML generated from the pydantic models")
+    crds.add_argument("--out", default="crds", help="directory to write into (default: crds)")
+    crds.set_defaults(func=_crds)
+
+    run = sub.add_parser("run", help="run the operator against $KUBECONFIG or in-cluster config")
+    run.add_argument("--namespace", default=None, help="watch one namespace (default: all)")
+    run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port")
+    run.set_defaults(func=_run)
+
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
