@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Start an envtest-style local control plane: etcd + kube-apiserver (RBAC on) +
+# kube-controller-manager (garbage collection, namespace deletion, service-account tokens),
+# all on loopback. Idempotent: what already runs is reused. Prints the admin kubeconfig path.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+CP_DIR="${DOCKYARD_CONTROLPLANE_DIR:-$DOCKYARD_STATE/controlplane}"
+ETCD_PORT="${DOCKYARD_ETCD_PORT:-12379}"
+API_PORT="${DOCKYARD_API_PORT:-16443}"
+KCM_PORT="${DOCKYARD_KCM_PORT:-20257}"
+KUBECONFIG_OUT="$CP_DIR/admin.kubeconfig"
+
+apt_install openssl curl
+BIN_DIR=$(bash "$HACK_DIR/controlplane/build.sh")
+mkdir -p "$CP_DIR"/{pki,etcd-data,logs}
+cd "$CP_DIR"
+
+running() { [[ -f "$1.pid" ]] && kill -0 "$(cat "$1.pid")" 2>/dev/null; }
+
+# --- certificates (once) ----------------------------------------------------------------------
+pki=$CP_DIR/pki
+if [[ ! -f $pki/ca.crt ]]; then
+  log "generating certificates"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=dockyard-local-ca" \
+    -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
+  cat >"$pki/san.cnf" <<SAN
+[ext]
+subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:127.0.0.1,IP:10.96.0.1
+extendedKeyUsage=serverAuth
+SAN
+  sign() { # name subject [extensions-section]
+    openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$pki/$1.key" -out "$pki/$1.csr" 2>/dev/null
+    openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+      -days 3650 -out "$pki/$1.crt" ${3:+-extfile "$pki/san.cnf" -extensions "$3"} 2>/dev/null
+  }
+  sign apiserver "/CN=kube-apiserver" ext
+  sign admin "/O=system:masters/CN=dockyard-admin"
+  sign controller-manager "/CN=system:kube-controller-manager"
+  openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+fi
+
+write_kubeconfig() { # file user
+  cat >"$1" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: dockyard-local
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority: $pki/ca.crt
+users:
+- name: $2
+  user:
+    client-certificate: $pki/$2.crt
+    client-key: $pki/$2.key
+contexts:
+- name: dockyard-local
+  context: {cluster: dockyard-local, user: $2, namespace: default}
+current-context: dockyard-local
+KC
+}
+write_kubeconfig "$KUBECONFIG_OUT" admin
+write_kubeconfig "$CP_DIR/controller-manager.kubeconfig" controller-manager
+
+# --- etcd ---------------------------------------------------------------------------------------
+if ! running etcd; then
+  log "starting etcd on 127.0.0.1:$ETCD_PORT"
+  nohup "$BIN_DIR/etcd" --name dockyard --data-dir "$CP_DIR/etcd-data" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+    --initial-cluster "dockyard=http://127.0.0.1:$((ETCD_PORT + 1))" \
+    --unsafe-no-fsync --quota-backend-bytes 4294967296 --log-level warn \
+    >"logs/etcd.log" 2>&1 &
+  echo $! >etcd.pid
+fi
+wait_until 30 "etcd health" curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+
+# --- kube-apiserver -----------------------------------------------------------------------------
+if ! running kube-apiserver; then
+  log "starting kube-apiserver on 127.0.0.1:$API_PORT"
+  nohup "$BIN_DIR/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" \
+    --authorization-mode Node,RBAC --anonymous-auth=false \
+    --service-account-issuer "https://127.0.0.1:$API_PORT" \
+    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/24 --allow-privileged=true \
+    --enable-priority-and-fairness=false --profiling=false \
+    >"logs/kube-apiserver.log" 2>&1 &
+  echo $! >kube-apiserver.pid
+fi
+ready() { curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+  "https://127.0.0.1:$API_PORT/readyz" | grep -q ok; }
+wait_until 90 "kube-apiserver /readyz (see $CP_DIR/logs/kube-apiserver.log)" ready
+
+# --- kube-controller-manager --------------------------------------------------------------------
+if ! running kube-controller-manager; then
+  log "starting kube-controller-manager"
+  nohup "$BIN_DIR/kube-controller-manager" \
+    --kubeconfig "$CP_DIR/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$CP_DIR/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$CP_DIR/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --leader-elect=false \
+    --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+    --use-service-account-credentials \
+    --controllers 'garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller,root-ca-certificate-publisher-controller' \
+    >"logs/kube-controller-manager.log" 2>&1 &
+  echo $! >kube-controller-manager.pid
+fi
+kcm_ok() { curl -sfk "https://127.0.0.1:$KCM_PORT/healthz" | grep -q ok; }
+wait_until 60 "kube-controller-manager /healthz" kcm_ok
+
+log "control plane ready: export KUBECONFIG=$KUBECONFIG_OUT"
+echo "$KUBECONFIG_OUT"
