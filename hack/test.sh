@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, starts Docker (the control plane is started by the
+# test session itself and reused), then runs the whole suite, end-to-end tests included.
+# Extra arguments go to pytest (e.g. `bash hack/test.sh -k planner`).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+bash "$HACK_DIR/setup.sh"
+bash "$HACK_DIR/docker-up.sh"
+[[ -f "$HACK_DIR/stemcell.sh" ]] && bash "$HACK_DIR/stemcell.sh"
+cd "$REPO_ROOT"
+exec "$REPO_ROOT/.venv/bin/pytest" -p no:cacheprovider "$@"
