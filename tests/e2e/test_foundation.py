@@ -72,7 +72,12 @@ def test_rbac_is_enforced(kubectl: Kubectl, namespace: str) -> None:
     assert denied.stdout.strip() == "no"
     # and a real request as that identity is refused by the authorizer, not just predicted
     forbidden = kubectl(
-        "get", "secrets", "-n", namespace, "--as", f"system:serviceaccount:{namespace}:nobody",
+        "get",
+        "secrets",
+        "-n",
+        namespace,
+        "--as",
+        f"system:serviceaccount:{namespace}:nobody",
         check=False,
     )
     assert forbidden.returncode != 0 and "forbidden" in forbidden.stderr.lower()
@@ -84,7 +89,11 @@ def test_applied_object_reads_back_through_python_client(
     import kubernetes
 
     kubectl(
-        "apply", "-n", namespace, "-f", "-",
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
         input="apiVersion: smoke.dockyard.dev/v1\nkind: Smoke\n"
         "metadata: {name: hello}\nspec: {message: ahoy}\n",
     )
@@ -103,7 +112,11 @@ def test_kopf_handles_an_object_on_the_real_apiserver(
     args = ["run", "--standalone", "--namespace", namespace, str(operator)]
     with KopfRunner(args, timeout=60) as runner:
         kubectl(
-            "apply", "-n", namespace, "-f", "-",
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
             input="apiVersion: smoke.dockyard.dev/v1\nkind: Smoke\n"
             "metadata: {name: watched}\nspec: {message: ahoy}\n",
         )

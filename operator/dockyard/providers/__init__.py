@@ -1,6 +1,7 @@
 """IaaS providers behind one CPI-sized contract (see base.py and docs/providers.md)."""
 
 from dockyard.providers.base import (
+    VM,
     Attachment,
     Disk,
     DiskSpec,
@@ -14,7 +15,6 @@ from dockyard.providers.base import (
     TransientError,
     VMSpec,
     VMState,
-    VM,
 )
 from dockyard.providers.registry import available_providers, make_provider
 

@@ -80,7 +80,7 @@ class VM:
 
 @dataclass(frozen=True)
 class DiskSpec:
-    """What to create. ``tags`` identify the disk: create_disk returns an existing disk with them."""
+    """What to create. ``tags`` identify the disk: create_disk returns the existing one."""
 
     tags: Mapping[str, str]
     size_mib: int
