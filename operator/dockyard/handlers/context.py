@@ -1,0 +1,216 @@
+"""What a Job's daemon keeps between passes (provider, world, watchers), and how its results
+reach the API: status patched only when it changed, an Event per action."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import docker
+import kopf
+
+from dockyard.api.models import Job, ProviderSpec, parse_job
+from dockyard.api.quantities import parse_duration
+from dockyard.handlers import kube
+from dockyard.monitor.watch import WatcherSet
+from dockyard.observability import metrics
+from dockyard.providers import PermanentError, Provider, ProviderError, make_provider
+from dockyard.providers.base import ProviderConfig
+from dockyard.runtime.desired import job_desired, provider_config, secret_names
+from dockyard.runtime.reconciler import JobReconciler, JobReport, ResurrectionWant
+from dockyard.runtime.status import job_status
+from dockyard.runtime.world import JobIdentity, JobWorld
+
+log = logging.getLogger(__name__)
+
+# --- wake-ups -------------------------------------------------------------------------------------
+_events: dict[tuple[str, str], asyncio.Event] = {}
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def wakeup_event(namespace: str, name: str) -> asyncio.Event:
+    global _loop
+    _loop = asyncio.get_running_loop()
+    return _events.setdefault((namespace, name), asyncio.Event())
+
+
+def wake(namespace: str, name: str) -> None:
+    event = _events.get((namespace, name))
+    if event is not None:
+        event.set()
+
+
+def wake_threadsafe(namespace: str, name: str) -> None:
+    if _loop is not None and not _loop.is_closed():
+        _loop.call_soon_threadsafe(wake, namespace, name)
+
+
+# --- providers are shared by every Job with the same configuration -----------------------------
+@functools.cache
+def _provider(config: ProviderConfig) -> Provider:
+    return make_provider(config)
+
+
+def _freeze(config: ProviderConfig) -> ProviderConfig:
+    # ProviderConfig holds Mappings; make it hashable for the cache.
+    return ProviderConfig(
+        type=config.type,
+        region=config.region,
+        zone=config.zone,
+        endpoint=config.endpoint,
+        options=_FrozenMap(config.options),
+        credentials=_FrozenMap(config.credentials),
+    )
+
+
+class _FrozenMap(dict[str, str]):
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+
+@functools.cache
+def _host_docker() -> docker.DockerClient:
+    return docker.from_env()
+
+
+class ReconcileContext:
+    def __init__(self, job: Job, world: JobWorld, watchers: WatcherSet) -> None:
+        self.job = job
+        self.world = world
+        self.watchers = watchers
+        self.reconciler = JobReconciler(world)
+        self.secrets: dict[str, dict[str, str]] = {}
+
+    async def reconcile(self) -> JobReport:
+        desired = job_desired(self.job, self.secrets, await _upstream_starts(self.job))
+        policy = self.job.spec.resurrection
+        resurrection = ResurrectionWant(
+            enabled=policy.enabled,
+            meltdown_min_down=policy.meltdown_min_down,
+            meltdown_percent=policy.meltdown_percent,
+            unresponsive_timeout=parse_duration(policy.unresponsive_timeout),
+        )
+        known_vms = {i.index: i.vm_id for i in self.job.status.instances if i.vm_id}
+        report = await asyncio.to_thread(
+            self.reconciler.reconcile, desired, resurrection, known_vms
+        )
+        self.watchers.sync(i.vm.id for i in report.instances.values() if i.vm is not None)
+        return report
+
+    async def teardown(self) -> None:
+        policy = self.job.spec.persistent_disk
+        keep_disks = policy is not None and policy.reclaim_policy == "Retain"
+        await asyncio.to_thread(self.reconciler.teardown, keep_disks)
+
+    def close(self) -> None:
+        self.watchers.stop()
+
+
+async def _read_secrets(job: Job, namespace: str) -> dict[str, dict[str, str]]:
+    secrets: dict[str, dict[str, str]] = {}
+    for name in secret_names(job):
+        try:
+            secrets[name] = await kube.read_secret(namespace, name)
+        except kube.ApiException as error:
+            if error.status != 404:
+                raise
+    return secrets
+
+
+async def _upstream_starts(job: Job) -> dict[str, float]:
+    """Latest start of every cross-job upstream container, read from its Job's status."""
+    deployment = job.metadata.labels.get("dockyard.dev/deployment")
+    namespace = job.metadata.namespace or ""
+    wanted = {d for c in job.spec.containers for d in c.depends_on if "/" in d}
+    starts: dict[str, float] = {}
+    for upstream_job in sorted({d.split("/", 1)[0] for d in wanted}):
+        name = f"{deployment}-{upstream_job}" if deployment else upstream_job
+        body = await kube.get("jobs", namespace, name)
+        if body is None:
+            continue
+        for instance in (body.get("status") or {}).get("instances", []):
+            for container in instance.get("containers", []):
+                key = f"{upstream_job}/{container['name']}"
+                started = container.get("startedAt")
+                if key in wanted and started:
+                    stamp = datetime.fromisoformat(started).timestamp()
+                    starts[key] = max(starts.get(key, 0.0), stamp)
+    return starts
+
+
+async def _make_provider(config: ProviderConfig) -> Provider:
+    try:
+        return await asyncio.to_thread(_provider, _freeze(config))
+    except PermanentError as error:
+        raise kopf.PermanentError(str(error)) from error
+    except ProviderError as error:
+        raise kopf.TemporaryError(str(error), delay=10) from error
+
+
+async def provider_for(spec: ProviderSpec, namespace: str) -> Provider:
+    """The provider a spec names, with credentials from its Secret."""
+    secrets: dict[str, dict[str, str]] = {}
+    ref = spec.credentials_secret_ref
+    if ref is not None:
+        secrets[ref.name] = await kube.read_secret(namespace, ref.name)
+    try:
+        config = provider_config(spec, secrets)
+    except PermanentError as error:
+        raise kopf.PermanentError(str(error)) from error
+    return await _make_provider(config)
+
+
+async def build_context(
+    body: Mapping[str, Any], previous: ReconcileContext | None
+) -> ReconcileContext:
+    job = parse_job(body)
+    namespace = job.metadata.namespace or ""
+    secrets = await _read_secrets(job, namespace)
+    try:
+        config = provider_config(job.spec.provider, secrets)
+    except PermanentError as error:
+        raise kopf.PermanentError(str(error)) from error
+    provider = await _make_provider(config)
+    if previous is not None and previous.world.provider is provider:
+        previous.job, previous.secrets = job, secrets
+        return previous
+    if previous is not None:
+        previous.close()
+    identity = JobIdentity(
+        namespace=namespace,
+        name=job.metadata.name,
+        uid=job.metadata.uid or "",
+        deployment=job.metadata.labels.get("dockyard.dev/deployment", ""),
+        job=job.job_name,
+    )
+    image_source = _host_docker() if config.type == "local" else None
+    world = JobWorld(provider, identity, image_source)
+    watchers = WatcherSet(
+        provider.docker_client,
+        lambda _vm, _what: wake_threadsafe(namespace, job.metadata.name),
+    )
+    context = ReconcileContext(job, world, watchers)
+    context.secrets = secrets
+    return context
+
+
+async def publish_job_status(body: kopf.Body, report: JobReport) -> None:
+    """An Event per action; the status patched only when it differs from what is stored."""
+    job = parse_job(body)
+    for action in report.actions:
+        post = kopf.info if action.ok else kopf.warn
+        detail = f" ({action.message})" if action.message else ""
+        post(
+            dict(body),
+            reason=action.kind,
+            message=f"instance {action.index}: {action.target}: {action.reason}{detail}",
+        )
+        metrics.record_action(job, action)
+    status = job_status(job, report, now=datetime.now(UTC))
+    current = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    if status != current:
+        await kube.patch_status("jobs", job.metadata.namespace or "", job.metadata.name, status)

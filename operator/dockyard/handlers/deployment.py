@@ -1,0 +1,228 @@
+"""kopf glue for Deployments: materialise one Job per ``spec.jobs[]`` and roll their status up.
+
+With ``update.serial`` the Jobs get their new spec one after another: the next only once the
+previous is Ready at its new generation (BOSH's serial instance groups).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from dockyard.api.models import Deployment, parse_deployment
+from dockyard.api.validation import validate_dependencies
+from dockyard.handlers import kube
+from dockyard.handlers.context import wake
+from dockyard.observability import metrics
+from dockyard.runtime.status import condition
+
+log = logging.getLogger(__name__)
+
+DEPLOYMENT_LABEL = "dockyard.dev/deployment"
+JOB_LABEL = "dockyard.dev/job"
+_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+
+def job_object_name(deployment: str, job: str) -> str:
+    return f"{deployment}-{job}"
+
+
+def child_job(deployment: Deployment, index: int) -> dict[str, Any]:
+    spec = deployment.spec
+    template = spec.jobs[index].to_dict()
+    child_spec = {
+        **template,
+        "provider": spec.provider.to_dict(),
+        "update": spec.update.to_dict(),
+        "resurrection": spec.resurrection.to_dict(),
+    }
+    if spec.stemcell:
+        child_spec["stemcell"] = spec.stemcell
+    name = deployment.metadata.name
+    body: dict[str, Any] = {
+        "apiVersion": f"{kube.GROUP}/{kube.VERSION}",
+        "kind": "Job",
+        "metadata": {
+            "name": job_object_name(name, spec.jobs[index].name),
+            "labels": {
+                DEPLOYMENT_LABEL: name,
+                JOB_LABEL: spec.jobs[index].name,
+                "app.kubernetes.io/part-of": "dockyard",
+            },
+        },
+        "spec": child_spec,
+    }
+    return body
+
+
+def _ready_at_generation(job: dict[str, Any]) -> bool:
+    status = job.get("status") or {}
+    generation = job.get("metadata", {}).get("generation")
+    if status.get("observedGeneration") != generation:
+        return False
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])
+    )
+
+
+async def reconcile_deployment(body: dict[str, Any], logger: logging.Logger) -> None:
+    namespace = body["metadata"]["namespace"]
+    name = body["metadata"]["name"]
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    async with _locks.setdefault((namespace, name), asyncio.Lock()):
+        deployment = parse_deployment(body)
+        generation = deployment.metadata.generation or 0
+        errors = validate_dependencies(deployment.spec)
+        existing = {
+            j["metadata"]["labels"].get(JOB_LABEL): j
+            for j in await kube.list_("jobs", namespace, f"{DEPLOYMENT_LABEL}={name}")
+        }
+        if errors:
+            message = "; ".join(str(e) for e in errors)
+            kopf.warn(body, reason="InvalidSpec", message=message)
+            await _publish(deployment, body, list(existing.values()), stalled=message)
+            return
+
+        wanted = {job.name for job in deployment.spec.jobs}
+        for job_name, job in existing.items():
+            if job_name not in wanted:
+                kopf.info(body, reason="DeletingJob", message=f"job {job_name} left the spec")
+                await kube.delete("jobs", namespace, job["metadata"]["name"])
+
+        for index, template in enumerate(deployment.spec.jobs):
+            child = child_job(deployment, index)
+            kopf.adopt(child, owner=body)
+            current = existing.get(template.name)
+            if current is None:
+                kopf.info(body, reason="CreatingJob", message=f"job {template.name}")
+                current = await kube.create("jobs", namespace, child)
+            elif _spec_differs(current.get("spec", {}), child["spec"]):
+                kopf.info(body, reason="UpdatingJob", message=f"job {template.name}")
+                await kube.patch(
+                    "jobs", namespace, child["metadata"]["name"], {"spec": child["spec"]}
+                )
+                current = await kube.get("jobs", namespace, child["metadata"]["name"]) or current
+            if deployment.spec.update.serial and not _ready_at_generation(current):
+                break  # later jobs wait for this one (the Job's status change wakes us)
+        children = await kube.list_("jobs", namespace, f"{DEPLOYMENT_LABEL}={name}")
+        await _publish(deployment, body, children, stalled="")
+        metrics.set_deployment_ready(namespace, name, _all_ready(deployment, children))
+        del generation
+
+
+def _spec_differs(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    # The apiserver adds defaults; compare only what we set.
+    def subset(want: Any, have: Any) -> bool:
+        if isinstance(want, dict):
+            return isinstance(have, dict) and all(subset(v, have.get(k)) for k, v in want.items())
+        if isinstance(want, list):
+            return (
+                isinstance(have, list)
+                and len(want) == len(have)
+                and all(subset(w, h) for w, h in zip(want, have, strict=True))
+            )
+        return bool(want == have)
+
+    return not subset(wanted, current)
+
+
+def _all_ready(deployment: Deployment, children: list[dict[str, Any]]) -> bool:
+    by_job = {c["metadata"]["labels"].get(JOB_LABEL): c for c in children}
+    return all(
+        job.name in by_job and _ready_at_generation(by_job[job.name])
+        for job in deployment.spec.jobs
+    )
+
+
+async def _publish(
+    deployment: Deployment, body: dict[str, Any], children: list[dict[str, Any]], stalled: str
+) -> None:
+    by_job = {c["metadata"]["labels"].get(JOB_LABEL): c for c in children}
+    counts = []
+    halted = []
+    for job in deployment.spec.jobs:
+        status = (by_job.get(job.name) or {}).get("status") or {}
+        counts.append(
+            {"name": job.name, "instances": job.instances, "ready": status.get("readyInstances", 0)}
+        )
+        for c in status.get("conditions", []):
+            if c.get("type") == "Stalled" and c.get("status") == "True":
+                halted.append(f"job {job.name}: {c.get('message', '')}")
+    stalled = stalled or "; ".join(halted)
+    ready = not stalled and _all_ready(deployment, children)
+    previous = (body.get("status") or {}).get("conditions", [])
+    generation = deployment.metadata.generation or 0
+    now = datetime.now(UTC)
+    total = sum(c["instances"] for c in counts)
+    ready_instances = sum(c["ready"] for c in counts)
+    progress = f"{ready_instances}/{total} instances ready"
+    status = {
+        "observedGeneration": generation,
+        "jobs": counts,
+        "instances": total,
+        "readyInstances": ready_instances,
+        "conditions": [
+            condition(
+                previous,
+                "Ready",
+                ready,
+                "Converged" if ready else ("Stalled" if stalled else "Reconciling"),
+                stalled or progress,
+                generation,
+                now,
+            ),
+            condition(
+                previous,
+                "Reconciling",
+                not ready and not stalled,
+                "Converged" if ready else ("Stalled" if stalled else "Progressing"),
+                "" if ready or stalled else progress,
+                generation,
+                now,
+            ),
+            condition(
+                previous,
+                "Stalled",
+                bool(stalled),
+                "InvalidSpecOrHaltedRollout" if stalled else "Converged",
+                stalled,
+                generation,
+                now,
+            ),
+        ],
+    }
+    current = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    if status != current:
+        meta = deployment.metadata
+        await kube.patch_status("deployments", meta.namespace or "", meta.name, status)
+
+
+@kopf.on.resume(kube.GROUP, kube.VERSION, "deployments")
+@kopf.on.create(kube.GROUP, kube.VERSION, "deployments")
+@kopf.on.update(kube.GROUP, kube.VERSION, "deployments", field="spec")
+async def deployment_changed(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    await reconcile_deployment(dict(body), logger)
+
+
+@kopf.on.event(kube.GROUP, kube.VERSION, "jobs")
+async def job_changed(
+    body: kopf.Body, namespace: str, type: str | None, logger: logging.Logger, **_: Any
+) -> None:
+    """A child changed (kopf keeps no diff of status, so this follows raw watch events): roll
+    its status up, continue a serial rollout, wake its cross-job dependents."""
+    if type is None:  # the initial listing; resume handlers cover it
+        return
+    deployment_name = body.get("metadata", {}).get("labels", {}).get(DEPLOYMENT_LABEL)
+    if not deployment_name:
+        return
+    for sibling in await kube.list_("jobs", namespace, f"{DEPLOYMENT_LABEL}={deployment_name}"):
+        if sibling["metadata"]["name"] != body["metadata"]["name"]:
+            wake(namespace, sibling["metadata"]["name"])
+    parent = await kube.get("deployments", namespace, deployment_name)
+    if parent is not None:
+        await reconcile_deployment(parent, logger)

@@ -1,0 +1,73 @@
+"""kopf glue for PersistentDisks.
+
+A Job records each instance's disk as a PersistentDisk named ``<job>-<index>`` (stable across VM
+resurrection); the Job's daemon creates, attaches and grows the disk itself, because only it
+knows when the disk's containers may stop. A PersistentDisk made by hand gets its provider disk
+here. With reclaimPolicy Delete the disk goes with the object; with Retain it stays, and a Job
+instance of the same name adopts it again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from dockyard.api.models import parse_persistent_disk
+from dockyard.api.quantities import format_quantity
+from dockyard.handlers import kube
+from dockyard.handlers.context import provider_for
+from dockyard.providers import DiskSpec
+from dockyard.providers.base import TAG_DISK
+
+log = logging.getLogger(__name__)
+MIB = 1024 * 1024
+
+
+def disk_tags(namespace: str, name: str) -> dict[str, str]:
+    return {TAG_DISK: f"{namespace}.{name}"}
+
+
+@kopf.on.resume(kube.GROUP, kube.VERSION, "persistentdisks")
+@kopf.on.create(kube.GROUP, kube.VERSION, "persistentdisks")
+async def ensure_disk(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+    if body.get("metadata", {}).get("labels", {}).get("dockyard.dev/job"):
+        return  # its Job manages it
+    disk = parse_persistent_disk(body)
+    provider = await provider_for(disk.spec.provider, namespace)
+    spec = DiskSpec(
+        tags=disk_tags(namespace, name),
+        size_mib=-(-disk.spec.size_bytes // MIB),
+        disk_type=disk.spec.type or "",
+    )
+    created = await asyncio.to_thread(provider.create_disk, spec)
+    status = {
+        "diskId": created.id,
+        "capacity": format_quantity(created.size_mib * MIB),
+        "phase": "Attached" if created.attached_to else "Detached",
+        "observedGeneration": disk.metadata.generation or 0,
+    }
+    if created.attached_to:
+        status["attachedTo"] = created.attached_to
+    current = {k: v for k, v in (body.get("status") or {}).items() if k in status}
+    if current != status:
+        await kube.patch_status("persistentdisks", namespace, name, status)
+
+
+@kopf.on.delete(kube.GROUP, kube.VERSION, "persistentdisks")
+async def delete_disk(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+    disk = parse_persistent_disk(body)
+    if disk.spec.reclaim_policy != "Delete":
+        kopf.info(body, reason="DiskRetained", message="reclaimPolicy Retain: the disk stays")
+        return
+    provider = await provider_for(disk.spec.provider, namespace)
+
+    def remove() -> None:
+        for found in provider.find_disks(disk_tags(namespace, name)):
+            if found.attached_to:
+                provider.detach_disk(found.attached_to, found.id)
+            provider.delete_disk(found.id)
+
+    await asyncio.to_thread(remove)

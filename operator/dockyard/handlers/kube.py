@@ -1,0 +1,124 @@
+"""The few Kubernetes API calls Dockyard makes besides kopf's own (children, status, Secrets).
+
+The synchronous ``kubernetes`` client runs in threads; every call is small and rare (writes happen
+only when something changed, so a converged deployment costs no API writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+import kubernetes.client
+import kubernetes.config
+from kubernetes.client.rest import ApiException
+
+GROUP = "dockyard.dev"
+VERSION = "v1alpha1"
+
+
+@functools.cache
+def _api_client() -> kubernetes.client.ApiClient:
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.ApiClient()
+
+
+def custom() -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(_api_client())
+
+
+def core() -> kubernetes.client.CoreV1Api:
+    return kubernetes.client.CoreV1Api(_api_client())
+
+
+async def get(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def call() -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = custom().get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name
+            )
+            return result
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    return await asyncio.to_thread(call)
+
+
+async def list_(plural: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+    def call() -> list[dict[str, Any]]:
+        result = custom().list_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, label_selector=selector
+        )
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    return await asyncio.to_thread(call)
+
+
+async def create(plural: str, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def call() -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = custom().create_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, dict(body)
+            )
+            return result
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            existing: dict[str, Any] = custom().get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, body["metadata"]["name"]
+            )
+            return existing
+
+    return await asyncio.to_thread(call)
+
+
+async def patch(plural: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+    def call() -> None:
+        custom().patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, body)
+
+    await asyncio.to_thread(call)
+
+
+async def patch_status(plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def call() -> None:
+        try:
+            custom().patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": dict(status)}
+            )
+        except ApiException as error:
+            if error.status != 404:  # deleted meanwhile: nothing to report on
+                raise
+
+    await asyncio.to_thread(call)
+
+
+async def delete(plural: str, namespace: str, name: str) -> None:
+    def call() -> None:
+        try:
+            custom().delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    await asyncio.to_thread(call)
+
+
+async def read_secret(namespace: str, name: str) -> dict[str, str]:
+    """A Secret's data, decoded. Values are credentials: never log them."""
+
+    def call() -> dict[str, str]:
+        secret = core().read_namespaced_secret(name, namespace)
+        data = secret.data or {}
+        return {key: base64.b64decode(value).decode() for key, value in data.items()}
+
+    return await asyncio.to_thread(call)

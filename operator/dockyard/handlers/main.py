@@ -1,0 +1,52 @@
+"""Run the operator: kopf settings, the metrics endpoint, and the handler modules."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from dockyard.observability import metrics
+
+# Importing the handler modules registers their handlers with kopf.
+from . import admission, deployment, disk, job  # noqa: F401
+
+log = logging.getLogger(__name__)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Everything kopf keeps goes to annotations under our prefix; our status is ours alone.
+    settings.persistence.finalizer = "dockyard.dev/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dockyard.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="dockyard.dev", key="last-handled-configuration"
+    )
+    # A watch that stays silent this long is re-established (kopf's "deaf operator" failure).
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.inactivity_timeout = 360
+    settings.posting.level = logging.INFO
+    settings.execution.max_workers = 16
+    admission.configure_webhook(settings)
+
+
+def run_operator(namespace: str | None = None, metrics_port: int = 9090) -> int:
+    logging.basicConfig(
+        level=os.environ.get("DOCKYARD_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if metrics_port:
+        metrics.start_metrics_server(metrics_port)
+    asyncio.run(
+        kopf.operator(
+            standalone=True,
+            clusterwide=namespace is None,
+            namespaces=[namespace] if namespace else [],
+            liveness_endpoint=os.environ.get("DOCKYARD_LIVENESS", "http://0.0.0.0:8080/healthz"),
+        )
+    )
+    return 0

@@ -1,0 +1,169 @@
+"""From a Job object (the API model) to what the runtime converges on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from dockyard.api.containers import Container, HealthCheck
+from dockyard.api.models import Job, ProviderSpec
+from dockyard.api.quantities import (
+    parse_duration,
+    parse_quantity,
+    parse_watch_time,
+    resolve_max_in_flight,
+)
+from dockyard.providers import PermanentError, ProviderConfig
+from dockyard.runtime.engine import ContainerConfig
+from dockyard.runtime.reconciler import DiskWant, JobDesired
+from dockyard.runtime.world import BindVolume, ContainerWant, VolumeMount
+
+MIB = 1024 * 1024
+
+Secrets = Mapping[str, Mapping[str, str]]  # Secret name -> decoded data
+
+
+def secret_names(job: Job) -> set[str]:
+    """Secrets the Job reads: env valueFrom and provider credentials."""
+    names = {
+        env.value_from.secret_key_ref.name
+        for container in job.spec.containers
+        for env in container.env
+        if env.value_from is not None
+    }
+    if job.spec.provider.credentials_secret_ref is not None:
+        names.add(job.spec.provider.credentials_secret_ref.name)
+    return names
+
+
+def provider_config(spec: ProviderSpec, secrets: Secrets) -> ProviderConfig:
+    credentials: dict[str, str] = {}
+    ref = spec.credentials_secret_ref
+    if ref is not None:
+        data = secrets.get(ref.name)
+        if data is None:
+            raise PermanentError(
+                f"spec.provider.credentialsSecretRef: Secret {ref.name!r} does not exist"
+            )
+        mapping = ref.keys or {key: key for key in data}
+        credentials = {ours: data[theirs] for ours, theirs in mapping.items() if theirs in data}
+    return ProviderConfig(
+        type=spec.type,
+        region=spec.region or "",
+        zone=spec.zone or "",
+        endpoint=spec.endpoint or "",
+        options=dict(spec.options),
+        credentials=credentials,
+    )
+
+
+def _env(container: Container, field: str, secrets: Secrets) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for number, var in enumerate(container.env):
+        if var.value is not None:
+            env[var.name] = var.value
+            continue
+        assert var.value_from is not None
+        ref = var.value_from.secret_key_ref
+        value = secrets.get(ref.name, {}).get(ref.key)
+        if value is None:
+            raise PermanentError(
+                f"{field}.env[{number}].valueFrom.secretKeyRef: "
+                f"key {ref.key!r} of Secret {ref.name!r} does not exist"
+            )
+        env[var.name] = value
+    return env
+
+
+def _healthcheck(check: HealthCheck | None) -> dict[str, object]:
+    if check is None:
+        return {}
+    if check.exec is not None:
+        command = list(check.exec.command)
+    elif check.tcp is not None:
+        command = ["nc", "-z", "127.0.0.1", str(check.tcp.port)]
+    else:
+        assert check.http is not None
+        command = [
+            "wget",
+            "-q",
+            "-O",
+            "/dev/null",
+            f"http://127.0.0.1:{check.http.port}{check.http.path}",
+        ]
+    ns = 1_000_000_000
+    return {
+        "healthcheck_command": tuple(command),
+        "healthcheck_interval_ns": int(parse_duration(check.interval) * ns),
+        "healthcheck_timeout_ns": int(parse_duration(check.timeout) * ns),
+        "healthcheck_retries": check.retries,
+        "healthcheck_start_period_ns": int(parse_duration(check.start_period) * ns),
+    }
+
+
+def container_want(container: Container, field: str, secrets: Secrets) -> ContainerWant:
+    resources = container.resources
+    config = ContainerConfig(
+        name=container.name,
+        image=container.image,
+        entrypoint=tuple(container.command) or None,
+        command=tuple(container.args) or None,
+        env=_env(container, field, secrets),
+        ports=tuple((p.container_port, p.host_port, p.protocol) for p in container.ports),
+        restart_policy=container.restart_policy,
+        memory_bytes=parse_quantity(resources.memory) if resources and resources.memory else None,
+        cpu_shares=resources.cpu_shares if resources else None,
+        privileged=container.privileged,
+        cap_add=tuple(container.cap_add),
+        cap_drop=tuple(container.cap_drop),
+        working_dir=container.working_dir,
+        user=container.user,
+        stop_signal=container.stop_signal,
+        stop_timeout=int(parse_duration(container.stop_grace_period))
+        if container.stop_grace_period
+        else None,
+        labels=dict(container.labels),
+        **_healthcheck(container.health_check),  # type: ignore[arg-type]
+    )
+    return ContainerWant(
+        config=config,
+        depends_on=tuple(container.depends_on),
+        volumes=tuple(
+            VolumeMount(sub_path=v.sub_path or v.name or "", mount_path=v.mount_path)
+            for v in container.volumes
+        ),
+        bind_volumes=tuple(
+            BindVolume(host_path=b.host_path or "", mount_path=b.mount_path, read_only=b.read_only)
+            for b in container.bind_volumes
+        ),
+    )
+
+
+def job_desired(
+    job: Job, secrets: Secrets, external_upstream_starts: Mapping[str, float] | None = None
+) -> JobDesired:
+    spec = job.spec
+    disk = None
+    if spec.persistent_disk is not None:
+        disk = DiskWant(
+            size_mib=-(-spec.persistent_disk.size_bytes // MIB),
+            disk_type=spec.persistent_disk.type or "",
+            reclaim_policy=spec.persistent_disk.reclaim_policy,
+        )
+    update = spec.update
+    watch = update.update_watch_time
+    return JobDesired(
+        instances=spec.instances,
+        containers=tuple(
+            container_want(c, f"spec.containers[{n}]", secrets)
+            for n, c in enumerate(spec.containers)
+        ),
+        stemcell=spec.stemcell or "",
+        machine_type=spec.vm_type or "",
+        disk=disk,
+        canaries=update.canaries,
+        max_in_flight=resolve_max_in_flight(update.max_in_flight, max(spec.instances, 1)),
+        watch_time=parse_watch_time(watch),
+        canary_watch_time=parse_watch_time(update.canary_watch_time),
+        generation=job.metadata.generation or 0,
+        external_upstream_starts=dict(external_upstream_starts or {}),
+    )

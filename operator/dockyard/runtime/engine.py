@@ -1,0 +1,218 @@
+"""Containers on one VM's Docker engine, found by Dockyard's labels.
+
+Containers run with an engine-level restart policy, so a crashed container comes back even while
+the operator is down; the operator's part is the dependents (it watches the engine's events).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import docker
+import docker.errors
+
+from dockyard.providers import TransientError
+
+log = logging.getLogger(__name__)
+
+LABEL = "dockyard.dev/"
+LABEL_CONTAINER = LABEL + "container"
+LABEL_CONFIG_HASH = LABEL + "config-hash"
+LABEL_JOB = LABEL + "job"
+LABEL_INDEX = LABEL + "index"
+
+_ENGINE_RESTART = {"Always": "always", "OnFailure": "on-failure", "Never": "no"}
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """Everything that, when changed, means the container must be recreated."""
+
+    name: str
+    image: str
+    entrypoint: Sequence[str] | None = None
+    command: Sequence[str] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    ports: Sequence[tuple[int, int | None, str]] = ()  # (container port, host port, protocol)
+    binds: Sequence[str] = ()  # "source:target[:ro]" on the VM
+    restart_policy: str = "Always"
+    memory_bytes: int | None = None
+    cpu_shares: int | None = None
+    privileged: bool = False
+    cap_add: Sequence[str] = ()
+    cap_drop: Sequence[str] = ()
+    working_dir: str | None = None
+    user: str | None = None
+    stop_signal: str | None = None
+    stop_timeout: int | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    healthcheck_command: Sequence[str] | None = None  # engine-level exec health check
+    healthcheck_interval_ns: int = 0
+    healthcheck_timeout_ns: int = 0
+    healthcheck_retries: int = 0
+    healthcheck_start_period_ns: int = 0
+
+    def config_hash(self) -> str:
+        encoded = json.dumps(asdict(self), sort_keys=True, default=list).encode()
+        return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ObservedContainer:
+    name: str
+    id: str
+    state: str  # running | restarting | exited | created | paused | dead
+    config_hash: str
+    started_at: float | None  # epoch seconds of the last start
+    restart_count: int = 0
+    exit_code: int | None = None
+    oom_killed: bool = False
+    health: str | None = None  # healthy | unhealthy | starting, when the engine checks it
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value or value.startswith("0001-"):
+        return None
+    # Docker prints nanoseconds; Python parses microseconds.
+    head, _, rest = value.partition(".")
+    fraction = "".join(ch for ch in rest if ch.isdigit())[:6]
+    stamp = f"{head}.{fraction or '0'}+00:00"
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def observe(container: Any) -> ObservedContainer:
+    attrs = container.attrs
+    state = attrs.get("State", {})
+    labels = attrs.get("Config", {}).get("Labels") or {}
+    return ObservedContainer(
+        name=labels.get(LABEL_CONTAINER, container.name),
+        id=container.id,
+        state=state.get("Status", "unknown"),
+        config_hash=labels.get(LABEL_CONFIG_HASH, ""),
+        started_at=_parse_time(state.get("StartedAt")),
+        restart_count=int(attrs.get("RestartCount", 0)),
+        exit_code=state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")),
+        health=(state.get("Health") or {}).get("Status"),
+    )
+
+
+class Engine:
+    """One VM's Docker engine. ``image_source`` is an engine to copy missing images from (the
+    host's, for the local provider, where no registry is reachable); otherwise images are pulled."""
+
+    def __init__(
+        self, client: docker.DockerClient, image_source: docker.DockerClient | None = None
+    ) -> None:
+        self.client = client
+        self.image_source = image_source
+
+    def containers(self, labels: Mapping[str, str] | None = None) -> dict[str, ObservedContainer]:
+        filters = [f"{LABEL_CONTAINER}"] + [f"{k}={v}" for k, v in (labels or {}).items()]
+        try:
+            found = self.client.containers.list(all=True, filters={"label": filters})
+        except docker.errors.APIError as error:
+            raise TransientError(f"listing containers: {error}") from error
+        observed = [observe(c) for c in found]
+        return {c.name: c for c in observed}
+
+    def ensure_image(self, image: str) -> None:
+        try:
+            self.client.images.get(image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        if self.image_source is not None:
+            try:
+                source = self.image_source.images.get(image)
+            except docker.errors.ImageNotFound as error:
+                raise TransientError(
+                    f"image {image!r} is on neither the VM nor the host"
+                ) from error
+            self.client.images.load(b"".join(source.save(named=True)))
+            return
+        try:
+            self.client.images.pull(image)
+        except docker.errors.APIError as error:
+            raise TransientError(f"pulling {image}: {error}") from error
+
+    def run(self, config: ContainerConfig, labels: Mapping[str, str]) -> ObservedContainer:
+        """(Re)create the container from ``config``: an existing one of that name is replaced."""
+        self.ensure_image(config.image)
+        self.remove(config.name)
+        all_labels = {
+            **config.labels,
+            LABEL_CONTAINER: config.name,
+            LABEL_CONFIG_HASH: config.config_hash(),
+            **labels,  # the caller may name the hash it compares against
+        }
+        ports: dict[str, int | None] = {
+            f"{port}/{proto.lower()}": host for port, host, proto in config.ports
+        }
+        healthcheck = None
+        if config.healthcheck_command:
+            healthcheck = {
+                "test": ["CMD", *config.healthcheck_command],
+                "interval": config.healthcheck_interval_ns,
+                "timeout": config.healthcheck_timeout_ns,
+                "retries": config.healthcheck_retries,
+                "start_period": config.healthcheck_start_period_ns,
+            }
+        restart = _ENGINE_RESTART.get(config.restart_policy, "always")
+        try:
+            container = self.client.containers.run(
+                config.image,
+                name=config.name,
+                entrypoint=list(config.entrypoint) if config.entrypoint else None,
+                command=list(config.command) if config.command else None,
+                environment=dict(config.env),
+                ports=ports or None,
+                volumes=list(config.binds) or None,
+                restart_policy={"Name": restart},
+                mem_limit=config.memory_bytes,
+                cpu_shares=config.cpu_shares,
+                privileged=config.privileged,
+                cap_add=list(config.cap_add) or None,
+                cap_drop=list(config.cap_drop) or None,
+                working_dir=config.working_dir,
+                user=config.user,
+                stop_signal=config.stop_signal,
+                labels=all_labels,
+                healthcheck=healthcheck,
+                detach=True,
+            )
+        except docker.errors.APIError as error:
+            raise TransientError(f"starting container {config.name}: {error}") from error
+        container.reload()
+        return observe(container)
+
+    def restart(self, name: str, timeout: int = 10) -> ObservedContainer:
+        try:
+            container = self._get(name)
+            container.restart(timeout=timeout)
+            container.reload()
+        except docker.errors.APIError as error:
+            raise TransientError(f"restarting container {name}: {error}") from error
+        return observe(container)
+
+    def remove(self, name: str) -> None:
+        try:
+            self._get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as error:
+            raise TransientError(f"removing container {name}: {error}") from error
+
+    def _get(self, name: str) -> Any:
+        found = self.client.containers.list(
+            all=True, filters={"label": [f"{LABEL_CONTAINER}={name}"]}
+        )
+        if not found:
+            raise docker.errors.NotFound(f"container {name}")
+        return found[0]

@@ -1,0 +1,162 @@
+"""Status from observations: derived only from what changed, so a converged Job produces the
+same status every pass and the operator makes no API writes at steady state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from dockyard.api.models import Job
+from dockyard.runtime.engine import ObservedContainer
+from dockyard.runtime.reconciler import JobReport
+
+
+def _iso(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def condition(
+    previous: list[dict[str, Any]],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """A kstatus condition; lastTransitionTime moves only when the status flips."""
+    value = "True" if status else "False"
+    old = next((c for c in previous if c.get("type") == type_), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == value else None
+    return {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "observedGeneration": generation,
+    }
+
+
+def _container_state(observed: ObservedContainer | None) -> str:
+    if observed is None:
+        return "missing"
+    if observed.state == "running" and observed.health == "unhealthy":
+        return "unhealthy"
+    return observed.state
+
+
+def job_status(job: Job, report: JobReport, now: datetime) -> dict[str, Any]:
+    previous = job.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    previous_instances = {i["index"]: i for i in previous.get("instances", [])}
+    restart_reasons = {
+        (a.index, a.target): a.reason for a in report.actions if a.kind.endswith("Container")
+    }
+    generation = job.metadata.generation or 0
+    wanted = {c.name for c in job.spec.containers}
+    instances: list[dict[str, Any]] = []
+    ready = 0
+    for index in sorted(report.instances):
+        world = report.instances[index]
+        if index >= job.spec.instances and world.vm is None:
+            continue
+        old_containers = {
+            c["name"]: c for c in previous_instances.get(index, {}).get("containers", [])
+        }
+        containers = []
+        all_ready = world.vm is not None and world.engine_ok
+        for spec in job.spec.containers:
+            observed = world.containers.get(spec.name)
+            old = old_containers.get(spec.name, {})
+            started = _iso(observed.started_at if observed else None)
+            entry: dict[str, Any] = {
+                "name": spec.name,
+                "state": _container_state(observed),
+                "ready": observed is not None
+                and observed.state == "running"
+                and observed.health != "unhealthy",
+                "restartCount": old.get("restartCount", 0),
+                "image": spec.image,
+            }
+            if observed is not None:
+                entry["specHash"] = observed.config_hash
+            if started:
+                entry["startedAt"] = started
+            for key in ("lastRestartTime", "lastRestartReason"):
+                if key in old:
+                    entry[key] = old[key]
+            if started and old.get("startedAt") and started != old["startedAt"]:
+                entry["restartCount"] = old.get("restartCount", 0) + 1
+                entry["lastRestartTime"] = started
+                entry["lastRestartReason"] = restart_reasons.get(
+                    (index, spec.name), _death_reason(observed)
+                )
+            all_ready = all_ready and entry["ready"]
+            containers.append(entry)
+        ready += int(all_ready and index < job.spec.instances)
+        instance: dict[str, Any] = {
+            "index": index,
+            "state": "running" if all_ready else ("missing" if world.vm is None else "starting"),
+            "containers": [c for c in containers if c["name"] in wanted],
+        }
+        if world.vm is not None:
+            instance["vmId"] = world.vm.id
+            if world.vm.address:
+                instance["address"] = world.vm.address
+        if world.disk is not None:
+            instance["disk"] = f"{job.metadata.name}-{index}"
+        instances.append(instance)
+
+    conditions = previous.get("conditions", [])
+    converged = report.converged and not report.stalled and ready == job.spec.instances
+    stalled_reason = "RolloutHalted" if report.stalled else "Converged"
+    result = {
+        "observedGeneration": generation,
+        "replicas": sum(1 for i in instances if "vmId" in i),
+        "readyInstances": ready,
+        "instances": instances,
+        "conditions": [
+            condition(
+                conditions,
+                "Ready",
+                converged,
+                "Converged"
+                if converged
+                else ("RolloutHalted" if report.stalled else "Reconciling"),
+                report.stalled or f"{ready}/{job.spec.instances} instances ready",
+                generation,
+                now,
+            ),
+            condition(
+                conditions,
+                "Reconciling",
+                not converged and not report.stalled,
+                "Progressing" if not converged else "Converged",
+                "" if converged else f"{ready}/{job.spec.instances} instances ready",
+                generation,
+                now,
+            ),
+            condition(
+                conditions,
+                "Stalled",
+                bool(report.stalled),
+                stalled_reason,
+                report.stalled,
+                generation,
+                now,
+            ),
+        ],
+    }
+    return result
+
+
+def _death_reason(observed: ObservedContainer | None) -> str:
+    if observed is None:
+        return "Missing"
+    if observed.oom_killed:
+        return "OOMKilled"
+    if observed.health == "unhealthy":
+        return "Unhealthy"
+    return f"Exited({observed.exit_code})" if observed.exit_code else "Restarted"

@@ -1,0 +1,248 @@
+"""One Job's real world through its provider: VMs, disks and the containers on each VM.
+
+Everything is found by ownership tags/labels, so an operator that restarts rediscovers it all.
+Calls are blocking (provider SDKs are); the reconciler runs them in threads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import docker
+
+from dockyard.providers import (
+    VM,
+    Attachment,
+    Disk,
+    DiskSpec,
+    InPlaceResizeUnsupportedError,
+    Provider,
+    ProviderError,
+    VMSpec,
+    VMState,
+)
+from dockyard.providers.base import TAG_DEPLOYMENT, TAG_DISK, TAG_INDEX, TAG_JOB, TAG_OWNER_UID
+from dockyard.runtime.engine import (
+    LABEL_CONFIG_HASH,
+    LABEL_INDEX,
+    LABEL_JOB,
+    ContainerConfig,
+    Engine,
+    ObservedContainer,
+)
+
+log = logging.getLogger(__name__)
+
+DISK_ROOT_IN_VM = "/var/vcap/store"
+DATA_ROOT_IN_VM = "/var/vcap/data"
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    namespace: str
+    name: str  # the Job object's name
+    uid: str  # the Job object's uid: owner of every VM
+    deployment: str = ""
+    job: str = ""  # the job's short name inside its deployment
+
+    def vm_tags(self, index: int | None = None) -> dict[str, str]:
+        tags = {TAG_OWNER_UID: self.uid}
+        if index is not None:
+            tags |= {TAG_DEPLOYMENT: self.deployment, TAG_JOB: self.job or self.name}
+            tags[TAG_INDEX] = str(index)
+        return tags
+
+    def disk_name(self, index: int) -> str:
+        """The PersistentDisk name of an instance: stable across VM resurrection."""
+        return f"{self.name}-{index}"
+
+    def disk_tags(self, index: int) -> dict[str, str]:
+        return {TAG_DISK: f"{self.namespace}.{self.disk_name(index)}"}
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    sub_path: str
+    mount_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class BindVolume:
+    host_path: str  # on the VM; "" means a directory of this container's own
+    mount_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerWant:
+    """A container as the spec wants it; disk paths are resolved when it runs."""
+
+    config: ContainerConfig
+    depends_on: tuple[str, ...] = ()  # "name" (same job) or "job/name"
+    volumes: tuple[VolumeMount, ...] = ()
+    bind_volumes: tuple[BindVolume, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def config_hash(self) -> str:
+        described = replace(
+            self.config,
+            labels={
+                **self.config.labels,
+                "volumes": repr(self.volumes),
+                "bind-volumes": repr(self.bind_volumes),
+            },
+        )
+        return described.config_hash()
+
+
+@dataclass
+class InstanceWorld:
+    index: int
+    vm: VM | None = None
+    disk: Disk | None = None
+    engine_ok: bool = False
+    containers: dict[str, ObservedContainer] = field(default_factory=dict)
+
+
+class JobWorld:
+    """Observe and act on one Job's VMs, disks and containers through a provider."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        identity: JobIdentity,
+        image_source: docker.DockerClient | None = None,
+    ) -> None:
+        self.provider = provider
+        self.identity = identity
+        self.image_source = image_source
+        self._engines: dict[str, Engine] = {}
+
+    # --- observe ---------------------------------------------------------------------------
+
+    def observe(self, indices: Sequence[int]) -> dict[int, InstanceWorld]:
+        """What exists: every VM of this job (whatever its index) and the disks of ``indices``."""
+        world: dict[int, InstanceWorld] = {}
+        for vm in self.provider.find_vms(self.identity.vm_tags()):
+            index = int(vm.tags.get(TAG_INDEX, "-1"))
+            if index < 0:
+                continue
+            instance = world.setdefault(index, InstanceWorld(index))
+            if instance.vm is not None:  # a duplicate would be a provider bug: keep the older
+                log.warning(
+                    "two VMs for %s/%d: %s, %s", self.identity.name, index, instance.vm.id, vm.id
+                )
+                continue
+            instance.vm = vm
+            if vm.state is VMState.RUNNING:
+                try:
+                    instance.containers = self.engine(vm.id).containers(
+                        {LABEL_JOB: self.identity.name}
+                    )
+                    instance.engine_ok = True
+                except (ProviderError, docker.errors.DockerException) as error:
+                    log.info("engine of VM %s does not answer: %s", vm.id, error)
+                    self._engines.pop(vm.id, None)
+        for index in set(indices) | set(world):
+            disks = self.provider.find_disks(self.identity.disk_tags(index))
+            if disks:
+                world.setdefault(index, InstanceWorld(index)).disk = disks[0]
+        return world
+
+    def engine(self, vm_id: str) -> Engine:
+        if vm_id not in self._engines:
+            self._engines[vm_id] = Engine(self.provider.docker_client(vm_id), self.image_source)
+        return self._engines[vm_id]
+
+    # --- act -------------------------------------------------------------------------------
+
+    def create_vm(self, index: int, stemcell: str, machine_type: str) -> VM:
+        spec = VMSpec(
+            tags=self.identity.vm_tags(index),
+            stemcell=stemcell,
+            machine_type=machine_type,
+            metadata={"dockyard.dev/job-object": f"{self.identity.namespace}/{self.identity.name}"},
+        )
+        return self.provider.create_vm(spec)
+
+    def delete_vm(self, vm: VM, disk: Disk | None) -> None:
+        if disk is not None and disk.attached_to == vm.id:
+            self.provider.detach_disk(vm.id, disk.id)
+        self._engines.pop(vm.id, None)
+        self.provider.delete_vm(vm.id)
+
+    def create_disk(self, index: int, size_mib: int, disk_type: str) -> Disk:
+        spec = DiskSpec(tags=self.identity.disk_tags(index), size_mib=size_mib, disk_type=disk_type)
+        return self.provider.create_disk(spec)
+
+    def attach_disk(self, vm: VM, disk: Disk) -> Attachment:
+        if disk.attached_to and disk.attached_to != vm.id:
+            # Still attached to a dead predecessor: take it over (BOSH reattaches on resurrect).
+            self.provider.detach_disk(disk.attached_to, disk.id)
+        return self.provider.attach_disk(vm.id, disk.id)
+
+    def resize_disk(self, instance: InstanceWorld, size_mib: int, stop: Sequence[str] = ()) -> Disk:
+        """Grow a disk, keeping its data. Providers that cannot grow an attached disk get it
+        detached first, with the containers in ``stop`` stopped around it (the caller starts
+        them again)."""
+        disk, vm = instance.disk, instance.vm
+        assert disk is not None
+        if self.provider.resizes_attached_disks or vm is None or disk.attached_to != vm.id:
+            return self.provider.resize_disk(disk.id, size_mib)
+        engine = self.engine(vm.id)
+        for name in stop:
+            engine.remove(name)
+        self.provider.detach_disk(vm.id, disk.id)
+        try:
+            return self.provider.resize_disk(disk.id, size_mib)
+        except InPlaceResizeUnsupportedError:
+            raise
+        finally:
+            self.provider.attach_disk(vm.id, disk.id)
+
+    def run_container(
+        self,
+        vm: VM,
+        index: int,
+        want: ContainerWant,
+        attachment: Attachment | None,
+    ) -> ObservedContainer:
+        binds = list(want.config.binds)
+        if want.volumes:
+            if attachment is None or attachment.mount_path is None:
+                raise ProviderError(f"container {want.name} needs the persistent disk mounted")
+            for volume in want.volumes:
+                sub_path = volume.sub_path or want.name
+                source = f"{attachment.mount_path}/{sub_path}"
+                binds.append(f"{source}:{volume.mount_path}{':ro' if volume.read_only else ''}")
+        for number, bind in enumerate(want.bind_volumes):
+            # Each bind volume gets its own host directory unless one is named (docker-boshrelease
+            # mapped them all to one directory: their bug #45).
+            source = bind.host_path or (
+                f"{DATA_ROOT_IN_VM}/{self.identity.name}/{want.name}/{number}"
+            )
+            binds.append(f"{source}:{bind.mount_path}{':ro' if bind.read_only else ''}")
+        config = replace(want.config, binds=tuple(binds))
+        labels: Mapping[str, str] = {
+            LABEL_JOB: self.identity.name,
+            LABEL_INDEX: str(index),
+            LABEL_CONFIG_HASH: want.config_hash(),
+        }
+        return self.engine(vm.id).run(config, labels)
+
+    def restart_container(self, vm: VM, name: str) -> ObservedContainer:
+        return self.engine(vm.id).restart(name)
+
+    def remove_container(self, vm: VM, name: str) -> None:
+        self.engine(vm.id).remove(name)
+
+    def delete_disk(self, disk: Disk) -> None:
+        if disk.attached_to:
+            self.provider.detach_disk(disk.attached_to, disk.id)
+        self.provider.delete_disk(disk.id)
