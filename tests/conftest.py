@@ -79,10 +79,16 @@ def kubectl(kubeconfig: str) -> Kubectl:
     return run
 
 
+@pytest.fixture(scope="session")
+def namespace_prefix(worker_id: str) -> str:
+    """Namespaces of this pytest-xdist worker: its operator watches only these."""
+    return f"dy-{worker_id}-"
+
+
 @pytest.fixture
-def namespace(kubectl: Kubectl) -> Iterator[str]:
+def namespace(kubectl: Kubectl, namespace_prefix: str) -> Iterator[str]:
     """A fresh namespace for one test; deleted afterwards (the namespace controller empties it)."""
-    name = f"dy-{uuid.uuid4().hex[:8]}"
+    name = f"{namespace_prefix}{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,251 @@
+"""The reconciler end to end: real apiserver, real Docker, local provider, the operator running."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import textwrap
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, Kubectl
+from tests.e2e.conftest import GetObject
+from tests.waiting import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator")]
+
+READY_DEADLINE = 180
+
+
+def deployment(name: str, jobs: str, update: str = "") -> str:
+    return textwrap.dedent(
+        f"""
+        apiVersion: dockyard.dev/v1alpha1
+        kind: Deployment
+        metadata: {{name: {name}}}
+        spec:
+          provider: {{type: local}}
+        """
+    ) + textwrap.indent(textwrap.dedent(update), "  ") + "  jobs:\n" + textwrap.indent(
+        textwrap.dedent(jobs), "  "
+    )
+
+
+CHAIN = """
+- name: chain
+  instances: 1
+  containers:
+  - {name: db, image: "dockyard/busybox:1", command: [sh, -c, "sleep 100000"], env: [{name: V, value: "1"}]}
+  - {name: app, image: "dockyard/busybox:1", command: [sh, -c, "sleep 100000"], dependsOn: [db]}
+  - {name: worker, image: "dockyard/busybox:1", command: [sh, -c, "sleep 100000"], dependsOn: [app]}
+  - {name: loner, image: "dockyard/busybox:1", command: [sh, -c, "sleep 100000"]}
+"""
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions", []):
+        if c["type"] == kind:
+            return dict(c)
+    return None
+
+
+def wait_ready(get_object: GetObject, kind: str, name: str, timeout: float = READY_DEADLINE) -> Any:
+    def ready() -> dict[str, Any] | None:
+        obj = get_object(kind, name)
+        c = condition(obj, "Ready")
+        at_generation = obj["status"].get("observedGeneration") == obj["metadata"]["generation"]
+        return obj if c and c["status"] == "True" and at_generation else None
+
+    return wait_for(ready, timeout=timeout, what=f"{kind}/{name} Ready")
+
+
+def containers(get_object: GetObject, job: str, index: int = 0) -> dict[str, dict[str, Any]]:
+    status = get_object("dyj", job)["status"]
+    instance = next(i for i in status["instances"] if i["index"] == index)
+    return {c["name"]: c for c in instance["containers"]}
+
+
+def started(entry: dict[str, Any]) -> float:
+    return datetime.fromisoformat(entry["startedAt"]).timestamp()
+
+
+def test_upstream_change_restarts_dependents_in_order_and_leaves_others_alone(
+    kubectl: Kubectl, namespace: str, get_object: GetObject
+) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=deployment("chain", CHAIN))
+    wait_ready(get_object, "dyd", "chain")
+    before = containers(get_object, "chain-chain")
+    assert {c["state"] for c in before.values()} == {"running"}
+    # started in dependency order
+    assert started(before["db"]) <= started(before["app"]) <= started(before["worker"])
+
+    patch = [{"op": "replace", "path": "/spec/jobs/0/containers/0/env/0/value", "value": "2"}]
+    kubectl("patch", "dyd", "chain", "-n", namespace, "--type=json", "-p", json.dumps(patch))
+
+    def restarted() -> dict[str, dict[str, Any]] | None:
+        now = containers(get_object, "chain-chain")
+        moved = all(started(now[n]) > started(before[n]) for n in ("db", "app", "worker"))
+        return now if moved else None
+
+    after = wait_for(restarted, timeout=READY_DEADLINE, what="db, app and worker restarted")
+    assert after["db"]["specHash"] != before["db"]["specHash"]
+    assert started(after["db"]) <= started(after["app"]) <= started(after["worker"])
+    assert after["app"]["lastRestartReason"].startswith("upstream db")
+    assert after["loner"]["startedAt"] == before["loner"]["startedAt"], "unrelated container moved"
+    wait_ready(get_object, "dyd", "chain")
+
+
+def test_scale_up_and_down(kubectl: Kubectl, namespace: str, get_object: GetObject) -> None:
+    jobs = """
+    - name: web
+      instances: 1
+      containers:
+      - {name: srv, image: "dockyard/busybox:1", command: [sh, -c, "sleep 100000"]}
+    """
+    kubectl("apply", "-n", namespace, "-f", "-", input=deployment("scale", jobs))
+    wait_ready(get_object, "dyd", "scale")
+    for count in (3, 1):
+        patch = [{"op": "replace", "path": "/spec/jobs/0/instances", "value": count}]
+        kubectl("patch", "dyd", "scale", "-n", namespace, "--type=json", "-p", json.dumps(patch))
+        wait_for(
+            lambda count=count: len(
+                [i for i in get_object("dyj", "scale-web")["status"]["instances"] if "vmId" in i]
+            )
+            == count
+            and condition(get_object("dyd", "scale"), "Ready")["status"] == "True",  # type: ignore[index]
+            timeout=READY_DEADLINE,
+            what=f"{count} instances ready",
+        )
+        status = get_object("dyd", "scale")["status"]
+        assert status["readyInstances"] == count
+
+
+def test_failing_canary_halts_rollout_and_keeps_the_rest_on_the_old_version(
+    kubectl: Kubectl, namespace: str, get_object: GetObject
+) -> None:
+    jobs = """
+    - name: web
+      instances: 3
+      containers:
+      - {name: srv, image: "dockyard/busybox:1", command: [sh, -c, "sleep 100000"]}
+    """
+    update = """
+    update: {canaries: 1, maxInFlight: 2, canaryWatchTime: "1s-4s", updateWatchTime: "1s-4s"}
+    """
+    kubectl("apply", "-n", namespace, "-f", "-", input=deployment("canary", jobs, update))
+    wait_ready(get_object, "dyd", "canary")
+    old_hashes = {
+        i["index"]: i["containers"][0]["specHash"]
+        for i in get_object("dyj", "canary-web")["status"]["instances"]
+    }
+    bad = [{"op": "replace", "path": "/spec/jobs/0/containers/0/command", "value": ["sh", "-c", "exit 3"]}]
+    kubectl("patch", "dyd", "canary", "-n", namespace, "--type=json", "-p", json.dumps(bad))
+
+    def stalled() -> dict[str, Any] | None:
+        obj = get_object("dyd", "canary")
+        c = condition(obj, "Stalled")
+        return obj if c and c["status"] == "True" else None
+
+    obj = wait_for(stalled, timeout=READY_DEADLINE, what="Deployment Stalled")
+    assert condition(obj, "Ready")["status"] == "False"  # type: ignore[index]
+    assert "canary" in condition(obj, "Stalled")["message"]  # type: ignore[index]
+    instances = get_object("dyj", "canary-web")["status"]["instances"]
+    changed = [i["index"] for i in instances if i["containers"][0]["specHash"] != old_hashes[i["index"]]]
+    assert changed == [0], f"only the canary may carry the new version, got {changed}"
+    events = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert "RolloutHalted" in events
+
+
+def test_container_removed_by_hand_comes_back(
+    kubectl: Kubectl, namespace: str, get_object: GetObject
+) -> None:
+    from dockyard.providers import ProviderConfig, make_provider
+    from dockyard.providers.base import TAG_OWNER_UID
+
+    jobs = """
+    - name: web
+      instances: 1
+      containers:
+      - {name: srv, image: "dockyard/busybox:1", command: [sh, -c, "sleep 100000"]}
+    """
+    kubectl("apply", "-n", namespace, "-f", "-", input=deployment("drift", jobs))
+    wait_ready(get_object, "dyd", "drift")
+    job = get_object("dyj", "drift-web")
+    provider = make_provider(ProviderConfig(type="local"))
+    (vm,) = provider.find_vms({TAG_OWNER_UID: job["metadata"]["uid"]})
+    engine = provider.docker_client(vm.id)
+    (victim,) = engine.containers.list(filters={"label": "dockyard.dev/container=srv"})
+    victim.remove(force=True)
+
+    def back() -> bool:
+        found = engine.containers.list(filters={"label": "dockyard.dev/container=srv"})
+        return bool(found) and found[0].id != victim.id and found[0].status == "running"
+
+    wait_for(back, timeout=60, what="srv recreated")
+
+
+def test_disk_grow_keeps_data_and_delete_leaves_nothing(
+    kubectl: Kubectl, namespace: str, get_object: GetObject
+) -> None:
+    from dockyard.providers import ProviderConfig, make_provider
+    from dockyard.providers.base import TAG_OWNER_UID
+
+    jobs = """
+    - name: store
+      instances: 1
+      persistentDisk: {size: 64Mi, reclaimPolicy: Delete}
+      containers:
+      - name: db
+        image: "dockyard/busybox:1"
+        command: [sh, -c, "test -f /data/blob || head -c 4000000 /dev/urandom > /data/blob; sleep 100000"]
+        volumes: [{subPath: db, mountPath: /data}]
+    """
+    kubectl("apply", "-n", namespace, "-f", "-", input=deployment("disk", jobs))
+    wait_ready(get_object, "dyd", "disk")
+    job = get_object("dyj", "disk-store")
+    uid = job["metadata"]["uid"]
+    provider = make_provider(ProviderConfig(type="local"))
+
+    def checksum() -> str:
+        (vm,) = provider.find_vms({TAG_OWNER_UID: uid})
+        (db,) = provider.docker_client(vm.id).containers.list(
+            filters={"label": "dockyard.dev/container=db"}
+        )
+        code, out = db.exec_run(["sh", "-c", "test -s /data/blob && cat /data/blob"])
+        assert code == 0
+        return hashlib.sha256(out).hexdigest()
+
+    original = wait_for(checksum, timeout=30, what="data written")
+    disk_before = provider.find_disks({"disk": f"{namespace}.disk-store-0"})
+    assert disk_before and disk_before[0].size_mib == 64
+
+    patch = [{"op": "replace", "path": "/spec/jobs/0/persistentDisk/size", "value": "128Mi"}]
+    kubectl("patch", "dyd", "disk", "-n", namespace, "--type=json", "-p", json.dumps(patch))
+    wait_for(
+        lambda: provider.find_disks({"disk": f"{namespace}.disk-store-0"})[0].size_mib >= 128,
+        timeout=READY_DEADLINE,
+        what="disk grown",
+    )
+    wait_ready(get_object, "dyd", "disk")
+    assert wait_for(checksum, timeout=60, what="data readable again") == original
+
+    kubectl("delete", "dyd", "disk", "-n", namespace, "--timeout=120s")
+    wait_for(
+        lambda: not provider.find_vms({TAG_OWNER_UID: uid})
+        and not provider.find_disks({"disk": f"{namespace}.disk-store-0"}),
+        timeout=120,
+        what="VMs and disks gone",
+    )
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
+def test_examples_become_ready(
+    kubectl: Kubectl, namespace: str, get_object: GetObject, example: str
+) -> None:
+    path = REPO / "examples" / example
+    kubectl("apply", "-n", namespace, "-f", str(path))
+    names = kubectl("get", "dyd", "-n", namespace, "-o", "name").stdout.split()
+    for name in names:
+        wait_ready(get_object, "dyd", name.split("/")[-1])
