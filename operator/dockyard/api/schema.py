@@ -1,0 +1,135 @@
+"""Building blocks of the models: the base class, constrained string types, CRD schema extras.
+
+A field's docstring is its CRD description (what ``kubectl explain`` prints). Every string and
+list is bounded (maxLength/maxItems) so the apiserver can bound the cost of CEL rules.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+from dockyard.api.quantities import (
+    DURATION_PATTERN,
+    QUANTITY_PATTERN,
+    WATCH_TIME_PATTERN,
+    parse_quantity,
+    parse_watch_time,
+)
+
+GROUP = "dockyard.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+# "name" (a container of the same job) or "job/name" (a container of another job).
+DEPENDENCY_PATTERN = rf"^{_LABEL}(/{_LABEL})?$"
+
+# Bounds that keep CEL cost estimates within the apiserver's budget.
+MAX_JOBS = 20
+MAX_CONTAINERS = 20
+MAX_DEPENDS_ON = 20
+MAX_LIST = 64
+MAX_INSTANCES = 1000
+
+
+def rule(
+    expression: str,
+    message: str | None = None,
+    *,
+    field_path: str | None = None,
+    message_expression: str | None = None,
+    reason: str | None = None,
+) -> dict[str, str]:
+    """One ``x-kubernetes-validations`` entry."""
+    entry = {"rule": expression}
+    if message:
+        entry["message"] = message
+    if message_expression:
+        entry["messageExpression"] = message_expression
+    if field_path:
+        entry["fieldPath"] = field_path
+    if reason:
+        entry["reason"] = reason
+    return entry
+
+
+def validations(*rules: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+def map_list(*keys: str) -> dict[str, Any]:
+    """Schema extras for a list whose items are unique by ``keys`` (merged by key on apply)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+SET_LIST: dict[str, Any] = {"x-kubernetes-list-type": "set"}
+
+
+def _to_str(value: object) -> object:
+    # int-or-string fields may come back from the apiserver as integers.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _check_quantity(value: str) -> str:
+    parse_quantity(value)
+    return value
+
+
+def _check_watch_time(value: str) -> str:
+    parse_watch_time(value)
+    return value
+
+
+def int_or_string(pattern: str) -> dict[str, Any]:
+    return {
+        "x-kubernetes-int-or-string": True,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "pattern": pattern,
+    }
+
+
+DnsLabel = Annotated[str, Field(max_length=63, pattern=DNS_LABEL_PATTERN)]
+Text = Annotated[str, Field(max_length=253)]
+Arg = Annotated[str, Field(max_length=4096)]
+AbsolutePath = Annotated[str, Field(max_length=4096, pattern=r"^/")]
+Duration = Annotated[str, Field(max_length=32, pattern=DURATION_PATTERN)]
+WatchTime = Annotated[
+    str, Field(max_length=65, pattern=WATCH_TIME_PATTERN), AfterValidator(_check_watch_time)
+]
+Quantity = Annotated[
+    str,
+    BeforeValidator(_to_str),
+    Field(max_length=64, pattern=QUANTITY_PATTERN),
+    AfterValidator(_check_quantity),
+    WithJsonSchema({**int_or_string(QUANTITY_PATTERN), "maxLength": 64}),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+StringMap = Annotated[
+    dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=4096)]],
+    Field(max_length=MAX_LIST),
+]
+
+
+class ApiModel(BaseModel):
+    """Base of every Dockyard model: camelCase JSON, field docstrings as descriptions."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+        extra="ignore",
+        validate_default=False,
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready camelCase dict; unset optional fields are left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def defaulted(model: type[ApiModel]) -> Any:
+    """A nested object whose absence means "all defaults" (the apiserver fills it in too)."""
+    return Field(default_factory=model, json_schema_extra={"default": {}})

@@ -1,0 +1,135 @@
+"""Status of the three kinds, as the operator writes it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, WithJsonSchema
+
+from dockyard.api.conditions import Condition
+from dockyard.api.schema import (
+    MAX_CONTAINERS,
+    MAX_INSTANCES,
+    MAX_JOBS,
+    ApiModel,
+    DnsLabel,
+    Quantity,
+    Text,
+    map_list,
+)
+
+Conditions = Annotated[list[Condition], Field(max_length=16, json_schema_extra=map_list("type"))]
+KopfState = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
+class ContainerStatus(ApiModel):
+    """What one container on one instance is doing."""
+
+    name: DnsLabel
+    """Container name."""
+    state: Annotated[str, Field(max_length=64)] = "missing"
+    """running, exited, missing, restarting, created, waiting (for an upstream) or unhealthy."""
+    ready: bool = False
+    """Running and passing its health check."""
+    restart_count: Annotated[int, Field(ge=0)] = 0
+    """Restarts since the container was first created."""
+    last_restart_time: datetime | None = None
+    """When it was last restarted."""
+    last_restart_reason: Annotated[str, Field(max_length=1024)] | None = None
+    """Why it was last restarted, e.g. Exited, Unhealthy or UpstreamRestarted."""
+    spec_hash: Annotated[str, Field(max_length=128)] | None = None
+    """Hash of the container spec it runs."""
+    image: Annotated[str, Field(max_length=512)] | None = None
+    """Image it runs."""
+
+
+class InstanceStatus(ApiModel):
+    """One instance (VM) of a job."""
+
+    index: Annotated[int, Field(ge=0)]
+    """Stable instance index."""
+    vm_id: Text | None = None
+    """Provider VM id."""
+    address: Text | None = None
+    """VM address."""
+    disk: Text | None = None
+    """Name of its PersistentDisk object."""
+    state: Annotated[str, Field(max_length=64)] | None = None
+    """VM state: creating, running, stopped, missing, deleting."""
+    containers: Annotated[
+        list[ContainerStatus], Field(max_length=MAX_CONTAINERS, json_schema_extra=map_list("name"))
+    ] = Field(default_factory=list)
+    """Its containers."""
+
+
+class JobStatus(ApiModel):
+    """Observed state of a job."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """metadata.generation last reconciled."""
+    conditions: Conditions = Field(default_factory=list)
+    """Ready, Reconciling, Stalled."""
+    replicas: Annotated[int, Field(ge=0)] = 0
+    """Instances that exist now."""
+    ready_instances: Annotated[int, Field(ge=0)] = 0
+    """Instances whose containers are all ready."""
+    instances: Annotated[
+        list[InstanceStatus],
+        Field(max_length=MAX_INSTANCES, json_schema_extra=map_list("index")),
+    ] = Field(default_factory=list)
+    """Per-instance state."""
+    kopf: KopfState | None = None
+    """kopf's own bookkeeping."""
+
+
+class JobCount(ApiModel):
+    """Instance counts of one job of a deployment."""
+
+    name: DnsLabel
+    """Job name."""
+    instances: Annotated[int, Field(ge=0)] = 0
+    """Instances that exist."""
+    ready: Annotated[int, Field(ge=0)] = 0
+    """Instances that are ready."""
+
+
+class DeploymentStatus(ApiModel):
+    """Observed state of a deployment."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """metadata.generation last reconciled."""
+    conditions: Conditions = Field(default_factory=list)
+    """Ready, Reconciling, Stalled."""
+    jobs: Annotated[
+        list[JobCount], Field(max_length=MAX_JOBS, json_schema_extra=map_list("name"))
+    ] = Field(default_factory=list)
+    """Counts per job."""
+    instances: Annotated[int, Field(ge=0)] = 0
+    """Instances that exist, over all jobs."""
+    ready_instances: Annotated[int, Field(ge=0)] = 0
+    """Ready instances, over all jobs."""
+    kopf: KopfState | None = None
+    """kopf's own bookkeeping."""
+
+
+class PersistentDiskStatus(ApiModel):
+    """Observed state of a persistent disk."""
+
+    disk_id: Text | None = None
+    """Provider disk id."""
+    attached_to: Text | None = None
+    """Provider VM id it is attached to."""
+    capacity: Quantity | None = None
+    """Actual size."""
+    phase: Literal["Pending", "Attached", "Detached", "Resizing", "Failed"] | None = None
+    """Pending, Attached, Detached, Resizing or Failed."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """metadata.generation last reconciled."""
+    conditions: Conditions = Field(default_factory=list)
+    """Ready, Reconciling, Stalled."""
+    kopf: KopfState | None = None
+    """kopf's own bookkeeping."""

@@ -1,0 +1,141 @@
+"""What CEL cannot check: dependency cycles and references to containers of other jobs.
+
+Pure functions of a parsed spec, used by the admission webhook (to reject) and by the reconciler
+(to set Stalled when an object got in anyway, e.g. while the webhook was down).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from dockyard.api.containers import Container
+from dockyard.api.models import DeploymentSpec, JobSpec
+
+Node = tuple[str, str]  # (job, container)
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """A problem with one field, e.g. ``spec.jobs[0].containers[1].dependsOn``."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+def resolve_dependency(reference: str, job: str) -> Node:
+    """(job, container) named by a dependsOn entry of a container in ``job``."""
+    other_job, slash, container = reference.partition("/")
+    return (other_job, container) if slash else (job, reference)
+
+
+@dataclass(frozen=True)
+class _Group:
+    job: str
+    path: str  # e.g. "spec.jobs[0]" or "spec"
+    containers: list[Container]
+
+
+def validate_dependencies(
+    spec: DeploymentSpec | JobSpec, *, job_name: str | None = None
+) -> list[FieldError]:
+    """Every dependency problem of a Deployment or Job spec, in document order.
+
+    For a Job, "job/container" references to other jobs cannot be checked here (those Jobs are
+    separate objects); references to its own name (``spec.name`` or ``job_name``, normally
+    metadata.name) are.
+    """
+    if isinstance(spec, DeploymentSpec):
+        groups = [
+            _Group(job.name, f"spec.jobs[{index}]", job.containers)
+            for index, job in enumerate(spec.jobs)
+        ]
+        closed = True
+    else:
+        groups = [_Group(spec.name or job_name or "", "spec", spec.containers)]
+        closed = False
+    known = {group.job: {c.name for c in group.containers} for group in groups}
+    fields = {
+        (group.job, container.name): f"{group.path}.containers[{index}].dependsOn"
+        for group in groups
+        for index, container in enumerate(group.containers)
+    }
+    errors: list[FieldError] = []
+    graph: dict[Node, list[Node]] = {}
+    for group in groups:
+        for container in group.containers:
+            node = (group.job, container.name)
+            field = fields[node]
+            graph[node] = []
+            for reference in container.depends_on:
+                target = resolve_dependency(reference, group.job)
+                problem = _reference_problem(reference, node, target, known, closed)
+                if problem:
+                    errors.append(FieldError(field, problem))
+                elif target in fields:
+                    graph[node].append(target)
+    single_job = len(groups) == 1
+    for cycle in _cycles(graph):
+        names = [name if single_job else f"{job}/{name}" for job, name in cycle]
+        errors.append(FieldError(fields[cycle[0]], "dependency cycle " + " -> ".join(names)))
+    return errors
+
+
+def _reference_problem(
+    reference: str, node: Node, target: Node, known: dict[str, set[str]], closed: bool
+) -> str | None:
+    if target == node:
+        return f"{reference!r}: a container cannot depend on itself"
+    job, container = target
+    if job not in known:
+        if not closed:
+            return None  # another Job object: checked when the Deployment is
+        return f"{reference!r}: there is no job {job!r} in this deployment"
+    if container not in known[job]:
+        where = "this job" if job == node[0] else f"job {job!r}"
+        return f"{reference!r}: there is no container {container!r} in {where}"
+    return None
+
+
+def _cycles(graph: dict[Node, list[Node]]) -> Iterable[list[Node]]:
+    """Each cycle found by a depth-first search in document order, as [a, b, ..., a]."""
+    done: set[Node] = set()
+    seen: set[frozenset[Node]] = set()
+    for start in graph:
+        if start in done:
+            continue
+        stack: list[Node] = [start]
+        on_stack = {start}
+        branches = [iter(graph[start])]
+        while branches:
+            target = next(branches[-1], None)
+            if target is None:
+                finished = stack.pop()
+                on_stack.discard(finished)
+                done.add(finished)
+                branches.pop()
+            elif target in on_stack:
+                cycle = stack[stack.index(target) :]
+                if frozenset(cycle) not in seen:
+                    seen.add(frozenset(cycle))
+                    yield [*cycle, target]
+            elif target not in done:
+                stack.append(target)
+                on_stack.add(target)
+                branches.append(iter(graph[target]))
+
+
+def errors_from_validation(error: ValidationError) -> list[FieldError]:
+    """pydantic's errors as FieldErrors with Kubernetes-style paths (``spec.jobs[0].name``)."""
+    result = []
+    for item in error.errors():
+        path = ""
+        for part in item["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        result.append(FieldError(path or "<object>", item["msg"]))
+    return result
