@@ -42,17 +42,36 @@ def _errors(spec: Any, model: type[DeploymentSpec] | type[JobSpec], name: str) -
     return validate_dependencies(parsed, job_name=name)
 
 
-@kopf.on.validate(GROUP, VERSION, "deployments", id="dependencies", operations=["CREATE", "UPDATE"])
 def validate_deployment(spec: Any, **_: Any) -> None:
     """Dependency cycles and cross-job references of a Deployment."""
     _reject(_errors(spec, DeploymentSpec, ""))
 
 
-@kopf.on.validate(GROUP, VERSION, "jobs", id="dependencies", operations=["CREATE", "UPDATE"])
 def validate_job(spec: Any, name: str | None, body: Any, **_: Any) -> None:
     """Dependency cycles within a Job (references to other Jobs are the Deployment's business)."""
     job_name = name or (body.get("metadata") or {}).get("name") or ""
     _reject(_errors(spec, JobSpec, job_name))
+
+
+def register(registry: kopf.OperatorRegistry | None = None) -> None:
+    """Register the validating handlers (in kopf's default registry unless one is given).
+
+    failurePolicy is Ignore: while the operator is down objects are still accepted, and the
+    reconciler reports the same problems as Stalled.
+    """
+    for plural, handler in (("deployments", validate_deployment), ("jobs", validate_job)):
+        kopf.on.validate(
+            GROUP,
+            VERSION,
+            plural,
+            id="dependencies",
+            operations=["CREATE", "UPDATE"],
+            ignore_failures=True,
+            registry=registry,
+        )(handler)
+
+
+register()
 
 
 def self_signed_certificate(hosts: list[str], directory: Path) -> tuple[Path, Path]:
