@@ -82,7 +82,7 @@ def admission_webhook(kubectl: Kubectl, crds_installed: None) -> Iterator[str]:
                     "jsonpath={.webhooks[*].name}",
                     check=False,
                 )
-                return got.returncode == 0 and "dependencies" in got.stdout
+                return got.returncode == 0 and got.stdout.count("-dependencies.") == 2
 
             wait_for(configured, timeout=60, interval=0.2, what="kopf to install the webhook")
             yield configuration

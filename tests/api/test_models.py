@@ -139,7 +139,9 @@ def test_parse_kopf_body_with_status() -> None:
     job = parse_job(body)
     assert job.job_name == "redis-store"
     assert job.status.instances[0].containers[0].restart_count == 4
-    assert job.status.conditions[0].last_transition_time == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert job.status.conditions[0].last_transition_time == datetime(
+        2025, 1, 2, 3, 4, 5, tzinfo=UTC
+    )
     assert job.status.kopf == {"progress": {"x": 1}}
     # a brand-new object has status null
     body["status"] = None

@@ -65,7 +65,8 @@ def test_cycle_across_jobs_uses_qualified_names() -> None:
         web=[container("web", "backend/api")],
     )
     assert messages(validate_dependencies(spec)) == [
-        "spec.jobs[0].containers[1].dependsOn: dependency cycle backend/api -> web/web -> backend/api"
+        "spec.jobs[0].containers[1].dependsOn:"
+        " dependency cycle backend/api -> web/web -> backend/api"
     ]
 
 

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from dockyard.api.quantities import parse_duration
 from dockyard.api.schema import (
     DEPENDENCY_PATTERN,
     MAX_DEPENDS_ON,
@@ -98,6 +99,12 @@ class VolumeMount(ApiModel):
     mount_path: AbsolutePath
     """Absolute path inside the container."""
 
+    @model_validator(mode="after")
+    def _inside_disk(self) -> VolumeMount:
+        if self.sub_path is not None and ".." in self.sub_path:
+            raise ValueError("subPath must stay inside the disk: no '..'")
+        return self
+
 
 class BindVolume(ApiModel):
     """A directory of the VM bind-mounted into the container."""
@@ -129,6 +136,12 @@ class RestartBackoff(ApiModel):
     """First delay."""
     max: Duration = "5m"
     """Largest delay."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RestartBackoff:
+        if parse_duration(self.initial) > parse_duration(self.max):
+            raise ValueError("initial must not exceed max")
+        return self
 
 
 class ExecProbe(ApiModel):

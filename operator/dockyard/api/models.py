@@ -163,6 +163,12 @@ class PersistentDiskTemplate(ApiModel):
     def size_bytes(self) -> int:
         return parse_quantity(self.size)
 
+    @model_validator(mode="after")
+    def _positive(self) -> PersistentDiskTemplate:
+        if self.size_bytes <= 0:
+            raise ValueError("size must be greater than zero")
+        return self
+
 
 _UNKNOWN_LOCAL = "!d.contains('/') && !self.containers.exists(o, o.name == d)"
 _BAD_DEPENDS = f"has(c.dependsOn) && c.dependsOn.exists(d, {_UNKNOWN_LOCAL})"

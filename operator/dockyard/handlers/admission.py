@@ -64,7 +64,7 @@ def register(registry: kopf.OperatorRegistry | None = None) -> None:
             GROUP,
             VERSION,
             plural,
-            id="dependencies",
+            id=f"{plural}-dependencies",
             operations=["CREATE", "UPDATE"],
             ignore_failures=True,
             registry=registry,
