@@ -28,7 +28,14 @@ def stemcell(docker_engine: None) -> None:
 def operator(crds: None, stemcell: None, namespace_prefix: str) -> Iterator[Any]:
     from kopf.testing import KopfRunner
 
-    args = ["run", "--standalone", "--namespace", f"{namespace_prefix}*", "-m", "dockyard.handlers.main"]
+    args = [
+        "run",
+        "--standalone",
+        "--namespace",
+        f"{namespace_prefix}*",
+        "-m",
+        "dockyard.handlers.main",
+    ]
     with KopfRunner(args, timeout=120) as runner:
         yield runner
     assert runner.exception is None, runner.exception

@@ -20,16 +20,19 @@ READY_DEADLINE = 180
 
 
 def deployment(name: str, jobs: str, update: str = "") -> str:
-    return textwrap.dedent(
-        f"""
+    return (
+        textwrap.dedent(
+            f"""
         apiVersion: dockyard.dev/v1alpha1
         kind: Deployment
         metadata: {{name: {name}}}
         spec:
           provider: {{type: local}}
         """
-    ) + textwrap.indent(textwrap.dedent(update), "  ") + "  jobs:\n" + textwrap.indent(
-        textwrap.dedent(jobs), "  "
+        )
+        + textwrap.indent(textwrap.dedent(update), "  ")
+        + "  jobs:\n"
+        + textwrap.indent(textwrap.dedent(jobs), "  ")
     )
 
 
@@ -110,11 +113,17 @@ def test_scale_up_and_down(kubectl: Kubectl, namespace: str, get_object: GetObje
         patch = [{"op": "replace", "path": "/spec/jobs/0/instances", "value": count}]
         kubectl("patch", "dyd", "scale", "-n", namespace, "--type=json", "-p", json.dumps(patch))
         wait_for(
-            lambda count=count: len(
-                [i for i in get_object("dyj", "scale-web")["status"]["instances"] if "vmId" in i]
-            )
-            == count
-            and condition(get_object("dyd", "scale"), "Ready")["status"] == "True",  # type: ignore[index]
+            lambda count=count: (
+                len(
+                    [
+                        i
+                        for i in get_object("dyj", "scale-web")["status"]["instances"]
+                        if "vmId" in i
+                    ]
+                )
+                == count
+                and condition(get_object("dyd", "scale"), "Ready")["status"] == "True"
+            ),  # type: ignore[index]
             timeout=READY_DEADLINE,
             what=f"{count} instances ready",
         )
@@ -140,7 +149,13 @@ def test_failing_canary_halts_rollout_and_keeps_the_rest_on_the_old_version(
         i["index"]: i["containers"][0]["specHash"]
         for i in get_object("dyj", "canary-web")["status"]["instances"]
     }
-    bad = [{"op": "replace", "path": "/spec/jobs/0/containers/0/command", "value": ["sh", "-c", "exit 3"]}]
+    bad = [
+        {
+            "op": "replace",
+            "path": "/spec/jobs/0/containers/0/command",
+            "value": ["sh", "-c", "exit 3"],
+        }
+    ]
     kubectl("patch", "dyd", "canary", "-n", namespace, "--type=json", "-p", json.dumps(bad))
 
     def stalled() -> dict[str, Any] | None:
@@ -152,7 +167,9 @@ def test_failing_canary_halts_rollout_and_keeps_the_rest_on_the_old_version(
     assert condition(obj, "Ready")["status"] == "False"  # type: ignore[index]
     assert "canary" in condition(obj, "Stalled")["message"]  # type: ignore[index]
     instances = get_object("dyj", "canary-web")["status"]["instances"]
-    changed = [i["index"] for i in instances if i["containers"][0]["specHash"] != old_hashes[i["index"]]]
+    changed = [
+        i["index"] for i in instances if i["containers"][0]["specHash"] != old_hashes[i["index"]]
+    ]
     assert changed == [0], f"only the canary may carry the new version, got {changed}"
     events = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
     assert "RolloutHalted" in events
@@ -233,8 +250,10 @@ def test_disk_grow_keeps_data_and_delete_leaves_nothing(
 
     kubectl("delete", "dyd", "disk", "-n", namespace, "--timeout=120s")
     wait_for(
-        lambda: not provider.find_vms({TAG_OWNER_UID: uid})
-        and not provider.find_disks({"disk": f"{namespace}.disk-store-0"}),
+        lambda: (
+            not provider.find_vms({TAG_OWNER_UID: uid})
+            and not provider.find_disks({"disk": f"{namespace}.disk-store-0"})
+        ),
         timeout=120,
         what="VMs and disks gone",
     )
