@@ -80,7 +80,7 @@ def _healthcheck(check: HealthCheck | None) -> dict[str, object]:
     if check.exec is not None:
         command = list(check.exec.command)
     elif check.tcp is not None:
-        command = ["nc", "-z", "127.0.0.1", str(check.tcp.port)]
+        command = ["sh", "-c", f"nc -w 1 127.0.0.1 {check.tcp.port} </dev/null"]
     else:
         assert check.http is not None
         command = [
