@@ -56,7 +56,7 @@ tar -C "$root" -c . | docker import \
   -c 'ENV PATH=/usr/bin:/usr/sbin:/bin' \
   -c 'ENTRYPOINT ["/usr/bin/docker-init", "--", "/init.sh"]' \
   -c 'VOLUME /var/lib/docker' \
-  -c 'LABEL dockyard.dev/stemcell=local' \
+  -c 'LABEL dockyard.stemcell=local' \
   - "$IMAGE" >/dev/null
 docker tag "$IMAGE" dockyard/stemcell:latest
 log "built $IMAGE ($(docker image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%d MB", $1/1e6}'))"
