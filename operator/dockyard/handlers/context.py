@@ -205,12 +205,32 @@ async def publish_job_status(body: kopf.Body, report: JobReport) -> None:
         post = kopf.info if action.ok else kopf.warn
         detail = f" ({action.message})" if action.message else ""
         post(
-            dict(body),
+            body,
             reason=action.kind,
             message=f"instance {action.index}: {action.target}: {action.reason}{detail}",
         )
-        metrics.record_action(job, action)
+    namespace = job.metadata.namespace or ""
+    deployment = job.metadata.labels.get("dockyard.dev/deployment", "")
+    for action in report.actions:
+        metrics.record_action(
+            namespace,
+            deployment,
+            job.job_name,
+            action.kind,
+            action.target,
+            action.reason,
+            action.ok,
+        )
     status = job_status(job, report, now=datetime.now(UTC))
+    metrics.set_job_state(
+        namespace,
+        deployment,
+        job.job_name,
+        ready=status["readyInstances"],
+        total=job.spec.instances,
+        halted=bool(report.stalled),
+        meltdown=bool(report.meltdown),
+    )
     current = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
     if status != current:
         await kube.patch_status("jobs", job.metadata.namespace or "", job.metadata.name, status)

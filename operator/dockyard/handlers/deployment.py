@@ -69,7 +69,7 @@ def _ready_at_generation(job: dict[str, Any]) -> bool:
     )
 
 
-async def reconcile_deployment(body: dict[str, Any], logger: logging.Logger) -> None:
+async def reconcile_deployment(body: dict[str, Any]) -> None:
     namespace = body["metadata"]["namespace"]
     name = body["metadata"]["name"]
     if body["metadata"].get("deletionTimestamp"):
@@ -84,25 +84,29 @@ async def reconcile_deployment(body: dict[str, Any], logger: logging.Logger) -> 
         }
         if errors:
             message = "; ".join(str(e) for e in errors)
-            kopf.warn(body, reason="InvalidSpec", message=message)
+            kopf.warn(kube.as_body(body), reason="InvalidSpec", message=message)
             await _publish(deployment, body, list(existing.values()), stalled=message)
             return
 
         wanted = {job.name for job in deployment.spec.jobs}
         for job_name, job in existing.items():
             if job_name not in wanted:
-                kopf.info(body, reason="DeletingJob", message=f"job {job_name} left the spec")
+                kopf.info(
+                    kube.as_body(body),
+                    reason="DeletingJob",
+                    message=f"job {job_name} left the spec",
+                )
                 await kube.delete("jobs", namespace, job["metadata"]["name"])
 
         for index, template in enumerate(deployment.spec.jobs):
             child = child_job(deployment, index)
-            kopf.adopt(child, owner=body)
+            kopf.adopt(child, owner=kube.as_body(body))
             current = existing.get(template.name)
             if current is None:
-                kopf.info(body, reason="CreatingJob", message=f"job {template.name}")
+                kopf.info(kube.as_body(body), reason="CreatingJob", message=f"job {template.name}")
                 current = await kube.create("jobs", namespace, child)
             elif _spec_differs(current.get("spec", {}), child["spec"]):
-                kopf.info(body, reason="UpdatingJob", message=f"job {template.name}")
+                kopf.info(kube.as_body(body), reason="UpdatingJob", message=f"job {template.name}")
                 await kube.patch(
                     "jobs", namespace, child["metadata"]["name"], {"spec": child["spec"]}
                 )
@@ -205,18 +209,17 @@ async def _publish(
 @kopf.on.resume(kube.GROUP, kube.VERSION, "deployments")
 @kopf.on.create(kube.GROUP, kube.VERSION, "deployments")
 @kopf.on.update(kube.GROUP, kube.VERSION, "deployments", field="spec")
-async def deployment_changed(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
-    await reconcile_deployment(dict(body), logger)
+async def deployment_changed(body: kopf.Body, **_: Any) -> None:
+    await reconcile_deployment(dict(body))
 
 
 @kopf.on.event(kube.GROUP, kube.VERSION, "jobs")
-async def job_changed(
-    body: kopf.Body, namespace: str, type: str | None, logger: logging.Logger, **_: Any
-) -> None:
+async def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     """A child changed (kopf keeps no diff of status, so this follows raw watch events): roll
     its status up, continue a serial rollout, wake its cross-job dependents."""
     if type is None:  # the initial listing; resume handlers cover it
         return
+    namespace = body.metadata.namespace or ""
     deployment_name = body.get("metadata", {}).get("labels", {}).get(DEPLOYMENT_LABEL)
     if not deployment_name:
         return
@@ -225,4 +228,4 @@ async def job_changed(
             wake(namespace, sibling["metadata"]["name"])
     parent = await kube.get("deployments", namespace, deployment_name)
     if parent is not None:
-        await reconcile_deployment(parent, logger)
+        await reconcile_deployment(parent)

@@ -32,7 +32,8 @@ def disk_tags(namespace: str, name: str) -> dict[str, str]:
 
 @kopf.on.resume(kube.GROUP, kube.VERSION, "persistentdisks")
 @kopf.on.create(kube.GROUP, kube.VERSION, "persistentdisks")
-async def ensure_disk(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+async def ensure_disk(body: kopf.Body, **_: Any) -> None:
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     if body.get("metadata", {}).get("labels", {}).get("dockyard.dev/job"):
         return  # its Job manages it
     disk = parse_persistent_disk(body)
@@ -57,7 +58,8 @@ async def ensure_disk(body: kopf.Body, namespace: str, name: str, **_: Any) -> N
 
 
 @kopf.on.delete(kube.GROUP, kube.VERSION, "persistentdisks")
-async def delete_disk(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+async def delete_disk(body: kopf.Body, **_: Any) -> None:
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     disk = parse_persistent_disk(body)
     if disk.spec.reclaim_policy != "Delete":
         kopf.info(body, reason="DiskRetained", message="reclaimPolicy Retain: the disk stays")

@@ -31,20 +31,13 @@ DRIFT_INTERVAL = 15.0  # seconds between full observations when nothing else wak
 
 
 @kopf.on.update(kube.GROUP, kube.VERSION, "jobs", field="spec")
-def spec_changed(namespace: str, name: str, **_: Any) -> None:
-    wake(namespace, name)
+def spec_changed(body: kopf.Body, **_: Any) -> None:
+    wake(body.metadata.namespace or "", body.metadata.name or "")
 
 
 @kopf.daemon(kube.GROUP, kube.VERSION, "jobs", cancellation_timeout=30)
-async def converge(
-    body: kopf.Body,
-    namespace: str,
-    name: str,
-    uid: str,
-    stopped: kopf.DaemonStopped,
-    logger: logging.Logger,
-    **_: Any,
-) -> None:
+async def converge(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     event = wakeup_event(namespace, name)
     context: ReconcileContext | None = None
     try:
@@ -61,11 +54,11 @@ async def converge(
                 delay = report.requeue_after or DRIFT_INTERVAL
             except kopf.TemporaryError as error:
                 metrics.observe_reconcile("Job", "retry", started)
-                logger.warning("retrying in %.0fs: %s", error.delay or 10, error)
+                log.warning("retrying in %.0fs: %s", error.delay or 10, error)
                 delay = float(error.delay or 10)
             except Exception as error:
                 metrics.observe_reconcile("Job", "error", started)
-                logger.exception("reconcile of Job %s/%s failed", namespace, name)
+                log.exception("reconcile of Job %s/%s failed", namespace, name)
                 kopf.warn(body, reason="ReconcileError", message=str(error)[:1000])
                 delay = 10.0
             with contextlib.suppress(TimeoutError):
@@ -76,7 +69,7 @@ async def converge(
 
 
 @kopf.on.delete(kube.GROUP, kube.VERSION, "jobs")
-async def delete_job(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+async def delete_job(body: kopf.Body, **_: Any) -> None:
     """Containers and VMs go; disks go or stay per the persistent disk's reclaimPolicy."""
     context = await build_context(body, None)
     try:

@@ -10,24 +10,31 @@ import asyncio
 import base64
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
+import kopf
 import kubernetes
 import kubernetes.client
 import kubernetes.config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 GROUP = "dockyard.dev"
+__all__ = ["GROUP", "VERSION", "ApiException", "as_body"]
 VERSION = "v1alpha1"
 
 
 @functools.cache
 def _api_client() -> kubernetes.client.ApiClient:
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     return kubernetes.client.ApiClient()
+
+
+def as_body(obj: Mapping[str, Any]) -> kopf.Body:
+    """kopf's Event and ownership helpers read plain objects as well as its own views."""
+    return cast(kopf.Body, obj)
 
 
 def custom() -> kubernetes.client.CustomObjectsApi:
@@ -41,10 +48,10 @@ def core() -> kubernetes.client.CoreV1Api:
 async def get(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
     def call() -> dict[str, Any] | None:
         try:
-            result: dict[str, Any] = custom().get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name
+            return cast(
+                dict[str, Any],
+                custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name),
             )
-            return result
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -55,11 +62,13 @@ async def get(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
 
 async def list_(plural: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
     def call() -> list[dict[str, Any]]:
-        result = custom().list_namespaced_custom_object(
-            GROUP, VERSION, namespace, plural, label_selector=selector
+        result = cast(
+            dict[str, Any],
+            custom().list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, label_selector=selector
+            ),
         )
-        items: list[dict[str, Any]] = result.get("items", [])
-        return items
+        return list(result.get("items", []))
 
     return await asyncio.to_thread(call)
 
@@ -67,24 +76,27 @@ async def list_(plural: str, namespace: str, selector: str = "") -> list[dict[st
 async def create(plural: str, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
     def call() -> dict[str, Any]:
         try:
-            result: dict[str, Any] = custom().create_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, dict(body)
+            return cast(
+                dict[str, Any],
+                custom().create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, dict(body)
+                ),
             )
-            return result
         except ApiException as error:
             if error.status != 409:
                 raise
-            existing: dict[str, Any] = custom().get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, body["metadata"]["name"]
+            name = body["metadata"]["name"]
+            return cast(
+                dict[str, Any],
+                custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name),
             )
-            return existing
 
     return await asyncio.to_thread(call)
 
 
 async def patch(plural: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
     def call() -> None:
-        custom().patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, body)
+        custom().patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, dict(body))
 
     await asyncio.to_thread(call)
 

@@ -12,7 +12,9 @@ import kopf
 from dockyard.observability import metrics
 
 # Importing the handler modules registers their handlers with kopf.
-from . import admission, deployment, disk, job  # noqa: F401
+from dockyard.handlers import admission, deployment, disk, job  # noqa: F401
+
+admission.register()
 
 log = logging.getLogger(__name__)
 
