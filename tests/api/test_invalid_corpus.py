@@ -31,6 +31,7 @@ class Case:
     message: str | None
     webhook: bool
     documents: list[dict[str, Any]]
+    texts: list[str]  # the documents as written, sent to kubectl unchanged
 
     @property
     def is_update(self) -> bool:
@@ -41,7 +42,8 @@ def load(path: Path) -> Case:
     text = path.read_text()
     header = dict(re.findall(r"^# (field|message|webhook): (.*)$", text, flags=re.MULTILINE))
     assert "field" in header, f"{path.name} has no '# field:' line"
-    documents = [d for d in yaml.safe_load_all(text) if d]
+    texts = [part for part in re.split(r"^---$", text, flags=re.MULTILINE) if part.strip()]
+    documents = [yaml.safe_load(part) for part in texts]
     assert len(documents) in (1, 2), path.name
     return Case(
         path=path,
@@ -49,6 +51,7 @@ def load(path: Path) -> Case:
         message=header.get("message", "").strip() or None,
         webhook=header.get("webhook", "").startswith("true"),
         documents=documents,
+        texts=texts,
     )
 
 

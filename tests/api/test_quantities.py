@@ -49,6 +49,13 @@ def test_parse_quantity_rejects(text: str) -> None:
         parse_quantity(text)
 
 
+@pytest.mark.parametrize("text", ["1e99999999", "8Ei", "10000000000000000000", "1e19"])
+def test_parse_quantity_refuses_more_than_int64(text: str) -> None:
+    with pytest.raises(ValueError, match="too large"):
+        parse_quantity(text)
+    assert parse_quantity("7Ei") == 7 * 2**60
+
+
 @given(st.integers(min_value=0, max_value=2**62))
 def test_format_quantity_round_trips(size: int) -> None:
     text = format_quantity(size)

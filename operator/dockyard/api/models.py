@@ -44,9 +44,10 @@ _NO_SHRINK = rule(
     message_expression="'size cannot shrink (from ' + string(oldSelf) + ' to ' + string(self)"
     " + '); a disk only grows'",
 )
-_POSITIVE = rule(
-    "!isQuantity(string(self)) || quantity(string(self)).isGreaterThan(quantity('0'))",
-    "size must be greater than zero",
+_SIZE_RANGE = rule(
+    "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))"
+    " && quantity(string(self)).isLessThan(quantity('8Ei'))",
+    "size must be greater than zero and below 8Ei",
 )
 _RANGE_ORDERED = rule(
     "!self.contains('-') || duration(self.split('-')[0]) <= duration(self.split('-')[1])",
@@ -151,7 +152,7 @@ class PersistentDiskTemplate(ApiModel):
         )
     )
 
-    size: Annotated[Quantity, Field(json_schema_extra=validations(_NO_SHRINK, _POSITIVE))]
+    size: Annotated[Quantity, Field(json_schema_extra=validations(_NO_SHRINK, _SIZE_RANGE))]
     """Size, a quantity such as 1Gi or 500Mi. It may grow, never shrink."""
     type: Text | None = None
     """Provider disk type, e.g. gp3 (aws) or pd-ssd (gce); provider default when unset.

@@ -15,6 +15,10 @@ from decimal import Decimal, InvalidOperation
 # and never a milli-byte): binary (Ki..Ei), decimal (k..E) and exponent (1e9) forms.
 QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[kMGTPE]|[eE]\+?[0-9]+)?$"
 
+# Kubernetes keeps quantities' values in an int64.
+MAX_QUANTITY = 2**63 - 1
+_MAX_EXPONENT = 19
+
 _BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
 _DECIMAL = {"k": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
 
@@ -48,8 +52,14 @@ def parse_quantity(value: str | int) -> int:
     elif suffix in _DECIMAL:
         amount *= Decimal(1000) ** _DECIMAL[suffix]
     elif suffix:
-        amount *= Decimal(10) ** int(suffix[1:].lstrip("+"))
-    return math.ceil(amount)
+        exponent = int(suffix[1:].lstrip("+"))
+        if exponent > _MAX_EXPONENT:
+            raise ValueError(f"{text!r} is too large (at most {MAX_QUANTITY} bytes)")
+        amount *= Decimal(10) ** exponent
+    size = math.ceil(amount)
+    if size > MAX_QUANTITY:
+        raise ValueError(f"{text!r} is too large (at most {MAX_QUANTITY} bytes)")
+    return size
 
 
 def format_quantity(size: int) -> str:

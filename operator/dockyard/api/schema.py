@@ -92,6 +92,12 @@ def int_or_string(pattern: str) -> dict[str, Any]:
     }
 
 
+# The pattern admits quantities larger than the int64 Kubernetes (and parse_quantity) can hold.
+QUANTITY_RANGE = rule(
+    "isQuantity(string(self)) && quantity(string(self)).isLessThan(quantity('8Ei'))",
+    "must be a quantity below 8Ei",
+)
+
 DnsLabel = Annotated[str, Field(max_length=63, pattern=DNS_LABEL_PATTERN)]
 Text = Annotated[str, Field(max_length=253)]
 Arg = Annotated[str, Field(max_length=4096)]
@@ -105,7 +111,13 @@ Quantity = Annotated[
     BeforeValidator(_to_str),
     Field(max_length=64, pattern=QUANTITY_PATTERN),
     AfterValidator(_check_quantity),
-    WithJsonSchema({**int_or_string(QUANTITY_PATTERN), "maxLength": 64}),
+    WithJsonSchema(
+        {
+            **int_or_string(QUANTITY_PATTERN),
+            "maxLength": 64,
+            "x-kubernetes-validations": [QUANTITY_RANGE],
+        }
+    ),
 ]
 Port = Annotated[int, Field(ge=1, le=65535)]
 StringMap = Annotated[
