@@ -45,6 +45,9 @@ class ContainerStatus(ApiModel):
     """Hash of the container spec it runs."""
     image: Annotated[str, Field(max_length=512)] | None = None
     """Image it runs."""
+    started_at: datetime | None = None
+    """When it last started (millisecond precision): dependents restart when an upstream started
+    after them."""
 
 
 class InstanceStatus(ApiModel):

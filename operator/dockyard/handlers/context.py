@@ -84,6 +84,7 @@ class ReconcileContext:
         self.watchers = watchers
         self.reconciler = JobReconciler(world)
         self.secrets: dict[str, dict[str, str]] = {}
+        self.last_status: dict[str, Any] | None = None  # what we last wrote
 
     async def reconcile(self) -> JobReport:
         desired = job_desired(self.job, self.secrets, await _upstream_starts(self.job))
@@ -198,7 +199,7 @@ async def build_context(
     return context
 
 
-async def publish_job_status(body: kopf.Body, report: JobReport) -> None:
+async def publish_job_status(body: kopf.Body, report: JobReport, context: ReconcileContext) -> None:
     """An Event per action; the status patched only when it differs from what is stored."""
     job = parse_job(body)
     for action in report.actions:
@@ -221,7 +222,7 @@ async def publish_job_status(body: kopf.Body, report: JobReport) -> None:
             action.reason,
             action.ok,
         )
-    status = job_status(job, report, now=datetime.now(UTC))
+    status = job_status(job, report, now=datetime.now(UTC), previous=context.last_status)
     metrics.set_job_state(
         namespace,
         deployment,
@@ -231,6 +232,9 @@ async def publish_job_status(body: kopf.Body, report: JobReport) -> None:
         halted=bool(report.stalled),
         meltdown=bool(report.meltdown),
     )
-    current = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    current = context.last_status or {
+        k: v for k, v in (body.get("status") or {}).items() if k != "kopf"
+    }
     if status != current:
         await kube.patch_status("jobs", job.metadata.namespace or "", job.metadata.name, status)
+    context.last_status = status

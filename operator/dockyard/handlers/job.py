@@ -47,7 +47,7 @@ async def converge(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> No
             try:
                 context = await build_context(body, context)
                 report = await context.reconcile()
-                await publish_job_status(body, report)
+                await publish_job_status(body, report, context)
                 metrics.observe_reconcile(
                     "Job", "stalled" if report.stalled else "success", started
                 )

@@ -12,9 +12,11 @@ import kopf
 from dockyard.observability import metrics
 
 # Importing the handler modules registers their handlers with kopf.
-from dockyard.handlers import admission, deployment, disk, job  # noqa: F401
+from dockyard.handlers import deployment, disk, job  # noqa: F401
 
-admission.register()
+# kopf refuses to start with admission handlers but no webhook server: the admission module
+# (which registers on import) is loaded only when the webhook is configured.
+WEBHOOK = bool(os.environ.get("DOCKYARD_WEBHOOK_PORT"))
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.inactivity_timeout = 360
     settings.posting.level = logging.INFO
     settings.execution.max_workers = 16
-    admission.configure_webhook(settings)
+    if WEBHOOK:
+        from dockyard.handlers import admission
+
+        admission.configure_webhook(settings)
 
 
 def run_operator(namespace: str | None = None, metrics_port: int = 9090) -> int:

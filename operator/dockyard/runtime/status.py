@@ -14,7 +14,8 @@ from dockyard.runtime.reconciler import JobReport
 def _iso(stamp: float | None) -> str | None:
     if stamp is None:
         return None
-    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    moment = datetime.fromtimestamp(stamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def condition(
@@ -48,8 +49,13 @@ def _container_state(observed: ObservedContainer | None) -> str:
     return observed.state
 
 
-def job_status(job: Job, report: JobReport, now: datetime) -> dict[str, Any]:
-    previous = job.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+def job_status(
+    job: Job, report: JobReport, now: datetime, previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``previous`` is the status last written, when the caller knows it better than ``job``
+    (the watch may not have delivered our own last write yet)."""
+    if previous is None:
+        previous = job.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     previous_instances = {i["index"]: i for i in previous.get("instances", [])}
     restart_reasons = {
         (a.index, a.target): a.reason for a in report.actions if a.kind.endswith("Container")

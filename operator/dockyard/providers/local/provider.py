@@ -88,9 +88,10 @@ class LocalProvider:
         """Disks are mounted below a folder bind-mounted onto itself and made rshared, so a mount
         made there later shows up in every VM that has its subfolder as an rslave bind."""
         self.shared.mkdir(parents=True, exist_ok=True)
-        if not os.path.ismount(self.shared):
+        # os.path.ismount cannot see a bind of a folder onto itself (same device): ask the kernel.
+        if not is_mount_point(self.shared):
             run("mount", "--bind", str(self.shared), str(self.shared))
-        run("mount", "--make-rshared", str(self.shared))
+            run("mount", "--make-rshared", str(self.shared))
 
     def _ensure_network(self) -> None:
         try:
@@ -107,14 +108,17 @@ class LocalProvider:
     def _flags(self, image: str) -> dict[str, Any]:
         """--privileged when this host allows it, else the stand-in (decided once)."""
         if self._vm_flags is None:
+            probe = self.client.containers.create(
+                image, entrypoint=["/bin/true"], privileged=True, labels={LABEL_ROOT: "probe"}
+            )
             try:
-                self.client.containers.run(
-                    image, entrypoint=["/bin/true"], privileged=True, remove=True
-                )
+                probe.start()
                 self._vm_flags = {"privileged": True}
             except docker.errors.APIError:
                 log.info("--privileged is refused here; VMs use the stand-in flags")
                 self._vm_flags = dict(STAND_IN_FLAGS)
+            finally:
+                probe.remove(force=True)
         return self._vm_flags
 
     # --- VMs -----------------------------------------------------------------------------------
@@ -352,6 +356,12 @@ class LocalProvider:
 
     def close(self) -> None:
         self.client.close()
+
+
+def is_mount_point(path: Path) -> bool:
+    target = str(path.resolve())
+    with open("/proc/self/mountinfo") as mountinfo:
+        return any(line.split()[4] == target for line in mountinfo)
 
 
 def leftovers(provider: LocalProvider) -> list[str]:
