@@ -1,13 +1,49 @@
-"""Dockyard's Prometheus metrics (kopf has none built in). Labels stay bounded: names of
-deployments, jobs and containers, never uids or VM ids."""
+"""Dockyard's Prometheus metrics (kopf has none built in).
+
+Every metric lives in ``REGISTRY`` (not prometheus_client's global one, so tests read exactly
+ours). Labels stay bounded: namespaces and the names of deployments, jobs and containers, and
+small fixed sets of results and reasons. Never uids or provider ids: a resurrected VM must not
+start a new series. The helpers check the fixed-set labels and raise ``ValueError`` naming the
+argument, so a typo cannot mint a new series either. docs/metrics.md describes every metric.
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import inspect
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, TypeVar, cast, get_args
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ReconcileResult = Literal["success", "error", "retry", "stalled"]
+RestartReason = Literal["crash", "oom", "unhealthy", "upstream", "spec_change", "drift"]
+ResurrectionResult = Literal["success", "failure"]
+OperationResult = Literal["success", "error"]
+DiskOperation = Literal["create", "attach", "detach", "resize", "delete"]
+InstanceState = Literal["ready", "not_ready"]
+
+RECONCILE_RESULTS: tuple[str, ...] = get_args(ReconcileResult)
+RESTART_REASONS: tuple[str, ...] = get_args(RestartReason)
+RESURRECTION_RESULTS: tuple[str, ...] = get_args(ResurrectionResult)
+OPERATION_RESULTS: tuple[str, ...] = get_args(OperationResult)
+DISK_OPERATIONS_: tuple[str, ...] = get_args(DiskOperation)
+INSTANCE_STATES: tuple[str, ...] = get_args(InstanceState)
+
+# 5 ms .. 60 s, as controller-runtime's reconcile histogram.
+RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Provider calls: API round trips (tens of ms) up to VM creation (minutes on a cloud).
+PROVIDER_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 REGISTRY = CollectorRegistry()
 
@@ -19,7 +55,7 @@ RECONCILE_TOTAL = Counter(
 )
 RECONCILE_ERRORS = Counter(
     "dockyard_reconcile_errors_total",
-    "Reconcile passes that failed, by kind and reason.",
+    "Errors met while reconciling, by kind and reason.",
     ["kind", "reason"],
     registry=REGISTRY,
 )
@@ -27,123 +63,441 @@ RECONCILE_DURATION = Histogram(
     "dockyard_reconcile_duration_seconds",
     "Time of one reconcile pass.",
     ["kind"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    buckets=RECONCILE_BUCKETS,
     registry=REGISTRY,
 )
 CONTAINER_RESTARTS = Counter(
     "dockyard_container_restarts_total",
-    "Containers (re)started by Dockyard, by reason (created, spec_change, upstream, drift).",
+    "Container restarts seen or made by Dockyard, by reason "
+    "(crash, oom, unhealthy, upstream, spec_change, drift).",
     ["namespace", "deployment", "job", "container", "reason"],
     registry=REGISTRY,
 )
 DEPENDENT_RESTARTS = Counter(
     "dockyard_dependent_restarts_total",
-    "Containers restarted because an upstream restarted or changed.",
+    "Containers restarted because an upstream they depend on restarted or changed.",
     ["namespace", "deployment", "job", "container"],
     registry=REGISTRY,
 )
 VM_RESURRECTIONS = Counter(
     "dockyard_vm_resurrections_total",
-    "VMs replaced because they died or stopped answering, by result.",
+    "Attempts to replace a VM that died or stopped answering, by result (success, failure).",
     ["namespace", "deployment", "job", "result"],
+    registry=REGISTRY,
+)
+MELTDOWNS = Counter(
+    "dockyard_meltdowns_total",
+    "Times a job entered meltdown (too many instances down at once: resurrection paused).",
+    ["namespace", "deployment", "job"],
     registry=REGISTRY,
 )
 MELTDOWN_ACTIVE = Gauge(
     "dockyard_meltdown_active",
-    "1 while resurrection is paused because too many instances are down at once.",
+    "1 while resurrection of a job is paused because too many of its instances are down.",
     ["namespace", "deployment", "job"],
     registry=REGISTRY,
 )
 INSTANCES = Gauge(
     "dockyard_instances",
-    "Instances by state (ready, not_ready).",
+    "Instances of a job by state (ready, not_ready).",
     ["namespace", "deployment", "job", "state"],
     registry=REGISTRY,
 )
 DEPLOYMENT_READY = Gauge(
     "dockyard_deployment_ready",
-    "1 when the Deployment is Ready at its current generation.",
+    "1 when the Deployment is Ready at its current generation, else 0.",
     ["namespace", "deployment"],
-    registry=REGISTRY,
-)
-DISK_OPERATIONS = Counter(
-    "dockyard_disk_operations_total",
-    "Disk operations by kind and result.",
-    ["operation", "result"],
     registry=REGISTRY,
 )
 ROLLOUT_HALTED = Gauge(
     "dockyard_rollout_halted",
-    "1 while a Job's rollout is halted by a failed canary or batch.",
+    "1 while a job's rollout is halted by a failed canary or batch.",
     ["namespace", "deployment", "job"],
     registry=REGISTRY,
 )
-BUILD_INFO = Gauge("dockyard_build_info", "Dockyard's version.", ["version"], registry=REGISTRY)
+CONTAINER_CRASHLOOP = Gauge(
+    "dockyard_container_crashloop",
+    "1 while a container keeps failing (crash-loop back-off), else 0.",
+    ["namespace", "deployment", "job", "container"],
+    registry=REGISTRY,
+)
+DISK_OPERATIONS = Counter(
+    "dockyard_disk_operations_total",
+    "Persistent disk operations by provider, operation and result.",
+    ["provider", "operation", "result"],
+    registry=REGISTRY,
+)
+PROVIDER_REQUESTS = Counter(
+    "dockyard_provider_requests_total",
+    "Calls to an IaaS provider by operation and result.",
+    ["provider", "operation", "result"],
+    registry=REGISTRY,
+)
+PROVIDER_DURATION = Histogram(
+    "dockyard_provider_request_duration_seconds",
+    "Time of one call to an IaaS provider.",
+    ["provider", "operation"],
+    buckets=PROVIDER_BUCKETS,
+    registry=REGISTRY,
+)
+BUILD_INFO = Gauge(
+    "dockyard_build_info",
+    "Always 1; the version label says which Dockyard runs.",
+    ["version"],
+    registry=REGISTRY,
+)
+
+# Per-job gauges, removed together when the job goes (a deleted job must not keep alerting).
+_JOB_GAUGES: tuple[Gauge, ...] = (MELTDOWN_ACTIVE, INSTANCES, ROLLOUT_HALTED, CONTAINER_CRASHLOOP)
+
+_lock = threading.Lock()
+_in_meltdown: set[tuple[str, str, str]] = set()
+_seen: set[tuple[str, ...]] = set()
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:
-    from dockyard import __version__
+def _check(argument: str, value: str, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{argument}: {value!r} is not one of {', '.join(allowed)}")
 
-    BUILD_INFO.labels(version=__version__).set(1)
-    start_http_server(port, addr=addr, registry=REGISTRY)
+
+def _check_name(argument: str, value: str) -> None:
+    if not value:
+        raise ValueError(f"{argument}: must not be empty")
 
 
-def observe_reconcile(kind: str, result: str, started: float) -> None:
-    """Count a pass that began at ``started`` (time.monotonic())."""
+def _first_time(*key: str) -> bool:
+    """True once per key. Used to create sibling series at 0 so that ``increase()`` in the alert
+    rules sees the first failure (a counter born at 1 shows no increase)."""
+    with _lock:
+        if key in _seen:
+            return False
+        _seen.add(key)
+        return True
+
+
+def _touch_reconcile(kind: str) -> None:
+    if _first_time("reconcile", kind):
+        for result in RECONCILE_RESULTS:
+            RECONCILE_TOTAL.labels(kind=kind, result=result)
+
+
+def _touch_disk(provider: str) -> None:
+    if _first_time("disk", provider):
+        for operation in DISK_OPERATIONS_:
+            for result in OPERATION_RESULTS:
+                DISK_OPERATIONS.labels(provider=provider, operation=operation, result=result)
+
+
+def _touch_job(namespace: str, deployment: str, job: str) -> None:
+    if _first_time("job", namespace, deployment, job):
+        for result in RESURRECTION_RESULTS:
+            VM_RESURRECTIONS.labels(namespace, deployment, job, result)
+        MELTDOWNS.labels(namespace, deployment, job)
+
+
+def _touch_container(namespace: str, deployment: str, job: str, container: str) -> None:
+    if _first_time("container", namespace, deployment, job, container):
+        for reason in RESTART_REASONS:
+            CONTAINER_RESTARTS.labels(namespace, deployment, job, container, reason)
+        DEPENDENT_RESTARTS.labels(namespace, deployment, job, container)
+
+
+# --- the endpoint ----------------------------------------------------------------------------
+
+
+def dockyard_version() -> str:
+    try:
+        return importlib.metadata.version("dockyard")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def start_metrics_server(port: int, addr: str = "0.0.0.0") -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``REGISTRY`` on http://addr:port/metrics in a daemon thread; sets build_info.
+
+    Returns the server and its thread (``server.shutdown()`` stops it; port 0 picks a free
+    port, see ``server.server_port``)."""
+    BUILD_INFO.labels(version=dockyard_version()).set(1)
+    return start_http_server(port, addr=addr, registry=REGISTRY)
+
+
+# --- reconcile passes ------------------------------------------------------------------------
+
+
+def observe_reconcile(
+    kind: str, result: ReconcileResult, started: float, reason: str = "exception"
+) -> None:
+    """Count one pass of ``kind`` that began at ``started`` (``time.monotonic()``).
+
+    An ``error`` also counts in dockyard_reconcile_errors_total under ``reason``."""
+    _check_name("kind", kind)
+    _check("result", result, RECONCILE_RESULTS)
+    _touch_reconcile(kind)
     RECONCILE_TOTAL.labels(kind=kind, result=result).inc()
-    RECONCILE_DURATION.labels(kind=kind).observe(time.monotonic() - started)
+    RECONCILE_DURATION.labels(kind=kind).observe(max(time.monotonic() - started, 0.0))
     if result == "error":
-        RECONCILE_ERRORS.labels(kind=kind, reason="exception").inc()
+        RECONCILE_ERRORS.labels(kind=kind, reason=reason).inc()
+
+
+def record_reconcile_error(kind: str, reason: str) -> None:
+    """Count an error met during a pass that itself went on (e.g. one container failed)."""
+    _check_name("kind", kind)
+    _check_name("reason", reason)
+    RECONCILE_ERRORS.labels(kind=kind, reason=reason).inc()
+
+
+@dataclass
+class ReconcileTimer:
+    """Handle of ``reconcile_timer``: set ``result`` (and ``reason`` for errors) before leaving
+    the block to override what the block's outcome says."""
+
+    kind: str
+    started: float
+    result: ReconcileResult | None = None
+    reason: str | None = None
 
 
 @contextmanager
-def disk_operation(operation: str) -> Iterator[None]:
+def reconcile_timer(
+    kind: str, *, retry_on: tuple[type[BaseException], ...] = ()
+) -> Iterator[ReconcileTimer]:
+    """Time and count one reconcile pass of ``kind``.
+
+    Leaving normally counts ``success`` (or ``timer.result``); an exception of a ``retry_on``
+    type counts ``retry``; any other ``Exception`` counts ``error`` with its class name as the
+    reason (or ``timer.reason``). The exception propagates. Cancellation (BaseException) counts
+    nothing: the operator is stopping, not failing."""
+    _check_name("kind", kind)
+    timer = ReconcileTimer(kind=kind, started=time.monotonic())
+    try:
+        yield timer
+    except retry_on:
+        observe_reconcile(kind, "retry", timer.started)
+        raise
+    except Exception as error:
+        observe_reconcile(kind, "error", timer.started, timer.reason or type(error).__name__)
+        raise
+    observe_reconcile(kind, timer.result or "success", timer.started, timer.reason or "exception")
+
+
+# --- provider calls --------------------------------------------------------------------------
+
+
+class ProviderCallObserver:
+    """What ``observe_provider_call`` returns: a context manager and a decorator."""
+
+    def __init__(self, provider: str, operation: str) -> None:
+        _check_name("provider", provider)
+        _check_name("operation", operation)
+        self.provider = provider
+        self.operation = operation
+        self._started: list[float] = []  # a stack: one instance may be re-entered by threads
+
+    def _record(self, started: float, ok: bool) -> None:
+        PROVIDER_DURATION.labels(self.provider, self.operation).observe(
+            max(time.monotonic() - started, 0.0)
+        )
+        PROVIDER_REQUESTS.labels(self.provider, self.operation, "success" if ok else "error").inc()
+
+    def __enter__(self) -> ProviderCallObserver:
+        for result in OPERATION_RESULTS:
+            PROVIDER_REQUESTS.labels(self.provider, self.operation, result)
+        self._started.append(time.monotonic())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        started = self._started.pop()
+        if exc_type is None or issubclass(exc_type, Exception):
+            self._record(started, ok=exc_type is None)
+
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(fn):
+            async_fn = cast(Callable[P, Awaitable[Any]], fn)
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                with ProviderCallObserver(self.provider, self.operation):
+                    return await async_fn(*args, **kwargs)
+
+            return cast(Callable[P, R], async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with ProviderCallObserver(self.provider, self.operation):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+def observe_provider_call(provider: str, operation: str) -> ProviderCallObserver:
+    """Count and time calls to a provider, as a context manager or a decorator::
+
+        with observe_provider_call("aws", "create_vm"):
+            provider.create_vm(spec)
+
+        @observe_provider_call("local", "resize_disk")
+        def resize_disk(...): ...          # also works on ``async def``
+
+    ``result`` is ``success``, or ``error`` when the block raises an Exception (which
+    propagates); cancellation counts nothing."""
+    return ProviderCallObserver(provider, operation)
+
+
+# --- disks -----------------------------------------------------------------------------------
+
+
+def record_disk_operation(provider: str, operation: DiskOperation, ok: bool) -> None:
+    _check_name("provider", provider)
+    _check("operation", operation, DISK_OPERATIONS_)
+    _touch_disk(provider)
+    DISK_OPERATIONS.labels(provider, operation, "success" if ok else "error").inc()
+
+
+@contextmanager
+def disk_operation(provider: str, operation: DiskOperation) -> Iterator[None]:
+    """Count a disk operation: ``error`` when the block raises an Exception, else ``success``."""
+    _check_name("provider", provider)
+    _check("operation", operation, DISK_OPERATIONS_)
     try:
         yield
     except Exception:
-        DISK_OPERATIONS.labels(operation=operation, result="error").inc()
+        record_disk_operation(provider, operation, ok=False)
         raise
-    DISK_OPERATIONS.labels(operation=operation, result="success").inc()
+    record_disk_operation(provider, operation, ok=True)
 
 
-_ACTION_REASONS = {
-    "StartedContainer": "created",
-    "RecreatedContainer": "spec_change",
-    "RestartedContainer": "upstream",
-}
+# --- containers, VMs and jobs ----------------------------------------------------------------
 
 
-def record_action(
-    namespace: str, deployment: str, job: str, kind: str, target: str, reason: str, ok: bool
+def record_container_restart(
+    namespace: str, deployment: str, job: str, container: str, reason: RestartReason
 ) -> None:
-    """Count what a reconcile pass did (one call per action it reports)."""
-    labels = {"namespace": namespace, "deployment": deployment, "job": job}
-    if kind in _ACTION_REASONS:
-        why = _ACTION_REASONS[kind]
-        if kind == "RestartedContainer" and not reason.startswith("upstream"):
-            why = "drift"
-        CONTAINER_RESTARTS.labels(**labels, container=target, reason=why).inc()
-        if why == "upstream":
-            DEPENDENT_RESTARTS.labels(**labels, container=target).inc()
-    elif kind == "ResurrectedVM":
-        VM_RESURRECTIONS.labels(**labels, result="success" if ok else "failure").inc()
-    elif kind in ("CreatedDisk", "ResizedDisk", "DeletedDisk", "AttachedDisk"):
-        DISK_OPERATIONS.labels(operation=kind.removesuffix("Disk").lower(), result="success").inc()
-    elif kind == "ContainerFailed":
-        RECONCILE_ERRORS.labels(kind="Job", reason="container").inc()
-    elif kind == "InstanceFailed":
-        RECONCILE_ERRORS.labels(kind="Job", reason="instance").inc()
+    """Count one restart of ``container``; ``upstream`` also counts as a dependent restart."""
+    _check("reason", reason, RESTART_REASONS)
+    _touch_container(namespace, deployment, job, container)
+    CONTAINER_RESTARTS.labels(namespace, deployment, job, container, reason).inc()
+    if reason == "upstream":
+        DEPENDENT_RESTARTS.labels(namespace, deployment, job, container).inc()
+
+
+def set_container_crashloop(
+    namespace: str, deployment: str, job: str, container: str, looping: bool
+) -> None:
+    CONTAINER_CRASHLOOP.labels(namespace, deployment, job, container).set(int(looping))
+
+
+def record_vm_resurrection(namespace: str, deployment: str, job: str, ok: bool) -> None:
+    _touch_job(namespace, deployment, job)
+    VM_RESURRECTIONS.labels(namespace, deployment, job, "success" if ok else "failure").inc()
+
+
+def set_meltdown(namespace: str, deployment: str, job: str, active: bool) -> None:
+    """Set the meltdown gauge; entering meltdown (not staying in it) counts one meltdown."""
+    _touch_job(namespace, deployment, job)
+    key = (namespace, deployment, job)
+    with _lock:
+        entered = active and key not in _in_meltdown
+        if active:
+            _in_meltdown.add(key)
+        else:
+            _in_meltdown.discard(key)
+    if entered:
+        MELTDOWNS.labels(*key).inc()
+    MELTDOWN_ACTIVE.labels(*key).set(int(active))
 
 
 def set_job_state(
     namespace: str, deployment: str, job: str, ready: int, total: int, halted: bool, meltdown: bool
 ) -> None:
-    labels = {"namespace": namespace, "deployment": deployment, "job": job}
-    INSTANCES.labels(**labels, state="ready").set(ready)
-    INSTANCES.labels(**labels, state="not_ready").set(max(total - ready, 0))
-    ROLLOUT_HALTED.labels(**labels).set(int(halted))
-    MELTDOWN_ACTIVE.labels(**labels).set(int(meltdown))
+    """Publish a job's instance counts, rollout halt and meltdown after a pass."""
+    _touch_job(namespace, deployment, job)
+    INSTANCES.labels(namespace, deployment, job, "ready").set(ready)
+    INSTANCES.labels(namespace, deployment, job, "not_ready").set(max(total - ready, 0))
+    ROLLOUT_HALTED.labels(namespace, deployment, job).set(int(halted))
+    set_meltdown(namespace, deployment, job, meltdown)
 
 
 def set_deployment_ready(namespace: str, deployment: str, ready: bool) -> None:
     DEPLOYMENT_READY.labels(namespace=namespace, deployment=deployment).set(int(ready))
+
+
+def _remove_matching(gauge: Gauge, match: Mapping[str, str]) -> None:
+    """Remove every series of ``gauge`` whose labels include ``match`` (public API only)."""
+    for family in gauge.collect():
+        for sample in family.samples:
+            if all(sample.labels.get(key) == value for key, value in match.items()):
+                gauge.remove(*sample.labels.values())  # in label-name order
+
+
+def forget_job(namespace: str, deployment: str, job: str) -> None:
+    """Drop a deleted job's gauges so it stops alerting (counters stay: rates go to 0)."""
+    match = {"namespace": namespace, "deployment": deployment, "job": job}
+    for gauge in _JOB_GAUGES:
+        _remove_matching(gauge, match)
+    with _lock:
+        _in_meltdown.discard((namespace, deployment, job))
+
+
+def forget_deployment(namespace: str, deployment: str) -> None:
+    """Drop a deleted deployment's gauges, its jobs' included."""
+    match = {"namespace": namespace, "deployment": deployment}
+    for gauge in (*_JOB_GAUGES, DEPLOYMENT_READY):
+        _remove_matching(gauge, match)
+    with _lock:
+        _in_meltdown.difference_update(
+            {key for key in _in_meltdown if key[:2] == (namespace, deployment)}
+        )
+
+
+# --- reconciler actions ----------------------------------------------------------------------
+
+_DISK_ACTIONS: dict[str, DiskOperation] = {
+    "CreatedDisk": "create",
+    "AttachedDisk": "attach",
+    "DetachedDisk": "detach",
+    "ResizedDisk": "resize",
+    "DeletedDisk": "delete",
+    "DiskResizeFailed": "resize",
+}
+
+
+def record_action(
+    namespace: str,
+    deployment: str,
+    job: str,
+    kind: str,
+    target: str,
+    reason: str,
+    ok: bool,
+    *,
+    provider: str = "unknown",
+) -> None:
+    """Count what a reconcile pass did: one call per action it reports (runtime ActionRecord).
+
+    A first start (``StartedContainer``) is not a restart; ``RestartedContainer`` is
+    ``upstream`` when an upstream caused it, ``crash`` when the container had stopped, else
+    ``drift``; ``RecreatedContainer`` is ``spec_change``."""
+    if kind == "RestartedContainer":
+        if reason.startswith("upstream"):
+            why: RestartReason = "upstream"
+        elif reason == "not running":
+            why = "crash"
+        else:
+            why = "drift"
+        record_container_restart(namespace, deployment, job, target, why)
+    elif kind == "RecreatedContainer":
+        record_container_restart(namespace, deployment, job, target, "spec_change")
+    elif kind == "ResurrectedVM":
+        record_vm_resurrection(namespace, deployment, job, ok)
+    elif kind in _DISK_ACTIONS:
+        record_disk_operation(provider, _DISK_ACTIONS[kind], ok)
+    elif kind == "ContainerFailed":
+        record_reconcile_error("Job", "container")
+    elif kind == "InstanceFailed":
+        record_reconcile_error("Job", "instance")
