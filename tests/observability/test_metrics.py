@@ -20,15 +20,21 @@ EXPECTED = {
     "dockyard_reconcile_total": {"kind", "result"},
     "dockyard_reconcile_errors_total": {"kind", "reason"},
     "dockyard_reconcile_duration_seconds": {"kind"},
-    "dockyard_container_restarts_total": {"namespace", "deployment", "job", "container", "reason"},
-    "dockyard_dependent_restarts_total": {"namespace", "deployment", "job", "container"},
-    "dockyard_vm_resurrections_total": {"namespace", "deployment", "job", "result"},
-    "dockyard_meltdowns_total": {"namespace", "deployment", "job"},
-    "dockyard_meltdown_active": {"namespace", "deployment", "job"},
-    "dockyard_instances": {"namespace", "deployment", "job", "state"},
+    "dockyard_container_restarts_total": {
+        "namespace",
+        "deployment",
+        "job_name",
+        "container",
+        "reason",
+    },
+    "dockyard_dependent_restarts_total": {"namespace", "deployment", "job_name", "container"},
+    "dockyard_vm_resurrections_total": {"namespace", "deployment", "job_name", "result"},
+    "dockyard_meltdowns_total": {"namespace", "deployment", "job_name"},
+    "dockyard_meltdown_active": {"namespace", "deployment", "job_name"},
+    "dockyard_instances": {"namespace", "deployment", "job_name", "state"},
     "dockyard_deployment_ready": {"namespace", "deployment"},
-    "dockyard_rollout_halted": {"namespace", "deployment", "job"},
-    "dockyard_container_crashloop": {"namespace", "deployment", "job", "container"},
+    "dockyard_rollout_halted": {"namespace", "deployment", "job_name"},
+    "dockyard_container_crashloop": {"namespace", "deployment", "job_name", "container"},
     "dockyard_disk_operations_total": {"provider", "operation", "result"},
     "dockyard_provider_requests_total": {"provider", "operation", "result"},
     "dockyard_provider_request_duration_seconds": {"provider", "operation"},
@@ -92,6 +98,15 @@ def test_no_label_can_hold_an_object_identity() -> None:
         assert not names & UNBOUNDED, f"{collector}: {names & UNBOUNDED}"
 
 
+def test_no_label_is_one_prometheus_sets_on_every_target() -> None:
+    """``job`` and ``instance`` are the scrape's own labels: ours would be renamed exported_*.
+    (``namespace`` and ``container`` clash only with the Prometheus Operator's target labels: the
+    ServiceMonitor sets honorLabels, see docs/metrics.md.)"""
+    for collector in set(REGISTRY._names_to_collectors.values()):
+        names = set(getattr(collector, "_labelnames", ()))
+        assert not names & {"job", "instance"}, f"{collector}: {names}"
+
+
 def test_vm_and_disk_ids_do_not_become_series(ns: str) -> None:
     """The reconciler reports VM and disk ids as action targets; they must not mint series."""
     before = len(series("dockyard_vm_resurrections_total")) + len(
@@ -112,7 +127,7 @@ def test_vm_and_disk_ids_do_not_become_series(ns: str) -> None:
             "dockyard_vm_resurrections_total",
             namespace=ns,
             deployment="d",
-            job="web",
+            job_name="web",
             result="success",
         )
         == 50
@@ -161,7 +176,7 @@ def test_first_failure_is_visible_to_increase(ns: str) -> None:
         == 0
     )
     metrics.set_job_state(ns, "d", "web", ready=1, total=1, halted=False, meltdown=False)
-    labels = {"namespace": ns, "deployment": "d", "job": "web", "result": "failure"}
+    labels = {"namespace": ns, "deployment": "d", "job_name": "web", "result": "failure"}
     assert REGISTRY.get_sample_value("dockyard_vm_resurrections_total", labels) == 0
     provider = f"p{uuid.uuid4().hex[:6]}"
     metrics.record_disk_operation(provider, "create", ok=True)
@@ -214,7 +229,7 @@ def test_record_action_maps_reconciler_actions(ns: str) -> None:
             "dockyard_container_restarts_total",
             namespace=ns,
             deployment="d",
-            job="web",
+            job_name="web",
             container=container,
             reason=reason,
         )
@@ -231,14 +246,14 @@ def test_record_action_maps_reconciler_actions(ns: str) -> None:
     assert restarts("db", "crash") == 1
     assert restarts("db", "spec_change") == 1
     assert restarts("app", "upstream") == 1
-    dependent = {"namespace": ns, "deployment": "d", "job": "web", "container": "app"}
+    dependent = {"namespace": ns, "deployment": "d", "job_name": "web", "container": "app"}
     assert REGISTRY.get_sample_value("dockyard_dependent_restarts_total", dependent) == 1
     assert (
         value(
             "dockyard_vm_resurrections_total",
             namespace=ns,
             deployment="d",
-            job="web",
+            job_name="web",
             result="failure",
         )
         == 1
@@ -250,7 +265,7 @@ def test_record_action_maps_reconciler_actions(ns: str) -> None:
 
 
 def test_meltdown_counts_entries_not_passes(ns: str) -> None:
-    labels = {"namespace": ns, "deployment": "d", "job": "web"}
+    labels = {"namespace": ns, "deployment": "d", "job_name": "web"}
     for melted in (True, True, True, False, True):
         metrics.set_job_state(ns, "d", "web", ready=0, total=10, halted=False, meltdown=melted)
     assert value("dockyard_meltdowns_total", **labels) == 2
@@ -266,15 +281,17 @@ def test_forget_drops_a_deleted_objects_gauges(ns: str) -> None:
 
     metrics.forget_job(ns, "d", "web")
     for name in ("dockyard_meltdown_active", "dockyard_instances", "dockyard_container_crashloop"):
-        assert not [s for s in series(name) if s.get("namespace") == ns and s["job"] == "web"]
-    assert value("dockyard_instances", namespace=ns, deployment="d", job="db", state="ready") == 1
+        assert not [s for s in series(name) if s.get("namespace") == ns and s["job_name"] == "web"]
+    assert (
+        value("dockyard_instances", namespace=ns, deployment="d", job_name="db", state="ready") == 1
+    )
 
     metrics.forget_deployment(ns, "d")
     assert not [s for s in series("dockyard_instances") if s["namespace"] == ns]
     assert not [s for s in series("dockyard_deployment_ready") if s["namespace"] == ns]
     # Meltdown state went with it: a new job of that name entering meltdown counts again.
     metrics.set_job_state(ns, "d", "web", ready=0, total=5, halted=False, meltdown=True)
-    assert value("dockyard_meltdowns_total", namespace=ns, deployment="d", job="web") == 2
+    assert value("dockyard_meltdowns_total", namespace=ns, deployment="d", job_name="web") == 2
 
 
 @pytest.mark.parametrize(
