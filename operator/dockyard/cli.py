@@ -18,7 +18,9 @@ def _crds(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from dockyard.handlers.main import run_operator
 
-    return run_operator(namespace=args.namespace, metrics_port=args.metrics_port)
+    return run_operator(
+        namespace=args.namespace, metrics_port=args.metrics_port, liveness=args.liveness
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     crds.set_defaults(func=_crds)
 
     run = sub.add_parser("run", help="run the operator against $KUBECONFIG or in-cluster config")
-    run.add_argument("--namespace", default=None, help="watch one namespace (default: all)")
-    run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port")
+    run.add_argument(
+        "--namespace", default=None, help="watch namespaces matching this glob (default: all)"
+    )
+    run.add_argument(
+        "--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)"
+    )
+    run.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        help="kopf liveness endpoint ('' turns it off)",
+    )
     run.set_defaults(func=_run)
 
     args = parser.parse_args(argv)

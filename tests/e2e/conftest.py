@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import REPO, Kubectl, _locked, _run_script
+from tests.waiting import wait_for
 
 
 @pytest.fixture(scope="session")
@@ -25,20 +28,40 @@ def stemcell(docker_engine: None) -> None:
 
 
 @pytest.fixture(scope="session")
-def operator(crds: None, stemcell: None, namespace_prefix: str) -> Iterator[Any]:
-    from kopf.testing import KopfRunner
-
-    args = [
+def operator(
+    crds: None, stemcell: None, kubeconfig: str, namespace_prefix: str, tmp_path_factory: Any
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The real `dockyard run`, as a user runs it, watching only this worker's namespaces."""
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    env = {**os.environ, "KUBECONFIG": kubeconfig, "DOCKYARD_LOG_LEVEL": "INFO"}
+    command = [
+        str(REPO / ".venv" / "bin" / "dockyard"),
         "run",
-        "--standalone",
         "--namespace",
         f"{namespace_prefix}*",
-        "-m",
-        "dockyard.handlers.main",
+        "--metrics-port",
+        "0",
+        "--liveness",
+        "",
     ]
-    with KopfRunner(args, timeout=120) as runner:
-        yield runner
-    assert runner.exception is None, runner.exception
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    wait_for(
+        lambda: (
+            process.poll() is not None
+            or b"Initial authentication has finished" in log_path.read_bytes()
+        ),
+        timeout=60,
+        what="the operator to start",
+    )
+    assert process.poll() is None, log_path.read_text()
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    print(f"operator log: {log_path}")
 
 
 GetObject = Callable[[str, str], dict[str, Any]]

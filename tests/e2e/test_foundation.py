@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,16 +35,6 @@ SMOKE_CRD = textwrap.dedent(
               status:
                 type: object
                 x-kubernetes-preserve-unknown-fields: true
-    """
-)
-
-SMOKE_OPERATOR = textwrap.dedent(
-    """
-    import kopf
-
-    @kopf.on.create("smoke.dockyard.dev", "v1", "smokes")
-    def echo(spec, patch, **_):
-        patch.status["echo"] = spec["message"].upper()
     """
 )
 
@@ -103,14 +93,24 @@ def test_applied_object_reads_back_through_python_client(
 
 
 def test_kopf_handles_an_object_on_the_real_apiserver(
-    kubectl: Kubectl, namespace: str, smoke_crd: None, tmp_path: Path
+    kubectl: Kubectl, namespace: str, smoke_crd: None
 ) -> None:
+    import kopf
     from kopf.testing import KopfRunner
 
-    operator = tmp_path / "smoke_operator.py"
-    operator.write_text(SMOKE_OPERATOR)
-    args = ["run", "--standalone", "--namespace", namespace, str(operator)]
-    with KopfRunner(args, timeout=60) as runner:
+    # A private registry: other in-process operators of this test session stay out of it.
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.create("smoke.dockyard.dev", "v1", "smokes", registry=registry)
+    def echo(spec: kopf.Spec, patch: kopf.Patch, **_: object) -> None:
+        patch.status["echo"] = str(spec["message"]).upper()
+
+    args = ["run", "--standalone", "--namespace", namespace]
+    with KopfRunner(args, timeout=60, registry=registry) as runner:
         kubectl(
             "apply",
             "-n",

@@ -9,10 +9,9 @@ from typing import Any
 
 import kopf
 
-from dockyard.observability import metrics
-
 # Importing the handler modules registers their handlers with kopf.
 from dockyard.handlers import deployment, disk, job  # noqa: F401
+from dockyard.observability import metrics
 
 # kopf refuses to start with admission handlers but no webhook server: the admission module
 # (which registers on import) is loaded only when the webhook is configured.
@@ -41,7 +40,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         admission.configure_webhook(settings)
 
 
-def run_operator(namespace: str | None = None, metrics_port: int = 9090) -> int:
+def run_operator(
+    namespace: str | None = None,
+    metrics_port: int = 9090,
+    liveness: str = "http://0.0.0.0:8080/healthz",
+) -> int:
     logging.basicConfig(
         level=os.environ.get("DOCKYARD_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -53,7 +56,7 @@ def run_operator(namespace: str | None = None, metrics_port: int = 9090) -> int:
             standalone=True,
             clusterwide=namespace is None,
             namespaces=[namespace] if namespace else [],
-            liveness_endpoint=os.environ.get("DOCKYARD_LIVENESS", "http://0.0.0.0:8080/healthz"),
+            liveness_endpoint=liveness or None,
         )
     )
     return 0
