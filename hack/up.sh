@@ -13,7 +13,7 @@ bash "$HACK_DIR/stemcell.sh"
 
 log "installing CRDs"
 kubectl apply -f "$REPO_ROOT/crds/" >/dev/null
-kubectl wait --for=condition=Established crd -l app.kubernetes.io/part-of=dockyard --timeout=60s >/dev/null
+kubectl wait --for=condition=Established -f "$REPO_ROOT/crds/" --timeout=60s >/dev/null
 
 pidfile="$DOCKYARD_STATE/operator.pid"
 if ! { [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
