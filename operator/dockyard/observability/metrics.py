@@ -3,8 +3,10 @@
 Every metric lives in ``REGISTRY`` (not prometheus_client's global one, so tests read exactly
 ours). Labels stay bounded: namespaces and the names of deployments, jobs and containers, and
 small fixed sets of results and reasons. Never uids or provider ids: a resurrected VM must not
-start a new series. The helpers check the fixed-set labels and raise ``ValueError`` naming the
-argument, so a typo cannot mint a new series either. docs/metrics.md describes every metric.
+start a new series. A Dockyard job is labelled ``job_name`` (as kube-state-metrics does): ``job``
+and ``instance`` belong to the scrape. The helpers check the fixed-set labels and raise
+``ValueError`` naming the argument, so a typo cannot mint a new series either. docs/metrics.md
+describes every metric.
 """
 
 from __future__ import annotations
@@ -70,37 +72,37 @@ CONTAINER_RESTARTS = Counter(
     "dockyard_container_restarts_total",
     "Container restarts seen or made by Dockyard, by reason "
     "(crash, oom, unhealthy, upstream, spec_change, drift).",
-    ["namespace", "deployment", "job", "container", "reason"],
+    ["namespace", "deployment", "job_name", "container", "reason"],
     registry=REGISTRY,
 )
 DEPENDENT_RESTARTS = Counter(
     "dockyard_dependent_restarts_total",
     "Containers restarted because an upstream they depend on restarted or changed.",
-    ["namespace", "deployment", "job", "container"],
+    ["namespace", "deployment", "job_name", "container"],
     registry=REGISTRY,
 )
 VM_RESURRECTIONS = Counter(
     "dockyard_vm_resurrections_total",
     "Attempts to replace a VM that died or stopped answering, by result (success, failure).",
-    ["namespace", "deployment", "job", "result"],
+    ["namespace", "deployment", "job_name", "result"],
     registry=REGISTRY,
 )
 MELTDOWNS = Counter(
     "dockyard_meltdowns_total",
     "Times a job entered meltdown (too many instances down at once: resurrection paused).",
-    ["namespace", "deployment", "job"],
+    ["namespace", "deployment", "job_name"],
     registry=REGISTRY,
 )
 MELTDOWN_ACTIVE = Gauge(
     "dockyard_meltdown_active",
     "1 while resurrection of a job is paused because too many of its instances are down.",
-    ["namespace", "deployment", "job"],
+    ["namespace", "deployment", "job_name"],
     registry=REGISTRY,
 )
 INSTANCES = Gauge(
     "dockyard_instances",
     "Instances of a job by state (ready, not_ready).",
-    ["namespace", "deployment", "job", "state"],
+    ["namespace", "deployment", "job_name", "state"],
     registry=REGISTRY,
 )
 DEPLOYMENT_READY = Gauge(
@@ -112,13 +114,13 @@ DEPLOYMENT_READY = Gauge(
 ROLLOUT_HALTED = Gauge(
     "dockyard_rollout_halted",
     "1 while a job's rollout is halted by a failed canary or batch.",
-    ["namespace", "deployment", "job"],
+    ["namespace", "deployment", "job_name"],
     registry=REGISTRY,
 )
 CONTAINER_CRASHLOOP = Gauge(
     "dockyard_container_crashloop",
     "1 while a container keeps failing (crash-loop back-off), else 0.",
-    ["namespace", "deployment", "job", "container"],
+    ["namespace", "deployment", "job_name", "container"],
     registry=REGISTRY,
 )
 DISK_OPERATIONS = Counter(
@@ -437,7 +439,7 @@ def _remove_matching(gauge: Gauge, match: Mapping[str, str]) -> None:
 
 def forget_job(namespace: str, deployment: str, job: str) -> None:
     """Drop a deleted job's gauges so it stops alerting (counters stay: rates go to 0)."""
-    match = {"namespace": namespace, "deployment": deployment, "job": job}
+    match = {"namespace": namespace, "deployment": deployment, "job_name": job}
     for gauge in _JOB_GAUGES:
         _remove_matching(gauge, match)
     with _lock:
