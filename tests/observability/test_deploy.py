@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.observability.conftest import REPO, RULES, one, run, tool
@@ -119,9 +120,6 @@ def test_operator_deployment_is_single_hardened_and_probed(
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert container["args"] == [f"--metrics-port={ports['metrics']}"] and ports["metrics"] == 9090
-    # kopf's liveness endpoint is where the probe looks.
-    assert env["DOCKYARD_LIVENESS"] == f"http://0.0.0.0:{ports['healthz']}/healthz"
     probe = container["livenessProbe"]["httpGet"]
     assert probe == {"path": "/healthz", "port": "healthz"}
     # The webhook is served where its Service and the registered URL say.
@@ -131,6 +129,26 @@ def test_operator_deployment_is_single_hardened_and_probed(
     assert webhook["spec"]["ports"] == [
         {"name": "webhook", "port": ports["webhook"], "targetPort": "webhook"}
     ]
+
+
+def test_operator_args_are_what_the_cli_understands(
+    base_objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Deployment's args through the real `dockyard run` parser: metrics where the Service
+    points, kopf's liveness endpoint where the probe looks, all namespaces."""
+    from dockyard import cli
+    from dockyard.handlers import main as handlers_main
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(handlers_main, "run_operator", lambda **kwargs: seen.update(kwargs) or 0)
+    _, container = _operator(base_objects)
+    assert cli.main(["run", *container["args"]]) == 0
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert seen == {
+        "namespace": None,
+        "metrics_port": ports["metrics"],
+        "liveness": f"http://0.0.0.0:{ports['healthz']}/healthz",
+    }
 
 
 def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
