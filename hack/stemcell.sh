@@ -47,9 +47,10 @@ for m in $(awk '$2 ~ "^/sys/fs/cgroup" {print $2}' /proc/mounts); do
 done
 mkdir -p /run /var/run /var/lib/docker /dockyard/run
 rm -f /dockyard/run/docker.sock
-exec dockerd --host unix:///dockyard/run/docker.sock --bip "${DOCKYARD_BIP:-192.168.250.1/24}" \
-  --default-address-pool "base=192.168.240.0/20,size=24" --log-level warn --userland-proxy=false \
-  >/dockyard/run/dockerd.log 2>&1
+# The provider passes address ranges that clash neither with the host's nor with the VMs' network.
+exec dockerd --host unix:///dockyard/run/docker.sock --bip "${DOCKYARD_BIP:-10.214.255.1/24}" \
+  --default-address-pool "base=${DOCKYARD_ADDRESS_POOL:-10.214.0.0/17},size=24" \
+  --log-level warn --userland-proxy=false >/dockyard/run/dockerd.log 2>&1
 INIT
 chmod +x "$root/init.sh"
 tar -C "$root" -c . | docker import \
@@ -59,5 +60,9 @@ tar -C "$root" -c . | docker import \
   -c 'LABEL dockyard.stemcell=local' \
   - "$IMAGE" >/dev/null
 docker tag "$IMAGE" dockyard/stemcell:latest
+# Older builds go unless a VM still runs them (docker refuses those; that is fine).
+for old in $(docker image ls dockyard/stemcell --format '{{.Tag}}'); do
+  [[ "$old" == latest || "dockyard/stemcell:$old" == "$IMAGE" ]] || docker image rm "dockyard/stemcell:$old" >/dev/null 2>&1 || true
+done
 log "built $IMAGE ($(docker image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%d MB", $1/1e6}'))"
 echo "$IMAGE"

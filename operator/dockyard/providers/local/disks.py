@@ -1,21 +1,26 @@
-"""Disks of the local provider: a sparse file with ext4 on a loop device.
+"""Disks of the local provider: ext4 in a sparse file, on a loop device while attached.
 
-Online grow (resize2fs on a mounted filesystem) needs CAP_SYS_RESOURCE, which this kind of host
-lacks, so disks grow offline: detached, truncated, checked and resized, then attached again.
+Each disk is two files in the disks folder: ``<id>.img`` and its sidecar ``<id>.json`` (identity,
+tags, size, where it is attached), so a restarted operator rediscovers every disk. Online grow
+(resize2fs on a mounted filesystem) needs CAP_SYS_RESOURCE, which this kind of host lacks: disks
+grow offline, detached (truncate, e2fsck, resize2fs).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from dockyard.providers.base import PermanentError, TransientError
+from dockyard.providers.base import TransientError
+from dockyard.providers.local.host import run
 
 MIB = 1024 * 1024
 
@@ -28,27 +33,18 @@ class DiskRecord:
     size_mib: int
     tags: dict[str, str]
     disk_type: str = ""
-    attached_to: str | None = None
+    attached_to: str | None = None  # VM id
     mount_point: str | None = None  # on the host, while attached
-    extra: dict[str, str] = field(default_factory=dict)
 
-
-def run(*command: str) -> str:
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise TransientError(f"{command[0]}: {error}") from error
-    if result.returncode != 0:
-        raise TransientError(
-            f"{' '.join(command)}: {result.stderr.strip() or result.stdout.strip()}"
-        )
-    return result.stdout
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DiskRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class DiskStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
 
     def image(self, disk_id: str) -> Path:
         return self.root / f"{disk_id}.img"
@@ -57,18 +53,24 @@ class DiskStore:
         return self.root / f"{disk_id}.json"
 
     def load(self, disk_id: str) -> DiskRecord | None:
+        if not disk_id or "/" in disk_id or disk_id.startswith("."):
+            return None
         try:
             data = json.loads(self._sidecar(disk_id).read_text())
         except FileNotFoundError:
             return None
-        return DiskRecord(**data)
+        except (OSError, ValueError) as error:
+            raise TransientError(f"reading the sidecar of disk {disk_id}: {error}") from error
+        return DiskRecord.from_json(data)
 
     def save(self, record: DiskRecord) -> None:
         temporary = self._sidecar(record.id).with_suffix(".tmp")
-        temporary.write_text(json.dumps(asdict(record), sort_keys=True))
+        temporary.write_text(json.dumps(dataclasses.asdict(record), sort_keys=True))
         os.replace(temporary, self._sidecar(record.id))  # atomic: a crash never leaves half a file
 
     def all(self) -> list[DiskRecord]:
+        if not self.root.is_dir():
+            return []
         records = []
         for sidecar in sorted(self.root.glob("*.json")):
             record = self.load(sidecar.stem)
@@ -80,8 +82,7 @@ class DiskStore:
         return [r for r in self.all() if all(r.tags.get(k) == v for k, v in tags.items())]
 
     def create(self, tags: Mapping[str, str], size_mib: int, disk_type: str) -> DiskRecord:
-        if size_mib <= 0:
-            raise PermanentError(f"disk size must be positive, got {size_mib} MiB")
+        self.root.mkdir(parents=True, exist_ok=True)
         record = DiskRecord(
             id=f"disk-{uuid.uuid4().hex[:12]}",
             size_mib=size_mib,
@@ -90,18 +91,19 @@ class DiskStore:
         )
         image = self.image(record.id)
         with open(image, "wb") as handle:
-            handle.truncate(size_mib * MIB)
+            handle.truncate(size_mib * MIB)  # sparse: costs no space until written
         try:
             run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1", str(image))
         except TransientError:
             image.unlink(missing_ok=True)
             raise
-        # The sidecar comes last: a disk without one was never handed out.
-        self.save(record)
+        self.save(record)  # last: a disk without a sidecar was never handed out
         return record
 
     def loop_device(self, disk_id: str) -> str | None:
-        out = run("losetup", "-j", str(self.image(disk_id)))
+        """The loop device bound to the disk's image, if any. One still bound after a detach
+        means a container in some VM still has the filesystem mounted."""
+        out = run("losetup", "--associated", str(self.image(disk_id)))
         return out.split(":", 1)[0] if out.strip() else None
 
     def mount(self, record: DiskRecord, mount_point: Path) -> str:
@@ -115,24 +117,33 @@ class DiskStore:
         return device
 
     def unmount(self, record: DiskRecord) -> None:
-        if record.mount_point and os.path.ismount(record.mount_point):
-            run("umount", record.mount_point)
         if record.mount_point:
+            if os.path.ismount(record.mount_point):
+                run("umount", record.mount_point)
             with contextlib.suppress(OSError):
                 Path(record.mount_point).rmdir()
         device = self.loop_device(record.id)
         if device:
-            run("losetup", "-d", device)
+            # Frees the device now, or (autoclear) when the last container using it stops.
+            run("losetup", "--detach", device)
 
     def grow(self, record: DiskRecord, size_mib: int) -> None:
         """Offline grow of a detached disk; the data stays."""
+        device = self.loop_device(record.id)
+        if device is not None:
+            raise TransientError(
+                f"disk {record.id} is detached but still in use ({device} is bound): stop the "
+                "containers that use it, then resize"
+            )
         image = str(self.image(record.id))
         with open(image, "r+b") as handle:
             handle.truncate(size_mib * MIB)
-        fsck = subprocess.run(["e2fsck", "-f", "-p", image], capture_output=True, text=True)
+        fsck = subprocess.run(
+            ["e2fsck", "-f", "-p", image], capture_output=True, text=True, check=False, timeout=300
+        )
         if fsck.returncode >= 4:  # 1 and 2 mean "errors corrected"
             raise TransientError(f"e2fsck {image}: {fsck.stdout}{fsck.stderr}")
-        run("resize2fs", image)
+        run("resize2fs", image, timeout=300)
 
     def delete(self, record: DiskRecord) -> None:
         self._sidecar(record.id).unlink(missing_ok=True)

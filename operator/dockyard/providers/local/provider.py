@@ -1,16 +1,32 @@
-"""LocalProvider: the CPI on this host's Docker engine."""
+"""LocalProvider: the CPI on this host's Docker engine.
+
+A VM is a container of the stemcell (hack/stemcell.sh) running its own Docker engine, reached
+through a unix socket in a per-VM host folder. A disk is ext4 in a sparse file, mounted on the
+host below ``<root>/mnt/<vm>/`` (a folder made rshared), which the VM sees as ``/var/vcap/store``
+(rslave): disks come and go in a running VM and outlive it.
+
+Layout of a root (default /var/lib/dockyard/local):
+  disks/<id>.img, disks/<id>.json    a disk and its sidecar
+  mnt/<vm>/<disk>                    mount points of attached disks
+  vms/<vm>/run/                      bound into the VM at /dockyard/run: docker.sock, metadata.json
+  .lock                              serialises changes across threads and processes
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import os
+import re
 import shutil
-import subprocess
+import socket
 import threading
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +47,43 @@ from dockyard.providers.base import (
     VMSpec,
     VMState,
 )
-from dockyard.providers.local.disks import DiskRecord, DiskStore, run
+from dockyard.providers.local.disks import DiskRecord, DiskStore
+from dockyard.providers.local.host import RootLock, loop_devices, mounts_under, run
 
 log = logging.getLogger(__name__)
 
 LABEL = "dockyard.dev/"
-LABEL_ROOT = LABEL + "local-root"
+# Labels of our own; tag keys may not start with "local-".
+LABEL_ROOT = LABEL + "local-root"  # a short hash of the root path
+LABEL_ROOT_PATH = LABEL + "local-root-path"
+LABEL_NETWORK = LABEL + "local-network"
 DEFAULT_ROOT = "/var/lib/dockyard/local"
+DEFAULT_NETWORK = "dockyard-local"
 DEFAULT_STEMCELL = "dockyard/stemcell:latest"
+# VM networks are /24s carved from here, one per root; the inner engines use another range, so
+# neither clashes with the host's docker0 (172.17/16) or Docker's default pools.
+VM_SUBNETS = ipaddress.IPv4Network("10.213.0.0/16")
+DEFAULT_INNER_BIP = "10.214.255.1/24"
+DEFAULT_INNER_POOL = "10.214.0.0/17"
 DISK_ROOT_IN_VM = "/var/vcap/store"
-ENGINE_READY_TIMEOUT = 30.0
+RUN_IN_VM = "/dockyard/run"
+OPTIONS = {
+    "root",
+    "network",
+    "subnet",
+    "stemcell",
+    "inner_bip",
+    "inner_address_pool",
+    "engine_timeout",
+}
+# sun_path holds 108 bytes: a root too long for <root>/vms/<vm>/run/docker.sock keeps its VM
+# folders under /run/dockyard-local/<root hash> instead.
+MAX_ROOT_FOR_SOCKETS = 64
+SHORT_RUN_ROOT = Path("/run/dockyard-local")
 
-# What replaces --privileged where the capability bounding set lacks CAP_SYS_RESOURCE
-# (see docs/providers.md): every other capability, no seccomp/AppArmor confinement, writable
-# /proc and /sys paths, and access to all devices.
+# What replaces --privileged where the capability bounding set lacks CAP_SYS_RESOURCE:
+# every other capability, no seccomp/AppArmor confinement, writable /proc and /sys paths
+# (systempaths=unconfined: empty masked and read-only path lists) and access to all devices.
 STAND_IN_FLAGS: dict[str, Any] = {
     "cap_add": ["ALL"],
     "cap_drop": ["SYS_RESOURCE"],
@@ -60,223 +99,450 @@ _STATES = {
     "dead": VMState.STOPPED,
     "removing": VMState.STOPPED,
 }
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+# --privileged or the stand-in, decided once per Docker engine (keyed by its URL).
+_flags_cache: dict[str, dict[str, Any]] = {}
+_flags_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _docker_call(what: str) -> Iterator[None]:
+    """Docker API hiccups (and a host engine that is down) are worth retrying."""
+    try:
+        yield
+    except docker.errors.NotFound:
+        raise
+    except (docker.errors.DockerException, OSError) as error:
+        raise TransientError(f"{what}: {error}") from error
+
+
+def _ping(path: Path, timeout: float = 2.0) -> bool:
+    """GET /_ping on an engine's unix socket, without building a client per attempt."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(str(path))
+            conn.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            status = conn.recv(64)
+    except OSError:
+        return False
+    return status.startswith(b"HTTP/1.") and status.split(b" ", 2)[1:2] == [b"200"]
+
+
+class _Summary:
+    """The fields of a container we use, from either a list entry or an inspect."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        if "Names" in data:  # GET /containers/json
+            self.name = data["Names"][0].lstrip("/")
+            self.status = data.get("State", "")
+            self.labels: Mapping[str, str] = data.get("Labels") or {}
+            mounts = data.get("Mounts") or []
+            self.run_dir = next(
+                (m.get("Source") for m in mounts if m.get("Destination") == RUN_IN_VM), None
+            )
+        else:  # GET /containers/{id}/json
+            self.name = data["Name"].lstrip("/")
+            self.status = data.get("State", {}).get("Status", "")
+            self.labels = data.get("Config", {}).get("Labels") or {}
+            mounts = data.get("Mounts") or []
+            self.run_dir = next(
+                (m.get("Source") for m in mounts if m.get("Destination") == RUN_IN_VM), None
+            )
+        self.networks: Mapping[str, Any] = (data.get("NetworkSettings") or {}).get("Networks") or {}
+
+    def address(self, network: str) -> str | None:
+        endpoint = self.networks.get(network) or next(iter(self.networks.values()), None) or {}
+        static = (endpoint.get("IPAMConfig") or {}).get("IPv4Address")
+        return endpoint.get("IPAddress") or static or None
 
 
 class LocalProvider:
+    """VMs as containers running their own Docker engine; disks as loop-mounted ext4 files."""
+
     resizes_attached_disks = False
 
     def __init__(self, config: ProviderConfig) -> None:
-        self.root = Path(config.options.get("root", DEFAULT_ROOT))
-        self.network = config.options.get("network", "dockyard-local")
-        self.default_stemcell = config.options.get("stemcell", DEFAULT_STEMCELL)
-        self.root_id = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
-        self.client = docker.from_env(timeout=60)
+        options = dict(config.options)
+        unknown = sorted(set(options) - OPTIONS)
+        if unknown:
+            raise PermanentError(
+                f"options.{unknown[0]}: unknown option of the local provider "
+                f"(known: {', '.join(sorted(OPTIONS))})"
+            )
+        root = options.get("root") or DEFAULT_ROOT
+        if not os.path.isabs(root):
+            raise PermanentError(f"options.root: {root!r} is not an absolute path")
+        self.root = Path(os.path.normpath(root))
+        self.root_id = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        default_network = (
+            DEFAULT_NETWORK if str(self.root) == DEFAULT_ROOT else f"dockyard-local-{self.root_id}"
+        )
+        self.network = options.get("network") or default_network
+        self.subnet = _subnet_option(options.get("subnet", ""))
+        self.default_stemcell = options.get("stemcell") or DEFAULT_STEMCELL
+        self.inner_bip = options.get("inner_bip") or DEFAULT_INNER_BIP
+        self.inner_pool = options.get("inner_address_pool") or DEFAULT_INNER_POOL
+        try:
+            self.engine_timeout = float(options.get("engine_timeout") or 60)
+        except ValueError as error:
+            raise PermanentError(f"options.engine_timeout: {error}") from error
+        self.shared = self.root / "mnt"
+        self.vms_root = (
+            self.root / "vms"
+            if len(str(self.root)) <= MAX_ROOT_FOR_SOCKETS
+            else SHORT_RUN_ROOT / self.root_id / "vms"
+        )
         self.disks = DiskStore(self.root / "disks")
-        self._lock = threading.RLock()
-        self._vm_flags: dict[str, Any] | None = None
-        (self.root / "vms").mkdir(parents=True, exist_ok=True)
-        self._ensure_shared_mount_folder()
-        self._ensure_network()
+        self._lock = RootLock(self.root / ".lock")
+        try:
+            self.client = docker.from_env(timeout=60)
+        except docker.errors.DockerException as error:
+            raise TransientError(f"connecting to the host's Docker engine: {error}") from error
 
-    # --- set-up --------------------------------------------------------------------------------
+    # --- plumbing ------------------------------------------------------------------------------
 
-    @property
-    def shared(self) -> Path:
-        return self.root / "mnt"
+    def _root_labels(self) -> dict[str, str]:
+        return {LABEL_ROOT: self.root_id, LABEL_ROOT_PATH: str(self.root)}
 
-    def _ensure_shared_mount_folder(self) -> None:
+    def _ensure_shared_mount(self) -> None:
         """Disks are mounted below a folder bind-mounted onto itself and made rshared, so a mount
         made there later shows up in every VM that has its subfolder as an rslave bind."""
         self.shared.mkdir(parents=True, exist_ok=True)
-        # os.path.ismount cannot see a bind of a folder onto itself (same device): ask the kernel.
-        if not is_mount_point(self.shared):
+        if str(self.shared) not in mounts_under(self.shared):
             run("mount", "--bind", str(self.shared), str(self.shared))
             run("mount", "--make-rshared", str(self.shared))
 
-    def _ensure_network(self) -> None:
-        try:
-            self.client.networks.get(self.network)
-        except docker.errors.NotFound:
+    def _ensure_network(self) -> tuple[ipaddress.IPv4Network | None, str | None]:
+        """The VMs' network (created when missing): its subnet and gateway."""
+        with _docker_call(f"inspecting network {self.network}"):
             try:
-                self.client.networks.create(
-                    self.network, driver="bridge", labels={LABEL + "local-network": "true"}
+                attrs = self.client.api.inspect_network(self.network)
+            except docker.errors.NotFound:
+                attrs = self._create_network()
+        for pool in (attrs.get("IPAM") or {}).get("Config") or []:
+            with contextlib.suppress(KeyError, ValueError):
+                subnet = ipaddress.ip_network(pool["Subnet"])
+                if isinstance(subnet, ipaddress.IPv4Network):
+                    return subnet, pool.get("Gateway")
+        return None, None
+
+    def _create_network(self) -> dict[str, Any]:
+        if self.subnet is not None:
+            candidates = [self.subnet]
+        else:  # a /24 of VM_SUBNETS picked by the root's hash, the next free one on overlap
+            slices: list[ipaddress.IPv4Network] = list(VM_SUBNETS.subnets(new_prefix=24))
+            start = int(self.root_id, 16) % len(slices)
+            candidates = slices[start:] + slices[:start]
+        for subnet in candidates:
+            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet))])
+            try:
+                self.client.api.create_network(
+                    self.network,
+                    driver="bridge",
+                    ipam=ipam,
+                    labels={**self._root_labels(), LABEL_NETWORK: "true"},
+                    check_duplicate=True,
                 )
             except docker.errors.APIError as error:
-                if error.status_code != 409:  # created meanwhile by another provider instance
-                    raise TransientError(f"creating network {self.network}: {error}") from error
+                text = str(error).lower()
+                if "overlap" in text and self.subnet is None:
+                    continue
+                if error.status_code == 409 or "already exists" in text:
+                    break  # made meanwhile by someone else
+                raise
+            break
+        else:
+            raise TransientError(f"no free /24 in {VM_SUBNETS} for network {self.network}")
+        result: dict[str, Any] = self.client.api.inspect_network(self.network)
+        return result
+
+    def _free_address(self, subnet: ipaddress.IPv4Network, gateway: str | None) -> str:
+        used = {gateway.split("/")[0]} if gateway else {str(next(subnet.hosts()))}
+        with _docker_call(f"listing the containers on {self.network}"):
+            found = self.client.api.containers(all=True, filters={"network": self.network})
+        for entry in found:
+            address = _Summary(entry).address(self.network)
+            if address:
+                used.add(address.split("/")[0])
+        for host in subnet.hosts():
+            if str(host) not in used:
+                return str(host)
+        raise TransientError(f"network {self.network} ({subnet}) has no free address left")
+
+    def _release_plumbing_if_idle(self) -> None:
+        """With no VM and no attached disk left, the root's network and shared mount go too, so a
+        clean root leaves nothing on the host."""
+        with _docker_call("listing VMs"):
+            if self.client.api.containers(all=True, filters={"label": self._root_filter()}):
+                return
+        if any(m != str(self.shared) for m in mounts_under(self.shared)):
+            return
+        with contextlib.suppress(docker.errors.DockerException):
+            attrs = self.client.api.inspect_network(self.network)
+            if (attrs.get("Labels") or {}).get(LABEL_ROOT) == self.root_id:
+                self.client.api.remove_network(self.network)
+        if mounts_under(self.shared):
+            run("umount", str(self.shared))
+        shutil.rmtree(self.shared, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.vms_root.rmdir()
+            if self.vms_root.parent != self.root:
+                self.vms_root.parent.rmdir()
 
     def _flags(self, image: str) -> dict[str, Any]:
-        """--privileged when this host allows it, else the stand-in (decided once)."""
-        if self._vm_flags is None:
-            probe = self.client.containers.create(
-                image, entrypoint=["/bin/true"], privileged=True, labels={LABEL_ROOT: "probe"}
+        """--privileged when this host allows it, else the stand-in (decided once per engine)."""
+        key = str(self.client.api.base_url)
+        with _flags_lock:
+            if key not in _flags_cache:
+                _flags_cache[key] = self._probe_privileged(image)
+            return dict(_flags_cache[key])
+
+    def _probe_privileged(self, image: str) -> dict[str, Any]:
+        with _docker_call("probing --privileged"):
+            probe = self.client.api.create_container(
+                image,
+                entrypoint=["/bin/true"],
+                labels={LABEL + "local-probe": "true"},
+                host_config=self.client.api.create_host_config(privileged=True),
             )
             try:
-                probe.start()
-                self._vm_flags = {"privileged": True}
-            except docker.errors.APIError:
-                log.info("--privileged is refused here; VMs use the stand-in flags")
-                self._vm_flags = dict(STAND_IN_FLAGS)
+                self.client.api.start(probe["Id"])
+                return {"privileged": True}
+            except docker.errors.APIError as error:
+                log.info("--privileged is refused here (%s); VMs use the stand-in flags", error)
+                return dict(STAND_IN_FLAGS)
             finally:
-                probe.remove(force=True)
-        return self._vm_flags
+                self.client.api.remove_container(probe["Id"], force=True)
 
     # --- VMs -----------------------------------------------------------------------------------
 
+    def _root_filter(self) -> list[str]:
+        return [f"{LABEL_ROOT}={self.root_id}"]
+
     def _vm_dir(self, vm_id: str) -> Path:
-        return self.root / "vms" / vm_id
+        return self.vms_root / vm_id
 
-    def _labels(self, tags: Mapping[str, str]) -> dict[str, str]:
-        return {LABEL_ROOT: self.root_id, **{LABEL + k: v for k, v in tags.items()}}
-
-    def _vm(self, container: Any) -> VM:
-        labels = container.labels or {}
+    def _vm(self, summary: _Summary) -> VM:
         tags = {
-            k[len(LABEL) :]: v for k, v in labels.items() if k.startswith(LABEL) and k != LABEL_ROOT
+            key[len(LABEL) :]: value
+            for key, value in summary.labels.items()
+            if key.startswith(LABEL) and not key.startswith(LABEL + "local-")
         }
-        networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
-        address = (networks.get(self.network) or {}).get("IPAddress") or None
         return VM(
-            id=container.name,
-            state=_STATES.get(container.status, VMState.STOPPED),
+            id=summary.name,
+            state=_STATES.get(summary.status, VMState.STOPPED),
             tags=tags,
-            address=address,
+            address=summary.address(self.network),
         )
 
-    def _container(self, vm_id: str) -> Any:
+    def _inspect(self, vm_id: str) -> _Summary:
+        if not _NAME.match(vm_id):
+            raise NotFoundError(f"VM {vm_id!r} does not exist")
         try:
-            container = self.client.containers.get(vm_id)
+            with _docker_call(f"inspecting VM {vm_id}"):
+                summary = _Summary(self.client.api.inspect_container(vm_id))
         except docker.errors.NotFound as error:
             raise NotFoundError(f"VM {vm_id} does not exist") from error
-        except docker.errors.APIError as error:
-            raise TransientError(f"inspecting VM {vm_id}: {error}") from error
-        if (container.labels or {}).get(LABEL_ROOT) != self.root_id:
+        if summary.labels.get(LABEL_ROOT) != self.root_id or summary.name != vm_id:
             raise NotFoundError(f"VM {vm_id} does not exist")
-        return container
+        return summary
 
     def find_vms(self, tags: Mapping[str, str]) -> list[VM]:
-        filters = [f"{k}={v}" for k, v in self._labels(tags).items()]
-        try:
-            found = self.client.containers.list(all=True, filters={"label": filters})
-        except docker.errors.APIError as error:
-            raise TransientError(f"listing VMs: {error}") from error
-        return sorted((self._vm(c) for c in found), key=lambda vm: vm.id)
+        filters = self._root_filter() + [f"{LABEL}{k}={v}" for k, v in tags.items()]
+        with _docker_call("listing VMs"):
+            found = self.client.api.containers(all=True, filters={"label": filters})
+        vms = (self._vm(_Summary(entry)) for entry in found)
+        return sorted((vm for vm in vms if vm.state is not VMState.MISSING), key=lambda v: v.id)
 
     def create_vm(self, spec: VMSpec) -> VM:
-        with self._lock:
-            existing = self.find_vms(spec.tags)
-            if existing:
-                return existing[0]
-            identity = json.dumps(sorted(spec.tags.items())) + self.root_id
-            vm_id = "dyvm-" + hashlib.sha256(identity.encode()).hexdigest()[:12]
-            stemcell = spec.stemcell or self.default_stemcell
-            try:
-                self.client.images.get(stemcell)
-            except docker.errors.ImageNotFound as error:
-                raise PermanentError(
-                    f"stemcell image {stemcell!r} is missing: build it with bash hack/stemcell.sh"
-                ) from error
-            vm_dir = self._vm_dir(vm_id)
-            (vm_dir / "run").mkdir(parents=True, exist_ok=True)
-            (self.shared / vm_id).mkdir(parents=True, exist_ok=True)
-            (vm_dir / "metadata.json").write_text(json.dumps(dict(spec.metadata)))
-            labels = self._labels(spec.tags)
-            api = self.client.api
-            host_config = api.create_host_config(
-                mounts=[
-                    docker.types.Mount(
-                        "/var/lib/docker", f"{vm_id}-docker", type="volume", labels=labels
-                    ),
-                    docker.types.Mount("/dockyard/run", str(vm_dir / "run"), type="bind"),
-                    docker.types.Mount(
-                        DISK_ROOT_IN_VM, str(self.shared / vm_id), type="bind", propagation="rslave"
-                    ),
-                ],
-                **self._flags(stemcell),
-            )
-            if "privileged" not in self._flags(stemcell):
-                # `--security-opt systempaths=unconfined`: the engine API spells it this way.
-                host_config["MaskedPaths"], host_config["ReadonlyPaths"] = [], []
-            try:
-                created = api.create_container(
-                    stemcell,
-                    name=vm_id,
-                    hostname=vm_id,
-                    labels=labels,
-                    host_config=host_config,
-                    networking_config=api.create_networking_config(
-                        {self.network: api.create_endpoint_config()}
-                    ),
-                )
-                api.start(created["Id"])
-            except docker.errors.APIError as error:
-                if error.status_code != 409:
-                    raise TransientError(f"creating VM {vm_id}: {error}") from error
+        tags = _check_tags(spec.tags)
+        stemcell = spec.stemcell or self.default_stemcell
+        with self._lock.held():
+            same = [vm for vm in self.find_vms(tags) if dict(vm.tags) == tags]
+            vm_id = same[0].id if same else self._create_vm(tags, stemcell, spec.metadata)
+        summary = self._inspect(vm_id)
+        if summary.status == "running":
             self._wait_for_engine(vm_id)
-            return self._vm(self._container(vm_id))
+            summary = self._inspect(vm_id)
+        return self._vm(summary)
+
+    def _create_vm(
+        self, tags: Mapping[str, str], stemcell: str, metadata: Mapping[str, str]
+    ) -> str:
+        try:
+            with _docker_call(f"inspecting image {stemcell}"):
+                self.client.api.inspect_image(stemcell)
+        except docker.errors.NotFound as error:
+            raise PermanentError(
+                f"stemcell: image {stemcell!r} does not exist; "
+                "build it with `bash hack/stemcell.sh`"
+            ) from error
+        flags = self._flags(stemcell)
+        self._ensure_shared_mount()
+        subnet, gateway = self._ensure_network()
+        vm_id = f"dyvm-{uuid.uuid4().hex[:12]}"
+        run_dir = self._vm_dir(vm_id) / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metadata.json").write_text(json.dumps(dict(metadata), sort_keys=True))
+        (self.shared / vm_id).mkdir(parents=True, exist_ok=True)
+        labels = {**self._root_labels(), **{LABEL + k: v for k, v in tags.items()}}
+        api = self.client.api
+        host_config = api.create_host_config(
+            mounts=[
+                docker.types.Mount(
+                    "/var/lib/docker", f"{vm_id}-docker", type="volume", labels=labels
+                ),
+                docker.types.Mount(RUN_IN_VM, str(run_dir), type="bind"),
+                docker.types.Mount(
+                    DISK_ROOT_IN_VM, str(self.shared / vm_id), type="bind", propagation="rslave"
+                ),
+            ],
+            **flags,
+        )
+        if "privileged" not in flags:
+            host_config["MaskedPaths"], host_config["ReadonlyPaths"] = [], []
+        address = self._free_address(subnet, gateway) if subnet is not None else None
+        try:
+            with _docker_call(f"creating VM {vm_id}"):
+                try:
+                    self._run_container(vm_id, stemcell, labels, host_config, address)
+                except docker.errors.APIError as error:
+                    if address is None or "user specified IP address" not in str(error):
+                        raise
+                    # A network made without a configured subnet (older Dockyard): dynamic IPs.
+                    self._remove_container(vm_id)
+                    self._run_container(vm_id, stemcell, labels, host_config, None)
+        except BaseException:
+            self._remove_container(vm_id)
+            self._remove_volume(vm_id)
+            shutil.rmtree(self._vm_dir(vm_id), ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (self.shared / vm_id).rmdir()
+            raise
+        return vm_id
+
+    def _run_container(
+        self,
+        vm_id: str,
+        stemcell: str,
+        labels: Mapping[str, str],
+        host_config: dict[str, Any],
+        address: str | None,
+    ) -> None:
+        api = self.client.api
+        created = api.create_container(
+            stemcell,
+            name=vm_id,
+            hostname=vm_id,
+            labels=dict(labels),
+            environment={"DOCKYARD_BIP": self.inner_bip, "DOCKYARD_ADDRESS_POOL": self.inner_pool},
+            host_config=host_config,
+            networking_config=api.create_networking_config(
+                {self.network: api.create_endpoint_config(ipv4_address=address)}
+            ),
+        )
+        api.start(created["Id"])
+
+    def _remove_container(self, vm_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound), _docker_call(f"removing VM {vm_id}"):
+            self.client.api.remove_container(vm_id, force=True, v=True)
+
+    def _remove_volume(self, vm_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound), _docker_call(f"removing volume {vm_id}"):
+            self.client.api.remove_volume(f"{vm_id}-docker", force=True)
+
+    def _socket(self, summary: _Summary) -> Path:
+        run_dir = summary.run_dir or str(self._vm_dir(summary.name) / "run")
+        return Path(run_dir) / "docker.sock"
 
     def _wait_for_engine(self, vm_id: str) -> None:
-        deadline = time.monotonic() + ENGINE_READY_TIMEOUT
-        socket = self._vm_dir(vm_id) / "run" / "docker.sock"
+        """Until the VM's engine answers /_ping; TransientError when it does not in time."""
+        sock = self._socket(self._inspect(vm_id))
+        deadline = time.monotonic() + self.engine_timeout
+        next_check = time.monotonic() + 1.0
         while time.monotonic() < deadline:
-            if socket.exists():
-                client = docker.DockerClient(base_url=f"unix://{socket}", timeout=2)
-                try:
-                    if client.ping():
-                        return
-                except docker.errors.DockerException:
-                    pass
-                finally:
-                    client.close()
-            if self._container(vm_id).status not in ("running", "created"):
-                raise TransientError(f"VM {vm_id} stopped while booting")
+            if _ping(sock):
+                return
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + 1.0
+                status = self._inspect(vm_id).status
+                if status not in ("running", "created"):
+                    raise TransientError(
+                        f"VM {vm_id} stopped ({status}) while booting: {self._engine_log(sock)}"
+                    )
             time.sleep(0.05)
-        raise TransientError(f"the engine of VM {vm_id} did not answer in {ENGINE_READY_TIMEOUT}s")
+        raise TransientError(
+            f"the engine of VM {vm_id} did not answer in {self.engine_timeout:.0f}s: "
+            f"{self._engine_log(sock)}",
+            retry_after=10,
+        )
+
+    @staticmethod
+    def _engine_log(sock: Path) -> str:
+        try:
+            lines = (sock.parent / "dockerd.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return "no engine log"
+        return " | ".join(lines[-3:]) or "empty engine log"
 
     def delete_vm(self, vm_id: str) -> None:
-        with self._lock:
+        if not _NAME.match(vm_id):
+            return
+        try:
+            self._inspect(vm_id)
+        except NotFoundError:
+            pass  # gone already, or never ours: only tidy what this root may still hold for it
+        else:
+            # The container first: its inner containers release the disks they bind.
+            self._remove_container(vm_id)
+            self._remove_volume(vm_id)
+        with self._lock.held():
             for record in self.disks.all():
                 if record.attached_to == vm_id:
                     self._detach(record)
-            try:
-                self._container(vm_id).remove(force=True, v=True)
-            except NotFoundError:
-                pass
-            except docker.errors.APIError as error:
-                if error.status_code != 404:
-                    raise TransientError(f"removing VM {vm_id}: {error}") from error
-            try:
-                self.client.volumes.get(f"{vm_id}-docker").remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as error:
-                raise TransientError(f"removing the volume of VM {vm_id}: {error}") from error
             shutil.rmtree(self._vm_dir(vm_id), ignore_errors=True)
             shared = self.shared / vm_id
-            if shared.exists() and not any(os.path.ismount(p) for p in shared.iterdir()):
+            if shared.is_dir() and not mounts_under(shared):
                 shutil.rmtree(shared, ignore_errors=True)
+            self._release_plumbing_if_idle()
 
     def vm_state(self, vm_id: str) -> VMState:
         try:
-            return self._vm(self._container(vm_id)).state
+            return self._vm(self._inspect(vm_id)).state
         except NotFoundError:
             return VMState.MISSING
 
     def set_vm_metadata(self, vm_id: str, metadata: Mapping[str, str]) -> None:
-        self._container(vm_id)
-        path = self._vm_dir(vm_id) / "metadata.json"
-        current = json.loads(path.read_text()) if path.exists() else {}
-        path.write_text(json.dumps({**current, **metadata}))
+        summary = self._inspect(vm_id)
+        path = self._socket(summary).parent / "metadata.json"
+        with self._lock.held():
+            try:
+                current = json.loads(path.read_text())
+            except (OSError, ValueError):
+                current = {}
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps({**current, **metadata}, sort_keys=True))
+            os.replace(temporary, path)
+
+    def vm_metadata(self, vm_id: str) -> dict[str, str]:
+        """The VM's metadata (also visible inside the VM at /dockyard/run/metadata.json)."""
+        path = self._socket(self._inspect(vm_id)).parent / "metadata.json"
+        try:
+            data: dict[str, str] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
 
     def docker_client(self, vm_id: str) -> docker.DockerClient:
-        socket = self._vm_dir(vm_id) / "run" / "docker.sock"
-        if not socket.exists():
-            raise NotFoundError(f"VM {vm_id} has no engine socket")
-        return docker.DockerClient(base_url=f"unix://{socket}", timeout=30)
+        sock = self._socket(self._inspect(vm_id))
+        return docker.DockerClient(base_url=f"unix://{sock}", timeout=60)
 
     # --- disks ---------------------------------------------------------------------------------
 
-    def _disk(self, record: DiskRecord) -> Disk:
+    @staticmethod
+    def _disk(record: DiskRecord) -> Disk:
         return Disk(
             id=record.id,
             size_mib=record.size_mib,
@@ -288,27 +554,33 @@ class LocalProvider:
     def _record(self, disk_id: str) -> DiskRecord:
         record = self.disks.load(disk_id)
         if record is None:
-            raise NotFoundError(f"disk {disk_id} does not exist")
+            raise NotFoundError(f"disk {disk_id!r} does not exist")
         return record
 
     def create_disk(self, spec: DiskSpec) -> Disk:
-        with self._lock:
-            existing = self.disks.find(spec.tags)
-            if existing:
-                return self._disk(existing[0])
-            return self._disk(self.disks.create(spec.tags, spec.size_mib, spec.disk_type))
+        tags = _check_tags(spec.tags)
+        _check_size(spec.size_mib)
+        with self._lock.held():
+            same = [r for r in self.disks.find(tags) if r.tags == tags]
+            if same:
+                return self._disk(same[0])
+            return self._disk(self.disks.create(tags, spec.size_mib, spec.disk_type))
 
     def find_disks(self, tags: Mapping[str, str]) -> list[Disk]:
         return [self._disk(r) for r in self.disks.find(tags)]
 
     def attach_disk(self, vm_id: str, disk_id: str) -> Attachment:
-        with self._lock:
+        with self._lock.held():
             record = self._record(disk_id)
-            if record.attached_to not in (None, vm_id):
-                raise TransientError(
-                    f"disk {disk_id} is attached to VM {record.attached_to}; detach it first"
-                )
-            self._container(vm_id)
+            self._inspect(vm_id)
+            holder = record.attached_to
+            if holder not in (None, vm_id):
+                if self.vm_state(holder) is not VMState.MISSING:
+                    raise TransientError(
+                        f"disk {disk_id} is attached to VM {holder}; detach it first"
+                    )
+                self._detach(record)  # its VM is gone: take the disk over
+            self._ensure_shared_mount()
             mount_point = self.shared / vm_id / disk_id
             device = self.disks.mount(record, mount_point)
             record.attached_to, record.mount_point = vm_id, str(mount_point)
@@ -321,24 +593,27 @@ class LocalProvider:
         self.disks.save(record)
 
     def detach_disk(self, vm_id: str, disk_id: str) -> None:
-        with self._lock:
+        with self._lock.held():
             record = self._record(disk_id)
             if record.attached_to == vm_id:
                 self._detach(record)
+                self._release_plumbing_if_idle()
 
     def resize_disk(self, disk_id: str, size_mib: int) -> Disk:
-        with self._lock:
+        _check_size(size_mib)
+        with self._lock.held():
             record = self._record(disk_id)
             if size_mib < record.size_mib:
                 raise ShrinkRefusedError(
-                    f"disk {disk_id} is {record.size_mib} MiB; it never shrinks to {size_mib} MiB"
+                    f"size_mib: disk {disk_id} is {record.size_mib} MiB and never shrinks "
+                    f"(asked for {size_mib} MiB)"
                 )
             if size_mib == record.size_mib:
                 return self._disk(record)
             if record.attached_to is not None:
                 raise TransientError(
-                    f"disk {disk_id} is attached to {record.attached_to}: the local provider "
-                    "grows disks offline, detach it first"
+                    f"disk {disk_id} is attached to VM {record.attached_to}: the local provider "
+                    "grows disks offline, so stop its containers and detach it first"
                 )
             self.disks.grow(record, size_mib)
             record.size_mib = size_mib
@@ -346,32 +621,102 @@ class LocalProvider:
             return self._disk(record)
 
     def delete_disk(self, disk_id: str) -> None:
-        with self._lock:
+        with self._lock.held():
             record = self.disks.load(disk_id)
             if record is None:
                 return
             if record.attached_to is not None:
                 self._detach(record)
             self.disks.delete(record)
+            self._release_plumbing_if_idle()
 
     def close(self) -> None:
         self.client.close()
 
+    # --- housekeeping (tests, hack/local-cleanup.sh) -------------------------------------------
 
-def is_mount_point(path: Path) -> bool:
-    target = str(path.resolve())
-    with open("/proc/self/mountinfo") as mountinfo:
-        return any(line.split()[4] == target for line in mountinfo)
+    def purge(self) -> None:
+        """Delete every VM and disk of this root and the host plumbing it made."""
+        for vm in self.find_vms({}):
+            self.delete_vm(vm.id)
+        with _docker_call("listing VMs"):
+            stray = self.client.api.containers(all=True, filters={"label": self._root_filter()})
+        for entry in stray:  # MISSING-state leftovers find_vms does not report
+            self.delete_vm(_Summary(entry).name)
+        with self._lock.held():
+            for record in self.disks.all():
+                self.delete_disk(record.id)
+            for mount_point in mounts_under(self.root):
+                if mount_point != str(self.shared):
+                    run("umount", "--lazy", mount_point)
+            for device, backing in loop_devices().items():
+                if backing.startswith(f"{self.root}/"):
+                    run("losetup", "--detach", device)
+            with _docker_call("listing volumes"):
+                volumes = self.client.api.volumes(filters={"label": self._root_filter()})
+            for volume in volumes.get("Volumes") or []:
+                with contextlib.suppress(docker.errors.NotFound):
+                    self.client.api.remove_volume(volume["Name"], force=True)
+            self._release_plumbing_if_idle()
+            shutil.rmtree(self.vms_root, ignore_errors=True)
+            for leftover in (self.root / "disks").glob("*.tmp"):
+                leftover.unlink(missing_ok=True)
+
+    def leftovers(self) -> list[str]:
+        """Everything of this root still on the host, human-readable; empty when clean."""
+        api = self.client.api
+        found = [
+            f"container {_Summary(c).name} ({_Summary(c).status})"
+            for c in api.containers(all=True, filters={"label": self._root_filter()})
+        ]
+        volumes = api.volumes(filters={"label": self._root_filter()}).get("Volumes") or []
+        found += [f"volume {v['Name']}" for v in volumes]
+        found += [
+            f"network {n['Name']}" for n in api.networks(filters={"label": self._root_filter()})
+        ]
+        found += [
+            f"loop device {device} ({backing})"
+            for device, backing in sorted(loop_devices().items())
+            if backing.startswith(f"{self.root}/")
+        ]
+        found += [f"mount {m}" for m in mounts_under(self.root)]
+        folders = (
+            [self.root] if self.vms_root.is_relative_to(self.root) else [self.root, self.vms_root]
+        )
+        for folder in folders:
+            if folder.is_dir():
+                found += [
+                    f"file {path}"
+                    for path in sorted(folder.rglob("*"))
+                    if not path.is_dir() and path != self.root / ".lock"
+                ]
+        return found
 
 
-def leftovers(provider: LocalProvider) -> list[str]:
-    """Anything of this provider's root still on the host (for tests and hack/local-cleanup.sh)."""
-    found = [f"VM {vm.id}" for vm in provider.find_vms({})]
-    volumes = provider.client.volumes.list(filters={"label": f"{LABEL_ROOT}={provider.root_id}"})
-    found += [f"volume {v.name}" for v in volumes]
-    found += [f"disk {r.id}" for r in provider.disks.all()]
-    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    found += [f"loop {line}" for line in loops.splitlines() if str(provider.disks.root) in line]
-    mounts = Path("/proc/self/mounts").read_text().splitlines()
-    found += [f"mount {m.split()[1]}" for m in mounts if f"{provider.shared}/" in m.split()[1]]
-    return found
+def _check_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    for key, value in tags.items():
+        if not _NAME.match(key) or key.startswith("local-"):
+            raise PermanentError(
+                f"tags: key {key!r} must be letters, digits, '.', '_' or '-' and not start with "
+                "'local-'"
+            )
+        if not isinstance(value, str):
+            raise PermanentError(f"tags.{key}: value must be a string, got {type(value).__name__}")
+    return dict(tags)
+
+
+def _check_size(size_mib: int) -> None:
+    if not isinstance(size_mib, int) or isinstance(size_mib, bool) or size_mib < 1:
+        raise PermanentError(f"size_mib: must be a positive integer, got {size_mib!r}")
+
+
+def _subnet_option(value: str) -> ipaddress.IPv4Network | None:
+    if not value:
+        return None
+    try:
+        subnet = ipaddress.ip_network(value)
+    except ValueError as error:
+        raise PermanentError(f"options.subnet: {error}") from error
+    if not isinstance(subnet, ipaddress.IPv4Network) or subnet.prefixlen > 29:
+        raise PermanentError(f"options.subnet: {value!r} must be an IPv4 network of /29 or wider")
+    return subnet
