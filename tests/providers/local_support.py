@@ -66,21 +66,34 @@ def ensure_workload_image(provider: LocalProvider, vm_id: str) -> docker.DockerC
     return engine
 
 
-def _in_vm(
+class DiskCommandError(RuntimeError):
+    """A command run on a disk in a VM exited non-zero."""
+
+
+def run_on_disk(
     provider: LocalProvider, vm_id: str, attachment: Attachment, script: str, *args: str
 ) -> bytes:
+    """Run a busybox ``sh -c script`` in a container of the VM that binds the disk at /disk;
+    return its stdout (an exec's output stream is complete; a finished container's logs can
+    come back short)."""
     assert attachment.mount_path, "the local provider mounts disks itself"
     engine = ensure_workload_image(provider, vm_id)
     try:
-        output: bytes = engine.containers.run(
+        container = engine.containers.run(
             WORKLOAD_IMAGE,
-            ["sh", "-c", script, "sh", *args],
+            ["sleep", "600"],
             volumes={attachment.mount_path: {"bind": "/disk", "mode": "rw"}},
-            remove=True,
+            detach=True,
         )
+        try:
+            code, (out, err) = container.exec_run(["sh", "-c", script, "sh", *args], demux=True)
+        finally:
+            container.remove(force=True)
     finally:
         engine.close()
-    return output
+    if code != 0:
+        raise DiskCommandError(f"{script!r} exited {code}: {(err or b'').decode(errors='replace')}")
+    return out or b""
 
 
 def _path(relpath: str) -> str:
@@ -102,7 +115,7 @@ def write_file_on_disk(
             f'mkdir -p "$(dirname {path})" && '
             f'for chunk in "$@"; do echo "$chunk" | base64 -d; done {redirect} {path} && sync'
         )
-        _in_vm(provider, vm_id, attachment, script, *encoded)
+        run_on_disk(provider, vm_id, attachment, script, *encoded)
 
 
 def read_file_on_disk(
@@ -112,8 +125,8 @@ def read_file_on_disk(
     Raises FileNotFoundError when the file is not there."""
     path = _path(relpath)
     try:
-        out = _in_vm(provider, vm_id, attachment, f"test -f {path} && base64 {path}")
-    except docker.errors.ContainerError as error:
+        out = run_on_disk(provider, vm_id, attachment, f"test -f {path} && base64 {path}")
+    except DiskCommandError as error:
         raise FileNotFoundError(f"{relpath} on {attachment.mount_path} in VM {vm_id}") from error
     return base64.b64decode(out)
 

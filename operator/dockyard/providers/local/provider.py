@@ -537,7 +537,11 @@ class LocalProvider:
 
     def docker_client(self, vm_id: str) -> docker.DockerClient:
         sock = self._socket(self._inspect(vm_id))
-        return docker.DockerClient(base_url=f"unix://{sock}", timeout=60)
+        # The stemcell's engine is the host's own build: same API version, and no version
+        # round trip (which would block on an engine that hangs).
+        return docker.DockerClient(
+            base_url=f"unix://{sock}", version=self.client.api.api_version, timeout=60
+        )
 
     # --- disks ---------------------------------------------------------------------------------
 
