@@ -4,6 +4,7 @@ outlive VMs, offline grow, rediscovery by a restarted operator, nothing left beh
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import urllib.request
 import uuid
@@ -334,6 +335,22 @@ def test_after_deleting_everything_nothing_is_left(tmp_path: Path) -> None:
         assert any(item.startswith("network ") for item in local_leftovers(own))
         own.delete_vm(created.id)
         own.delete_disk(disk.id)
+        assert local_leftovers(own) == []
+    finally:
+        purge_local(own)
+        own.close()
+
+
+def test_local_cleanup_script_leaves_nothing(tmp_path: Path) -> None:
+    own = make_local_provider(tmp_path)
+    try:
+        created = own.create_vm(VMSpec(tags=tags()))
+        own.attach_disk(created.id, own.create_disk(DiskSpec(tags=tags(), size_mib=16)).id)
+        script = Path(__file__).resolve().parents[2] / "hack" / "local-cleanup.sh"
+        result = subprocess.run(
+            ["bash", str(script), str(tmp_path)], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stderr
         assert local_leftovers(own) == []
     finally:
         purge_local(own)
