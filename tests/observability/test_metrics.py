@@ -121,7 +121,7 @@ def test_vm_and_disk_ids_do_not_become_series(ns: str) -> None:
         series("dockyard_disk_operations_total")
     )
     # One job's resurrections (success, failure) and, at most, one provider's disk operations.
-    assert after - before <= 2 + len(metrics.DISK_OPERATIONS_) * 2
+    assert after - before <= 2 + len(metrics.DISK_OPERATION_KINDS) * 2
     assert (
         value(
             "dockyard_vm_resurrections_total",

@@ -39,7 +39,7 @@ RECONCILE_RESULTS: tuple[str, ...] = get_args(ReconcileResult)
 RESTART_REASONS: tuple[str, ...] = get_args(RestartReason)
 RESURRECTION_RESULTS: tuple[str, ...] = get_args(ResurrectionResult)
 OPERATION_RESULTS: tuple[str, ...] = get_args(OperationResult)
-DISK_OPERATIONS_: tuple[str, ...] = get_args(DiskOperation)
+DISK_OPERATION_KINDS: tuple[str, ...] = get_args(DiskOperation)
 INSTANCE_STATES: tuple[str, ...] = get_args(InstanceState)
 
 # 5 ms .. 60 s, as controller-runtime's reconcile histogram.
@@ -186,7 +186,7 @@ def _touch_reconcile(kind: str) -> None:
 
 def _touch_disk(provider: str) -> None:
     if _first_time("disk", provider):
-        for operation in DISK_OPERATIONS_:
+        for operation in DISK_OPERATION_KINDS:
             for result in OPERATION_RESULTS:
                 DISK_OPERATIONS.labels(provider=provider, operation=operation, result=result)
 
@@ -356,7 +356,7 @@ def observe_provider_call(provider: str, operation: str) -> ProviderCallObserver
 
 def record_disk_operation(provider: str, operation: DiskOperation, ok: bool) -> None:
     _check_name("provider", provider)
-    _check("operation", operation, DISK_OPERATIONS_)
+    _check("operation", operation, DISK_OPERATION_KINDS)
     _touch_disk(provider)
     DISK_OPERATIONS.labels(provider, operation, "success" if ok else "error").inc()
 
@@ -365,7 +365,7 @@ def record_disk_operation(provider: str, operation: DiskOperation, ok: bool) -> 
 def disk_operation(provider: str, operation: DiskOperation) -> Iterator[None]:
     """Count a disk operation: ``error`` when the block raises an Exception, else ``success``."""
     _check_name("provider", provider)
-    _check("operation", operation, DISK_OPERATIONS_)
+    _check("operation", operation, DISK_OPERATION_KINDS)
     try:
         yield
     except Exception:
