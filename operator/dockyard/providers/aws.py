@@ -1,0 +1,650 @@
+"""AWSProvider: VMs are EC2 instances, persistent disks are EBS volumes (boto3).
+
+Identity is the tag set: every resource carries ``dockyard.dev/<key>`` tags plus
+``dockyard.dev/scope`` (one operator installation), and each create looks its tags up first.
+``ClientToken`` is not used: EC2 keeps a token for hours after the instance is terminated, so a
+VM recreated with the same identity (resurrection) would get the dead instance back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import docker
+
+from dockyard.providers.base import (
+    VM,
+    Attachment,
+    Disk,
+    DiskSpec,
+    NotFoundError,
+    PermanentError,
+    ProviderConfig,
+    ProviderError,
+    ShrinkRefusedError,
+    TransientError,
+    VMSpec,
+    VMState,
+)
+from dockyard.providers.dockertls import DEFAULT_PORT, DockerTLS
+from dockyard.providers.options import (
+    option_bool,
+    option_float,
+    option_int,
+    option_list,
+    option_str,
+    required,
+)
+from dockyard.providers.redaction import protect
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.client import EC2Client
+    from mypy_boto3_ec2.type_defs import (
+        FilterTypeDef,
+        InstanceTypeDef,
+        TagTypeDef,
+        VolumeModificationTypeDef,
+        VolumeTypeDef,
+        WaiterConfigTypeDef,
+    )
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PREFIX = "dockyard.dev/"
+SCOPE_TAG = PREFIX + "scope"
+METADATA_PREFIX = "dockyard-metadata/"
+DEFAULT_INSTANCE_TYPE = "t3.small"
+DEFAULT_VOLUME_TYPE = "gp3"
+# AWS's advice for EBS data volumes on Linux: /dev/sd[f-p].
+DEVICE_NAMES = tuple(f"/dev/sd{letter}" for letter in "fghijklmnop")
+EBS_MODIFICATION_COOLDOWN = 6 * 3600.0
+
+_STATES: dict[str, VMState] = {
+    "pending": VMState.PENDING,
+    "running": VMState.RUNNING,
+    "stopping": VMState.STOPPED,
+    "stopped": VMState.STOPPED,
+    "shutting-down": VMState.MISSING,
+    "terminated": VMState.MISSING,
+}
+_LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
+_LIVE_VOLUME_STATES = ["creating", "available", "in-use", "error"]
+_ATTACHED = ("attaching", "attached", "busy", "detaching")
+
+_NOT_FOUND = frozenset(
+    {
+        "InvalidInstanceID.NotFound",
+        "InvalidInstanceID.Malformed",
+        "InvalidVolume.NotFound",
+        "InvalidVolumeID.Malformed",
+        "InvalidVolume.Malformed",
+    }
+)
+# code -> seconds worth waiting before the next try
+_TRANSIENT: dict[str, float] = {
+    # throttling
+    "RequestLimitExceeded": 5.0,
+    "Throttling": 5.0,
+    "ThrottlingException": 5.0,
+    "RequestThrottled": 5.0,
+    # capacity
+    "InsufficientInstanceCapacity": 60.0,
+    "InsufficientVolumeCapacity": 60.0,
+    "InsufficientAddressCapacity": 60.0,
+    "InsufficientHostCapacity": 60.0,
+    "InsufficientFreeAddressesInSubnet": 60.0,
+    "Unavailable": 30.0,
+    "ServiceUnavailable": 30.0,
+    "InternalError": 30.0,
+    "InternalFailure": 30.0,
+    # quotas: someone has to raise them or free capacity; try again in a while
+    "InstanceLimitExceeded": 300.0,
+    "VcpuLimitExceeded": 300.0,
+    "VolumeLimitExceeded": 300.0,
+    "MaxIOPSLimitExceeded": 300.0,
+    "AttachmentLimitExceeded": 300.0,
+    "ResourceLimitExceeded": 300.0,
+    # the resource is busy with something else
+    "IncorrectState": 15.0,
+    "IncorrectInstanceState": 15.0,
+    "VolumeInUse": 15.0,
+    "IncorrectModificationState": 60.0,
+    "VolumeModificationRateExceeded": EBS_MODIFICATION_COOLDOWN,
+}
+
+
+def _code(error: botocore.exceptions.ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def map_client_error(error: botocore.exceptions.ClientError, what: str) -> ProviderError:
+    """A botocore ClientError as the contract's typed error."""
+    code = _code(error)
+    message = f"{what}: {code or 'error'}: {error.response.get('Error', {}).get('Message', '')}"
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code in _NOT_FOUND:
+        return NotFoundError(message)
+    if code in _TRANSIENT:
+        return TransientError(message, retry_after=_TRANSIENT[code])
+    if status >= 500 or status == 429:
+        return TransientError(message, retry_after=30.0)
+    return PermanentError(message)
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except ProviderError:
+        raise
+    except botocore.exceptions.ClientError as error:
+        raise map_client_error(error, what) from error
+    except botocore.exceptions.WaiterError as error:
+        raise TransientError(f"{what}: {error}", retry_after=15.0) from error
+    except (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError):
+        raise PermanentError(
+            f"{what}: no AWS credentials: set credentials.aws_access_key_id and "
+            "credentials.aws_secret_access_key, or give the operator an IAM role"
+        ) from None
+    except (
+        botocore.exceptions.ConnectionError,
+        botocore.exceptions.HTTPClientError,
+    ) as error:
+        raise TransientError(f"{what}: cannot reach EC2: {error}", retry_after=10.0) from error
+
+
+class AWSProvider:
+    resizes_attached_disks = True
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.region = required(
+            config.region, "spec.provider.region", "the AWS region, e.g. eu-west-1"
+        )
+        self.zone = config.zone or f"{self.region}a"
+        self.endpoint = config.endpoint
+        self.scope = option_str(config, "scope", "default")
+        self.image_id = option_str(config, "image_id")
+        self.instance_type = option_str(config, "instance_type", DEFAULT_INSTANCE_TYPE)
+        self.volume_type = option_str(config, "volume_type", DEFAULT_VOLUME_TYPE)
+        self.subnet_id = option_str(config, "subnet_id")
+        self.security_group_ids = option_list(config, "security_group_ids")
+        self.key_name = option_str(config, "key_name")
+        self.iam_instance_profile = option_str(config, "iam_instance_profile")
+        self.encrypted = option_bool(config, "encrypted", True)
+        self.kms_key_id = option_str(config, "kms_key_id")
+        self.min_volume_gib = option_int(config, "min_volume_gib", 1, minimum=1)
+        self.wait_timeout = option_float(config, "wait_timeout", 300.0, minimum=0.1)
+        self.poll_interval = option_float(config, "poll_interval", 2.0, minimum=0.01)
+        self._tls = DockerTLS(
+            config.credentials,
+            port=option_int(config, "docker_port", DEFAULT_PORT, minimum=1),
+            api_version=option_str(config, "docker_api_version", "1.41"),
+        )
+        self._lock = threading.RLock()
+
+        key_id = config.credentials.get("aws_access_key_id", "")
+        secret = config.credentials.get("aws_secret_access_key", "")
+        token = config.credentials.get("aws_session_token", "")
+        if bool(key_id) != bool(secret):
+            missing = "aws_secret_access_key" if key_id else "aws_access_key_id"
+            raise PermanentError(
+                f"credentials.{missing}: required together with its pair "
+                "(or give neither and let the operator use its IAM role)"
+            )
+        protect(v for v in config.credentials.values() if v)
+        session = boto3.session.Session(
+            aws_access_key_id=key_id or None,
+            aws_secret_access_key=secret or None,
+            aws_session_token=token or None,
+            region_name=self.region,
+        )
+        botocore_config = botocore.config.Config(
+            retries={
+                "max_attempts": option_int(config, "api_attempts", 5, minimum=1),
+                "mode": "standard",
+            },
+            connect_timeout=option_float(config, "connect_timeout", 10.0, minimum=0.1),
+            read_timeout=option_float(config, "read_timeout", 60.0, minimum=0.1),
+            user_agent_extra="dockyard",
+        )
+        self.ec2: EC2Client = session.client(
+            "ec2", endpoint_url=self.endpoint or None, config=botocore_config
+        )
+        # botocore creates its loggers on import: mask again now that they all exist.
+        protect(v for v in config.credentials.values() if v)
+
+    def __repr__(self) -> str:
+        return (
+            f"AWSProvider(region={self.region!r}, zone={self.zone!r}, "
+            f"endpoint={self.endpoint!r}, scope={self.scope!r})"
+        )
+
+    # --- tags ----------------------------------------------------------------------------------
+
+    def _tag_dict(self, tags: Mapping[str, str]) -> dict[str, str]:
+        result = {SCOPE_TAG: self.scope}
+        for key, value in tags.items():
+            full = PREFIX + key
+            if not key or len(full) > 128:
+                raise PermanentError(f"tag {key!r}: EC2 tag keys are 1-128 characters")
+            if len(value) > 256:
+                raise PermanentError(f"tag {key!r}: EC2 tag values are at most 256 characters")
+            result[full] = value
+        return result
+
+    @staticmethod
+    def _tag_list(tags: Mapping[str, str]) -> list[TagTypeDef]:
+        return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+    def _filters(self, tags: Mapping[str, str]) -> list[FilterTypeDef]:
+        # EC2 filter values are wildcard patterns: escape them to match literally.
+        def literal(value: str) -> str:
+            return value.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?")
+
+        return [
+            {"Name": f"tag:{k}", "Values": [literal(v)]} for k, v in self._tag_dict(tags).items()
+        ]
+
+    @staticmethod
+    def _tags_of(resource_tags: list[TagTypeDef] | None) -> dict[str, str]:
+        return {t["Key"]: t["Value"] for t in resource_tags or []}
+
+    def _ours(self, resource_tags: list[TagTypeDef] | None) -> bool:
+        return self._tags_of(resource_tags).get(SCOPE_TAG) == self.scope
+
+    @staticmethod
+    def _logical(tags: Mapping[str, str]) -> dict[str, str]:
+        return {
+            k[len(PREFIX) :]: v for k, v in tags.items() if k.startswith(PREFIX) and k != SCOPE_TAG
+        }
+
+    # --- waiting -------------------------------------------------------------------------------
+
+    def _waiter_config(self) -> WaiterConfigTypeDef:
+        # botocore sleeps Delay seconds with time.sleep: a float works (the stubs say int).
+        return cast(
+            "WaiterConfigTypeDef",
+            {
+                "Delay": self.poll_interval,
+                "MaxAttempts": max(1, math.ceil(self.wait_timeout / self.poll_interval)),
+            },
+        )
+
+    def _poll(self, what: str, probe: Callable[[], T | None], retry_after: float = 30.0) -> T:
+        deadline = time.monotonic() + self.wait_timeout
+        while True:
+            result = probe()
+            if result is not None:
+                return result
+            if time.monotonic() >= deadline:
+                raise TransientError(
+                    f"{what}: still in progress after {self.wait_timeout:g}s",
+                    retry_after=retry_after,
+                )
+            time.sleep(self.poll_interval)
+
+    # --- VMs -----------------------------------------------------------------------------------
+
+    def _vm(self, instance: InstanceTypeDef) -> VM:
+        return VM(
+            id=instance["InstanceId"],
+            state=_STATES.get(instance["State"]["Name"], VMState.STOPPED),
+            tags=self._logical(self._tags_of(instance.get("Tags"))),
+            address=instance.get("PrivateIpAddress") or None,
+        )
+
+    def _instance(self, vm_id: str, *, live: bool = True) -> InstanceTypeDef:
+        with _translated(f"describing VM {vm_id}"):
+            reservations = self.ec2.describe_instances(InstanceIds=[vm_id])["Reservations"]
+        instances = [i for r in reservations for i in r.get("Instances", [])]
+        if not instances or not self._ours(instances[0].get("Tags")):
+            raise NotFoundError(f"VM {vm_id} does not exist")
+        instance = instances[0]
+        if live and _STATES.get(instance["State"]["Name"]) is VMState.MISSING:
+            raise NotFoundError(f"VM {vm_id} is {instance['State']['Name']}")
+        return instance
+
+    def find_vms(self, tags: Mapping[str, str]) -> list[VM]:
+        wanted = self._tag_dict(tags)
+        filters: list[FilterTypeDef] = [
+            *self._filters(tags),
+            {"Name": "instance-state-name", "Values": _LIVE_INSTANCE_STATES},
+        ]
+        found: list[InstanceTypeDef] = []
+        with _translated("listing VMs"):
+            for page in self.ec2.get_paginator("describe_instances").paginate(Filters=filters):
+                for reservation in page["Reservations"]:
+                    found.extend(reservation.get("Instances", []))
+        matching = [i for i in found if wanted.items() <= self._tags_of(i.get("Tags")).items()]
+        matching.sort(key=lambda i: (i.get("LaunchTime", datetime.min), i["InstanceId"]))
+        return [self._vm(i) for i in matching]
+
+    def create_vm(self, spec: VMSpec) -> VM:
+        tags = self._tag_dict(spec.tags)
+        image = required(
+            spec.stemcell or self.image_id,
+            "spec.provider.options.image_id",
+            "the AMI of the stemcell, unless the job names one",
+        )
+        all_tags = {
+            **tags,
+            **self._metadata_tags(spec.metadata),
+            "Name": "-".join(["dockyard", *(v for v in spec.tags.values() if v)])[:255],
+        }
+        request: dict[str, Any] = {
+            "ImageId": image,
+            "InstanceType": spec.machine_type or self.instance_type,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": self._tag_list(all_tags)}],
+            "MetadataOptions": {"HttpTokens": "required"},
+        }
+        if self.subnet_id:
+            request["SubnetId"] = self.subnet_id
+        else:
+            request["Placement"] = {"AvailabilityZone": self.zone}
+        if self.security_group_ids:
+            request["SecurityGroupIds"] = self.security_group_ids
+        if self.key_name:
+            request["KeyName"] = self.key_name
+        if self.iam_instance_profile:
+            request["IamInstanceProfile"] = {"Name": self.iam_instance_profile}
+        with self._lock:
+            existing = self.find_vms(spec.tags)
+            if existing:
+                return existing[0]
+            with _translated("creating VM"):
+                instance = self.ec2.run_instances(**request)["Instances"][0]
+            log.info("created EC2 instance %s", instance["InstanceId"])
+            return self._vm(instance)
+
+    def delete_vm(self, vm_id: str) -> None:
+        with self._lock:
+            try:
+                instance = self._instance(vm_id, live=False)
+            except NotFoundError:
+                return
+            if _STATES.get(instance["State"]["Name"]) is VMState.MISSING:
+                return
+            try:
+                with _translated(f"deleting VM {vm_id}"):
+                    self.ec2.terminate_instances(InstanceIds=[vm_id])
+            except NotFoundError:
+                return
+            log.info("terminated EC2 instance %s", vm_id)
+
+    def vm_state(self, vm_id: str) -> VMState:
+        try:
+            instance = self._instance(vm_id, live=False)
+        except NotFoundError:
+            return VMState.MISSING
+        return _STATES.get(instance["State"]["Name"], VMState.STOPPED)
+
+    @staticmethod
+    def _metadata_tags(metadata: Mapping[str, str]) -> dict[str, str]:
+        result = {}
+        for key, value in metadata.items():
+            full = METADATA_PREFIX + key
+            if not key or len(full) > 128 or len(value) > 256:
+                raise PermanentError(
+                    f"metadata {key!r}: EC2 keeps VM metadata in tags (keys up to "
+                    f"{128 - len(METADATA_PREFIX)} characters, values up to 256)"
+                )
+            result[full] = value
+        return result
+
+    def set_vm_metadata(self, vm_id: str, metadata: Mapping[str, str]) -> None:
+        tags = self._metadata_tags(metadata)
+        self._instance(vm_id)
+        if tags:
+            with _translated(f"setting metadata of VM {vm_id}"):
+                self.ec2.create_tags(Resources=[vm_id], Tags=self._tag_list(tags))
+
+    def docker_client(self, vm_id: str) -> docker.DockerClient:
+        instance = self._instance(vm_id)
+        address = instance.get("PrivateIpAddress")
+        if not address:
+            raise TransientError(f"VM {vm_id} has no private address yet", retry_after=5.0)
+        return self._tls.client(address)
+
+    # --- disks ---------------------------------------------------------------------------------
+
+    def _gib(self, size_mib: int) -> int:
+        if size_mib <= 0:
+            raise PermanentError(f"size_mib: must be a positive integer, got {size_mib!r}")
+        return max(self.min_volume_gib, math.ceil(size_mib / 1024))
+
+    def _disk(self, volume: VolumeTypeDef, size_gib: int | None = None) -> Disk:
+        attached = [a for a in volume.get("Attachments", []) if a.get("State") in _ATTACHED]
+        return Disk(
+            id=volume["VolumeId"],
+            size_mib=max(size_gib or 0, volume["Size"]) * 1024,
+            tags=self._logical(self._tags_of(volume.get("Tags"))),
+            attached_to=attached[0].get("InstanceId") if attached else None,
+            disk_type=volume.get("VolumeType", ""),
+        )
+
+    def _volume(self, disk_id: str) -> VolumeTypeDef:
+        with _translated(f"describing disk {disk_id}"):
+            volumes = self.ec2.describe_volumes(VolumeIds=[disk_id])["Volumes"]
+        if (
+            not volumes
+            or not self._ours(volumes[0].get("Tags"))
+            or volumes[0]["State"] in ("deleting", "deleted")
+        ):
+            raise NotFoundError(f"disk {disk_id} does not exist")
+        return volumes[0]
+
+    def find_disks(self, tags: Mapping[str, str]) -> list[Disk]:
+        wanted = self._tag_dict(tags)
+        filters: list[FilterTypeDef] = [
+            *self._filters(tags),
+            {"Name": "status", "Values": _LIVE_VOLUME_STATES},
+        ]
+        found: list[VolumeTypeDef] = []
+        with _translated("listing disks"):
+            for page in self.ec2.get_paginator("describe_volumes").paginate(Filters=filters):
+                found.extend(page["Volumes"])
+        matching = [v for v in found if wanted.items() <= self._tags_of(v.get("Tags")).items()]
+        matching.sort(key=lambda v: (v.get("CreateTime", datetime.min), v["VolumeId"]))
+        return [self._disk(v) for v in matching]
+
+    def create_disk(self, spec: DiskSpec) -> Disk:
+        request: dict[str, Any] = {
+            "AvailabilityZone": self.zone,
+            "Size": self._gib(spec.size_mib),
+            "VolumeType": spec.disk_type or self.volume_type,
+            "Encrypted": self.encrypted,
+            "TagSpecifications": [
+                {"ResourceType": "volume", "Tags": self._tag_list(self._tag_dict(spec.tags))}
+            ],
+        }
+        if self.kms_key_id:
+            request["KmsKeyId"] = self.kms_key_id
+        with self._lock:
+            existing = self.find_disks(spec.tags)
+            if existing:
+                return existing[0]
+            with _translated("creating disk"):
+                volume = self.ec2.create_volume(**request)
+            log.info("created EBS volume %s (%s GiB)", volume["VolumeId"], volume["Size"])
+            return self._disk(volume)  # type: ignore[arg-type]  # same shape as a described one
+
+    def _wait_available(self, disk_id: str) -> None:
+        with _translated(f"waiting for disk {disk_id} to be available"):
+            self.ec2.get_waiter("volume_available").wait(
+                VolumeIds=[disk_id], WaiterConfig=self._waiter_config()
+            )
+
+    def attach_disk(self, vm_id: str, disk_id: str) -> Attachment:
+        with self._lock:
+            volume = self._volume(disk_id)
+            for attachment in volume.get("Attachments", []):
+                if attachment.get("State") not in _ATTACHED:
+                    continue
+                if attachment.get("InstanceId") == vm_id and attachment.get("State") in (
+                    "attaching",
+                    "attached",
+                    "busy",
+                ):
+                    self._wait_attached(vm_id, disk_id)
+                    return Attachment(device=attachment.get("Device", ""))
+                raise TransientError(
+                    f"disk {disk_id} is attached to VM {attachment.get('InstanceId')}; "
+                    "detach it first",
+                    retry_after=15.0,
+                )
+            instance = self._instance(vm_id)
+            zone = instance.get("Placement", {}).get("AvailabilityZone")
+            if zone and zone != volume["AvailabilityZone"]:
+                raise PermanentError(
+                    f"disk {disk_id} is in {volume['AvailabilityZone']} and VM {vm_id} in {zone}: "
+                    "EBS volumes attach only within their availability zone"
+                )
+            if volume["State"] == "creating":
+                self._wait_available(disk_id)
+            used = {m.get("DeviceName") for m in instance.get("BlockDeviceMappings", [])}
+            free = [d for d in DEVICE_NAMES if d not in used]
+            if not free:
+                raise PermanentError(f"VM {vm_id} has no free device name for another disk")
+            with _translated(f"attaching disk {disk_id} to VM {vm_id}"):
+                self.ec2.attach_volume(Device=free[0], InstanceId=vm_id, VolumeId=disk_id)
+            self._wait_attached(vm_id, disk_id)
+            log.info("attached EBS volume %s to %s as %s", disk_id, vm_id, free[0])
+            return Attachment(device=free[0])
+
+    def _wait_attached(self, vm_id: str, disk_id: str) -> None:
+        with _translated(f"waiting for disk {disk_id} to attach to VM {vm_id}"):
+            self.ec2.get_waiter("volume_in_use").wait(
+                VolumeIds=[disk_id],
+                Filters=[
+                    {"Name": "attachment.instance-id", "Values": [vm_id]},
+                    {"Name": "attachment.status", "Values": ["attached"]},
+                ],
+                WaiterConfig=self._waiter_config(),
+            )
+
+    def _detach(self, volume: VolumeTypeDef) -> None:
+        disk_id = volume["VolumeId"]
+        for attachment in volume.get("Attachments", []):
+            if attachment.get("State") in ("attaching", "attached", "busy"):
+                try:
+                    with _translated(f"detaching disk {disk_id}"):
+                        self.ec2.detach_volume(
+                            VolumeId=disk_id,
+                            InstanceId=attachment.get("InstanceId", ""),
+                            Device=attachment.get("Device", ""),
+                        )
+                except PermanentError as error:
+                    # Already detached meanwhile (IncorrectState is transient; this is the rest).
+                    if "InvalidAttachment.NotFound" not in str(error):
+                        raise
+        if any(a.get("State") in _ATTACHED for a in volume.get("Attachments", [])):
+            self._wait_available(disk_id)
+
+    def detach_disk(self, vm_id: str, disk_id: str) -> None:
+        with self._lock:
+            volume = self._volume(disk_id)
+            mine = [a for a in volume.get("Attachments", []) if a.get("InstanceId") == vm_id]
+            if not any(a.get("State") in _ATTACHED for a in mine):
+                return
+            self._detach({**volume, "Attachments": mine})
+            log.info("detached EBS volume %s from %s", disk_id, vm_id)
+
+    def _latest_modification(self, disk_id: str) -> VolumeModificationTypeDef | None:
+        try:
+            with _translated(f"describing modifications of disk {disk_id}"):
+                found = self.ec2.describe_volumes_modifications(VolumeIds=[disk_id])
+        except PermanentError as error:
+            if "InvalidVolumeModification.NotFound" in str(error):  # never modified
+                return None
+            raise
+        modifications = found.get("VolumesModifications", [])
+        if not modifications:
+            return None
+        return max(
+            modifications, key=lambda m: m.get("StartTime", datetime.min.replace(tzinfo=UTC))
+        )
+
+    def _wait_modified(self, disk_id: str, target_gib: int) -> None:
+        """Until the new size is usable: EBS reports 'optimizing' once the volume has grown."""
+
+        def grown() -> bool | None:
+            latest = self._latest_modification(disk_id)
+            if latest is None or latest.get("ModificationState") in ("optimizing", "completed"):
+                return True
+            if latest.get("ModificationState") == "failed":
+                raise PermanentError(
+                    f"growing disk {disk_id} to {target_gib} GiB failed: "
+                    f"{latest.get('StatusMessage', 'no reason given')}"
+                )
+            return None
+
+        self._poll(f"growing disk {disk_id} to {target_gib} GiB", grown, retry_after=30.0)
+
+    def _cooldown_left(self, latest: VolumeModificationTypeDef | None) -> float:
+        if latest is None or "StartTime" not in latest:
+            return EBS_MODIFICATION_COOLDOWN
+        since = (datetime.now(UTC) - latest["StartTime"]).total_seconds()
+        return max(60.0, EBS_MODIFICATION_COOLDOWN - since)
+
+    def resize_disk(self, disk_id: str, size_mib: int) -> Disk:
+        target = self._gib(size_mib)
+        with self._lock:
+            volume = self._volume(disk_id)
+            current = volume["Size"]
+            if target < current:
+                raise ShrinkRefusedError(
+                    f"disk {disk_id} is {current} GiB; it never shrinks to {target} GiB"
+                )
+            latest = self._latest_modification(disk_id)
+            if latest is not None and latest.get("ModificationState") == "modifying":
+                if latest.get("TargetSize", 0) >= target:
+                    self._wait_modified(disk_id, target)
+                    return self._disk(self._volume(disk_id), max(current, latest["TargetSize"]))
+                raise TransientError(
+                    f"disk {disk_id} is being modified to {latest.get('TargetSize')} GiB; "
+                    f"growing it to {target} GiB must wait",
+                    retry_after=60.0,
+                )
+            if target == current:
+                return self._disk(volume)
+            try:
+                with _translated(f"growing disk {disk_id} to {target} GiB"):
+                    self.ec2.modify_volume(VolumeId=disk_id, Size=target)
+            except TransientError as error:
+                if "VolumeModificationRateExceeded" in str(error):
+                    error.retry_after = self._cooldown_left(latest)
+                raise
+            log.info("growing EBS volume %s from %s to %s GiB", disk_id, current, target)
+            self._wait_modified(disk_id, target)
+            return self._disk(self._volume(disk_id), max(current, target))
+
+    def delete_disk(self, disk_id: str) -> None:
+        with self._lock:
+            try:
+                volume = self._volume(disk_id)
+            except NotFoundError:
+                return
+            self._detach(volume)
+            try:
+                with _translated(f"deleting disk {disk_id}"):
+                    self.ec2.delete_volume(VolumeId=disk_id)
+            except NotFoundError:
+                return
+            log.info("deleted EBS volume %s", disk_id)
+
+    def close(self) -> None:
+        self._tls.close()
+        self.ec2.close()
