@@ -280,8 +280,9 @@ class LocalProvider:
         if any(m != str(self.shared) for m in mounts_under(self.shared)):
             return
         with contextlib.suppress(docker.errors.DockerException):
-            attrs = self.client.api.inspect_network(self.network)
-            if (attrs.get("Labels") or {}).get(LABEL_ROOT) == self.root_id:
+            labels = self.client.api.inspect_network(self.network).get("Labels") or {}
+            # Ours, or one an older Dockyard made without a root label (and a subnet of ours).
+            if labels.get(LABEL_ROOT, self.root_id) == self.root_id and LABEL_NETWORK in labels:
                 self.client.api.remove_network(self.network)
         if mounts_under(self.shared):
             run("umount", str(self.shared))
