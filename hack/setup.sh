@@ -4,7 +4,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 apt_install docker.io busybox-static e2fsprogs tini iptables util-linux openssl curl \
-  prometheus lua5.4 python3-venv
+  prometheus lua5.4 lua5.1 python3-venv
 command -v go >/dev/null || die "Go >= 1.24 is required (to build kube-apiserver); install it from go.dev"
 
 VENV="$REPO_ROOT/.venv"
