@@ -7,7 +7,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 apt_install docker.io busybox-static tini iptables
 BINARIES=(/usr/sbin/dockerd /usr/sbin/docker-proxy /usr/bin/containerd /usr/bin/containerd-shim-runc-v2
   /usr/sbin/runc /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /bin/busybox)
-key=$( { sha256sum "${BINARIES[@]}" /usr/bin/tini-static; sha256sum "$0"; } | sha256sum | cut -c1-12)
+# Content only: the same build whatever path this script was called by.
+key=$(sha256sum "${BINARIES[@]}" /usr/bin/tini-static "${BASH_SOURCE[0]}" | cut -d' ' -f1 | sha256sum | cut -c1-12)
 IMAGE="dockyard/stemcell:$key"
 if docker image inspect "$IMAGE" >/dev/null 2>&1; then
   docker tag "$IMAGE" dockyard/stemcell:latest
