@@ -90,6 +90,13 @@ def from_schema(node: dict[str, Any]) -> st.SearchStrategy[Any]:
 # --- cross-field rules -------------------------------------------------------------------------
 
 
+def _seconds(duration: str) -> float:
+    try:
+        return parse_duration(duration)
+    except ValueError:  # too long for Go: the models refuse it, and so does the filter
+        return 0.0
+
+
 def _repair_container(container: dict[str, Any], allowed: list[str], has_disk: bool) -> None:
     # Map each drawn name onto an allowed one (deterministically, so shrinking still works).
     drawn = container.get("dependsOn", [])
@@ -113,9 +120,9 @@ def _repair_container(container: dict[str, Any], allowed: list[str], has_disk: b
         elif "value" not in var and "valueFrom" not in var:
             var["value"] = ""
     backoff = container.get("restartBackoff")
-    if backoff and "initial" in backoff and "max" in backoff:
-        if parse_duration(backoff["initial"]) > parse_duration(backoff["max"]):
-            backoff["initial"], backoff["max"] = backoff["max"], backoff["initial"]
+    ordered = not backoff or "initial" not in backoff or "max" not in backoff
+    if not ordered and _seconds(backoff["initial"]) > _seconds(backoff["max"]):
+        backoff["initial"], backoff["max"] = backoff["max"], backoff["initial"]
 
 
 def repair_group(group: dict[str, Any], earlier: list[str] | None = None) -> None:
@@ -133,7 +140,11 @@ def repair_group(group: dict[str, Any], earlier: list[str] | None = None) -> Non
 
 
 def _repair_disk(disk: dict[str, Any]) -> None:
-    if parse_quantity(disk["size"]) == 0:
+    try:
+        usable = parse_quantity(disk["size"]) > 0
+    except ValueError:  # beyond int64
+        usable = False
+    if not usable:
         disk["size"] = "1Gi"
 
 
@@ -142,7 +153,7 @@ def _repair_policies(spec: dict[str, Any]) -> None:
         value = spec.get("update", {}).get(key)
         if value and "-" in value:
             low, high = value.split("-")
-            if parse_duration(low) > parse_duration(high):
+            if _seconds(low) > _seconds(high):
                 spec["update"][key] = f"{high}-{low}"
 
 

@@ -37,6 +37,7 @@ from dockyard.api.quantities import (
         ("1E3", 1000),
         ("1.5", 2),  # a fraction of a byte rounds up, as Kubernetes' Value() does
         ("0", 0),
+        ("0e99999999", 0),
     ],
 )
 def test_parse_quantity(text: str | int, size: int) -> None:
@@ -85,6 +86,14 @@ def test_format_quantity_picks_largest_exact_unit() -> None:
 )
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_parse_duration_refuses_more_than_go_holds() -> None:
+    assert parse_duration("2562047h") == 2562047 * 3600
+    with pytest.raises(ValueError, match="too long"):
+        parse_duration("2562048h")
+    with pytest.raises(ValueError, match="too long"):
+        parse_watch_time("1s-99999999999h")
 
 
 @pytest.mark.parametrize("text", ["", "5", "s", "5 s", "-5s", "1d", "5S", "1s-2s"])

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -65,6 +65,9 @@ def custom_api(kubeconfig: str) -> Any:
 @settings(
     max_examples=25,
     deadline=None,
+    # No shrinking: each step costs apiserver calls and a failure could shrink for minutes; the
+    # failing example is printed as drawn.
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
         HealthCheck.too_slow,

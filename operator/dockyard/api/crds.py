@@ -7,6 +7,7 @@ pydantic's JSON schema is turned into a Kubernetes *structural* schema: ``$ref``
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[s
         node["enum"] = [node.pop("const")]
     if "description" in node:
         node["description"] = " ".join(str(node["description"]).split())
+
     if "properties" in node:
         node["type"] = "object"
         node["properties"] = {
@@ -142,6 +144,18 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[s
     return ordered
 
 
+def _document_defaults(node: dict[str, Any]) -> None:
+    """Append scalar defaults to descriptions: kubectl explain does not show them."""
+    default = node.get("default")
+    if "description" in node and isinstance(default, bool | int | str):
+        shown = json.dumps(default) if isinstance(default, bool) else default
+        node["description"] += f" Default: {shown}."
+    for child in node.get("properties", {}).values():
+        _document_defaults(child)
+    if isinstance(node.get("items"), dict):
+        _document_defaults(node["items"])
+
+
 def openapi_schema(model: type[ApiModel]) -> dict[str, Any]:
     """The openAPIV3Schema of a top-level kind."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
@@ -160,6 +174,7 @@ def openapi_schema(model: type[ApiModel]) -> dict[str, Any]:
     schema["properties"]["status"]["properties"]["kopf"]["description"] = (
         "kopf's own bookkeeping (kept as written)."
     )
+    _document_defaults(schema)
     return schema
 
 

@@ -31,6 +31,10 @@ WATCH_TIME_PATTERN = rf"^{_DURATION}(-{_DURATION})?$"
 # maxInFlight as a string is a percentage of a job's instances, 1% to 100%.
 PERCENT_PATTERN = r"^([1-9][0-9]?|100)%$"
 
+# Go (and CEL's duration()) keep durations as int64 nanoseconds: about 2562047 hours.
+MAX_DURATION = "2562047h"
+MAX_DURATION_SECONDS = 2562047 * 3600
+
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h)")
 
@@ -54,7 +58,9 @@ def parse_quantity(value: str | int) -> int:
     elif suffix:
         exponent = int(suffix[1:].lstrip("+"))
         if exponent > _MAX_EXPONENT:
-            raise ValueError(f"{text!r} is too large (at most {MAX_QUANTITY} bytes)")
+            if amount:
+                raise ValueError(f"{text!r} is too large (at most {MAX_QUANTITY} bytes)")
+            exponent = 0  # zero times anything
         amount *= Decimal(10) ** exponent
     size = math.ceil(amount)
     if size > MAX_QUANTITY:
@@ -77,9 +83,12 @@ def parse_duration(value: str) -> float:
     """Seconds in a Go-style duration ("5s", "1m30s", "500ms", "0")."""
     if not re.fullmatch(DURATION_PATTERN, value):
         raise ValueError(f"{value!r} is not a duration (examples: 5s, 1m30s, 500ms)")
-    return sum(
+    seconds = sum(
         float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(value)
     )
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"{value!r} is too long (at most {MAX_DURATION})")
+    return seconds
 
 
 def parse_watch_time(value: str) -> tuple[float, float]:

@@ -13,8 +13,10 @@ from pydantic.alias_generators import to_camel
 
 from dockyard.api.quantities import (
     DURATION_PATTERN,
+    MAX_DURATION,
     QUANTITY_PATTERN,
     WATCH_TIME_PATTERN,
+    parse_duration,
     parse_quantity,
     parse_watch_time,
 )
@@ -79,6 +81,11 @@ def _check_quantity(value: str) -> str:
     return value
 
 
+def _check_duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
 def _check_watch_time(value: str) -> str:
     parse_watch_time(value)
     return value
@@ -102,9 +109,33 @@ DnsLabel = Annotated[str, Field(max_length=63, pattern=DNS_LABEL_PATTERN)]
 Text = Annotated[str, Field(max_length=253)]
 Arg = Annotated[str, Field(max_length=4096)]
 AbsolutePath = Annotated[str, Field(max_length=4096, pattern=r"^/")]
-Duration = Annotated[str, Field(max_length=32, pattern=DURATION_PATTERN)]
+# Durations Go cannot hold fail CEL's duration() conversion, which rejects them too.
+_DURATION_BOUND = rule(
+    f"duration(self) <= duration('{MAX_DURATION}')", f"must be a duration of at most {MAX_DURATION}"
+)
+_WATCH_TIME_RULES = validations(
+    rule(
+        f"self.split('-').all(d, duration(d) <= duration('{MAX_DURATION}'))",
+        f"each end must be a duration of at most {MAX_DURATION}",
+    ),
+    rule(
+        "!self.contains('-') || duration(self.split('-')[0]) <= duration(self.split('-')[1])",
+        "the low end of a watch time range must not exceed its high end",
+    ),
+)
+Duration = Annotated[
+    str,
+    Field(
+        max_length=32,
+        pattern=DURATION_PATTERN,
+        json_schema_extra=validations(_DURATION_BOUND),
+    ),
+    AfterValidator(_check_duration),
+]
 WatchTime = Annotated[
-    str, Field(max_length=65, pattern=WATCH_TIME_PATTERN), AfterValidator(_check_watch_time)
+    str,
+    Field(max_length=65, pattern=WATCH_TIME_PATTERN, json_schema_extra=_WATCH_TIME_RULES),
+    AfterValidator(_check_watch_time),
 ]
 Quantity = Annotated[
     str,
@@ -120,6 +151,8 @@ Quantity = Annotated[
     ),
 ]
 Port = Annotated[int, Field(ge=1, le=65535)]
+# Counts are int32 in Kubernetes (the scale subresource insists on it for replicas).
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 StringMap = Annotated[
     dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=4096)]],
     Field(max_length=MAX_LIST),

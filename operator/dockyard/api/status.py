@@ -13,6 +13,7 @@ from dockyard.api.schema import (
     MAX_INSTANCES,
     MAX_JOBS,
     ApiModel,
+    Count,
     DnsLabel,
     Quantity,
     Text,
@@ -35,7 +36,7 @@ class ContainerStatus(ApiModel):
     """running, exited, missing, restarting, created, waiting (for an upstream) or unhealthy."""
     ready: bool = False
     """Running and passing its health check."""
-    restart_count: Annotated[int, Field(ge=0)] = 0
+    restart_count: Count = 0
     """Restarts since the container was first created."""
     last_restart_time: datetime | None = None
     """When it was last restarted."""
@@ -53,7 +54,7 @@ class ContainerStatus(ApiModel):
 class InstanceStatus(ApiModel):
     """One instance (VM) of a job."""
 
-    index: Annotated[int, Field(ge=0)]
+    index: Count
     """Stable instance index."""
     vm_id: Text | None = None
     """Provider VM id."""
@@ -76,9 +77,9 @@ class JobStatus(ApiModel):
     """metadata.generation last reconciled."""
     conditions: Conditions = Field(default_factory=list)
     """Ready, Reconciling, Stalled."""
-    replicas: Annotated[int, Field(ge=0)] = 0
+    replicas: Count = 0
     """Instances that exist now."""
-    ready_instances: Annotated[int, Field(ge=0)] = 0
+    ready_instances: Count = 0
     """Instances whose containers are all ready."""
     instances: Annotated[
         list[InstanceStatus],
@@ -94,9 +95,9 @@ class JobCount(ApiModel):
 
     name: DnsLabel
     """Job name."""
-    instances: Annotated[int, Field(ge=0)] = 0
+    instances: Count = 0
     """Instances that exist."""
-    ready: Annotated[int, Field(ge=0)] = 0
+    ready: Count = 0
     """Instances that are ready."""
 
 
@@ -111,9 +112,9 @@ class DeploymentStatus(ApiModel):
         list[JobCount], Field(max_length=MAX_JOBS, json_schema_extra=map_list("name"))
     ] = Field(default_factory=list)
     """Counts per job."""
-    instances: Annotated[int, Field(ge=0)] = 0
+    instances: Count = 0
     """Instances that exist, over all jobs."""
-    ready_instances: Annotated[int, Field(ge=0)] = 0
+    ready_instances: Count = 0
     """Ready instances, over all jobs."""
     kopf: KopfState | None = None
     """kopf's own bookkeeping."""
