@@ -77,17 +77,12 @@ def get_object(kubectl: Kubectl, namespace: str) -> GetObject:
     return get
 
 
-@pytest.fixture(autouse=True)
-def delete_dockyard_objects_while_the_operator_runs(
-    request: pytest.FixtureRequest, kubectl: Kubectl
-) -> Iterator[None]:
+@pytest.fixture
+def dockyard_cleanup(operator: Any, namespace: str, kubectl: Kubectl) -> Iterator[None]:
     """Tests leave nothing behind: their Deployments are deleted, and the operator tears the VMs
     down, before the namespace goes (a namespace deleted after the operator stopped would keep
     its Jobs' finalizers, and their VMs, forever)."""
     yield
-    if "operator" not in request.fixturenames or "namespace" not in request.fixturenames:
-        return
-    namespace = request.getfixturevalue("namespace")
     kubectl("delete", "dyd", "--all", "-n", namespace, "--timeout=120s", check=False)
     wait_for(
         lambda: not kubectl("get", "dyj,dypd", "-n", namespace, "-o", "name").stdout.strip(),

@@ -14,7 +14,7 @@ from tests.conftest import REPO, Kubectl
 from tests.e2e.conftest import GetObject
 from tests.waiting import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator")]
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator", "dockyard_cleanup")]
 
 READY_DEADLINE = 180
 
