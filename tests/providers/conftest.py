@@ -100,7 +100,6 @@ class MotoServer:
 
     def _take(self, items: list[Any], action: str) -> Any:
         with self._lock:
-            self.calls[action] += 1
             for item in items:
                 if item.action == action and item.times > 0:
                     item.times -= 1
@@ -115,6 +114,8 @@ class MotoServer:
             body = environ["wsgi.input"].read(length) if length else b""
             environ["wsgi.input"] = io.BytesIO(body)
             action = urllib.parse.parse_qs(body.decode(errors="replace")).get("Action", [""])[0]
+            with self._lock:
+                self.calls[action] += 1
             fault: AwsFault | None = self._take(self.faults, action)
             if fault is not None:
                 xml = (
@@ -182,12 +183,14 @@ def aws_config(
     moto_server: MotoServer,
     scope: str,
     *,
+    zone: str = "",
     options: Mapping[str, str] | None = None,
     credentials: Mapping[str, str] | None = None,
 ) -> ProviderConfig:
     return ProviderConfig(
         type="aws",
         region=AWS_REGION,
+        zone=zone,
         endpoint=moto_server.url,
         options={
             "scope": scope,

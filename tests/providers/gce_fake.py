@@ -10,7 +10,8 @@ token endpoint of a service account (JWT bearer grant, signature checked).
 
 Tests steer it: ``fail_next`` makes the next matching call(s) fail with an HTTP error,
 ``fail_next_operation`` makes the next operation finish with an error, ``hold_operations``
-keeps operations RUNNING until ``release_operations``.
+keeps operations RUNNING until ``release_operations``, ``stale_lists`` answers lists from the
+past, ``forget_request_ids`` ends the deduplication window.
 """
 
 from __future__ import annotations
@@ -115,7 +116,11 @@ class GCEFake:
     def __init__(self, *, op_delay: float = 0.2, wait_cap: float = 1.0) -> None:
         self.op_delay = op_delay
         self.wait_cap = wait_cap  # the real wait returns after at most 2 minutes
-        self.network_ip_prefix = "10.128.0."
+        # Internal IPs handed to new instances, in order (a test may point one at 127.0.0.1).
+        self.network_ips: Iterator[str] = (
+            f"10.128.{n // 250}.{n % 250 + 2}" for n in itertools.count()
+        )
+        self.stale_list_answers = 0
         self.zones: dict[tuple[str, str], Zone] = {}
         self.operations: dict[str, Operation] = {}
         self.request_ids: dict[str, str] = {}
@@ -124,9 +129,10 @@ class GCEFake:
         self.operation_faults: list[tuple[str, str, int]] = []
         self.held = False
         self.service_accounts: dict[str, str] = {}  # client_email -> public key PEM
-        self.tokens: set[str] = set()
+        self.tokens: set[str] = set()  # issued by the token endpoint
+        self.bearers: set[str] = set()  # every bearer credential presented
+        self.self_signed_issuers: set[str] = set()
         self._ids = itertools.count(random.randrange(10**17, 9 * 10**17))
-        self._ips = itertools.count(2)
         self._changed = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -149,7 +155,9 @@ class GCEFake:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -207,6 +215,17 @@ class GCEFake:
             yield
         finally:
             self.release_operations()
+
+    def stale_lists(self, times: int = 1) -> None:
+        """The next ``times`` list calls answer from before any resource existed, as a list that
+        lags behind a create would."""
+        with self._changed:
+            self.stale_list_answers += times
+
+    def forget_request_ids(self) -> None:
+        """Forget every requestId, as the real API does after its deduplication window."""
+        with self._changed:
+            self.request_ids.clear()
 
     def trust_service_account(self, client_email: str, public_key_pem: str) -> None:
         """Require a bearer token from now on, issued to this service account."""
@@ -276,10 +295,23 @@ class GCEFake:
         return {"access_token": token, "expires_in": 3599, "token_type": "Bearer"}
 
     def _check_auth(self, authorization: str | None) -> None:
+        """Once a service account is trusted, every call needs a bearer token: one the token
+        endpoint issued, or a JWT the account signed itself (what the client libraries send
+        for service account keys, skipping the token endpoint)."""
         if not self.service_accounts:
             return
-        if not authorization or authorization.removeprefix("Bearer ") not in self.tokens:
-            raise ApiError(401, "authError", "Request had invalid authentication credentials.")
+        bearer = (authorization or "").removeprefix("Bearer ")
+        self.bearers.add(bearer)
+        if bearer and bearer in self.tokens:
+            return
+        try:
+            issuer = str(google.auth.jwt.decode(bearer, verify=False).get("iss"))
+            google.auth.jwt.decode(bearer, certs=self.service_accounts[issuer], verify=True)
+        except (ValueError, KeyError):
+            raise ApiError(
+                401, "authError", "Request had invalid authentication credentials."
+            ) from None
+        self.self_signed_issuers.add(issuer)
 
     def _inject_fault(self, method: str, path: str) -> None:
         for fault in self.faults:
@@ -435,6 +467,9 @@ class GCEFake:
         self, zone: Zone, collection: str, prefix: str, query: dict[str, str]
     ) -> dict[str, Any]:
         items = list((zone.instances if collection == "instances" else zone.disks).values())
+        if self.stale_list_answers > 0:
+            self.stale_list_answers -= 1
+            items = []
         matches = _parse_filter(query.get("filter", ""))
         items = [dict(i) for i in items if all(m(i) for m in matches)]
         items.sort(key=lambda i: i["name"])
@@ -516,7 +551,7 @@ class GCEFake:
                     + (body.get("networkInterfaces") or [{}])[0]
                     .get("network", "default")
                     .rsplit("/", 1)[-1],
-                    "networkIP": self.network_ip_prefix + str(next(self._ips)),
+                    "networkIP": next(self.network_ips),
                     "name": "nic0",
                 }
             ],

@@ -211,7 +211,7 @@ class AWSProvider:
         )
         botocore_config = botocore.config.Config(
             retries={
-                "max_attempts": option_int(config, "api_attempts", 5, minimum=1),
+                "total_max_attempts": option_int(config, "api_attempts", 5, minimum=1),
                 "mode": "standard",
             },
             connect_timeout=option_float(config, "connect_timeout", 10.0, minimum=0.1),

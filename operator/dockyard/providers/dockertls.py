@@ -78,12 +78,16 @@ class DockerTLS:
             ca_cert=str(folder / f"{CA_KEY}.pem"),
             verify=True,
         )
-        return docker.DockerClient(
+        client = docker.DockerClient(
             base_url=f"https://{address}:{self.port}",
             tls=tls,
             version=self.api_version,
             timeout=int(self.timeout),
         )
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's own CA (and
+        # HTTPS_PROXY route a VM's private address through a proxy): only our CA may count.
+        client.api.trust_env = False
+        return client
 
     def close(self) -> None:
         with self._lock:

@@ -145,6 +145,8 @@ def map_api_error(error: gexc.GoogleAPICallError, what: str) -> ProviderError:
     message = f"{what}: {error.code} {error.message}"
     if isinstance(error, gexc.NotFound):
         return NotFoundError(message)
+    if isinstance(error, gexc.Unauthorized):
+        return PermanentError(f"{message} (check credentials.service_account_json)")
     if isinstance(error, gexc.TooManyRequests):
         return TransientError(message, retry_after=10.0)
     if isinstance(error, gexc.ServerError):  # 500, 502, 503, 504
@@ -188,6 +190,8 @@ def _translated(what: str, *, conflict_means_exists: bool = False) -> Iterator[N
     except gexc.GoogleAPICallError as error:
         raise map_api_error(error, what) from error
     except gexc.RetryError as error:
+        if isinstance(error.cause, gexc.GoogleAPICallError):
+            raise map_api_error(error.cause, what) from error
         raise TransientError(
             f"{what}: gave up retrying: {error.cause}", retry_after=15.0
         ) from error
@@ -202,6 +206,10 @@ def _translated(what: str, *, conflict_means_exists: bool = False) -> Iterator[N
         requests.exceptions.Timeout,
     ) as error:
         raise TransientError(f"{what}: cannot reach Compute Engine: {error}") from error
+    except google.auth.exceptions.GoogleAuthError as error:
+        raise PermanentError(
+            f"{what}: not authorised ({error}); check credentials.service_account_json"
+        ) from error
 
 
 def _last(url: str) -> str:
