@@ -268,6 +268,7 @@ class Harness:
     """A provider under test plus what the contract suite needs around it."""
 
     name: str
+    config: ProviderConfig
     provider: Provider
     reopen: Callable[[], Provider]  # another instance on the same world: an operator restart
     stemcell: str
@@ -308,6 +309,7 @@ def _local_harness(tmp_path: Path) -> Harness:
 
     return Harness(
         name="local",
+        config=ProviderConfig(type="local", options={"root": str(root)}),
         provider=provider,
         reopen=lambda: local_support.make_local_provider(root),
         stemcell="",
@@ -338,6 +340,7 @@ def _aws_harness(moto_server: MotoServer, ec2: Any, ami: str) -> Harness:
 
     return Harness(
         name="aws",
+        config=config,
         provider=provider,
         reopen=lambda: AWSProvider(config),
         stemcell=ami,
@@ -362,6 +365,7 @@ def _gce_harness(fake: GCEFake) -> Harness:
 
     return Harness(
         name="gce",
+        config=config,
         provider=provider,
         reopen=lambda: GCEProvider(config),
         stemcell=GCE_IMAGE,

@@ -70,6 +70,8 @@ def test_registry_finds_every_builtin_through_entry_points(moto: MotoServer) -> 
         assert isinstance(provider, AWSProvider)
     finally:
         provider.close()
+    with pytest.raises(PermanentError, match=r"spec\.provider\.type.*openstack"):
+        make_provider(ProviderConfig(type="openstack"))
 
 
 @pytest.mark.parametrize(
@@ -87,6 +89,10 @@ def test_registry_finds_every_builtin_through_entry_points(moto: MotoServer) -> 
         (
             ProviderConfig(type="aws", region="eu-west-1", options={"encrypted": "maybe"}),
             "spec.provider.options.encrypted",
+        ),
+        (
+            ProviderConfig(type="aws", region="eu-west-1", options={"subnet": "subnet-1"}),
+            "spec.provider.options.subnet",
         ),
     ],
 )

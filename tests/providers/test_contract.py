@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from dockyard.providers import available_providers, make_provider
 from dockyard.providers.base import (
     DiskSpec,
     NotFoundError,
@@ -38,6 +39,15 @@ def gone(provider: Provider, vm_id: str) -> bool:
 def test_provider_satisfies_the_protocol(harness: Harness) -> None:
     assert isinstance(harness.provider, Provider)
     assert isinstance(harness.provider.resizes_attached_disks, bool)
+
+
+def test_the_registry_builds_it_from_its_entry_point(harness: Harness) -> None:
+    assert harness.config.type in available_providers()
+    made = make_provider(harness.config)
+    try:
+        assert type(made) is type(harness.provider)
+    finally:
+        made.close()
 
 
 def test_create_is_idempotent_and_delete_leaves_nothing(harness: Harness) -> None:
@@ -153,6 +163,38 @@ def test_disk_lifecycle_keeps_data_through_detach_and_grow(harness: Harness) -> 
         provider.delete_vm(vm.id)
     assert provider.find_disks(disk_tags) == []
     provider.delete_disk(disk.id)  # gone: still fine
+
+
+def test_a_disk_outlives_its_vm(harness: Harness) -> None:
+    """Resurrection: the VM dies, its disk stays, a new VM gets the disk and its data."""
+    provider = harness.provider
+    first = provider.create_vm(VMSpec(tags=identity(), stemcell=harness.stemcell))
+    disk = provider.create_disk(DiskSpec(tags=identity(disk="data"), size_mib=1024))
+    second_tags = identity(index="1")
+    try:
+        attachment = provider.attach_disk(first.id, disk.id)
+        payload = b"kept across VMs " + uuid.uuid4().bytes
+        if harness.write_file is not None:
+            harness.write_file(first.id, attachment, "payload", payload)
+        provider.delete_vm(first.id)
+
+        def released() -> bool:
+            (seen,) = provider.find_disks(disk.tags)
+            return seen.attached_to is None
+
+        wait_for(released, timeout=30, what="disk released by the deleted VM")
+        second = provider.create_vm(VMSpec(tags=second_tags, stemcell=harness.stemcell))
+        attachment = provider.attach_disk(second.id, disk.id)
+        if harness.read_file is not None:
+            assert harness.read_file(second.id, attachment, "payload") == payload
+        else:
+            # No data plane here (see the disk lifecycle test): the IaaS's word is checked.
+            (seen,) = provider.find_disks(disk.tags)
+            assert seen.attached_to == second.id
+    finally:
+        provider.delete_disk(disk.id)
+        for vm in provider.find_vms(second_tags) + provider.find_vms(first.tags):
+            provider.delete_vm(vm.id)
 
 
 def test_disks_never_shrink(harness: Harness) -> None:

@@ -124,6 +124,15 @@ def test_registry_finds_the_gce_provider(gce_fake: GCEFake) -> None:
             ),
             "spec.provider.options.operation_timeout",
         ),
+        (
+            ProviderConfig(
+                type="gce",
+                zone="europe-west1-b",
+                endpoint="http://127.0.0.1:9",
+                options={"project": "p", "subnet": "s"},
+            ),
+            "spec.provider.options.subnet",
+        ),
     ],
 )
 def test_bad_configuration_names_the_field(config: ProviderConfig, field: str) -> None:

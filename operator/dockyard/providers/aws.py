@@ -38,6 +38,7 @@ from dockyard.providers.base import (
 )
 from dockyard.providers.dockertls import DEFAULT_PORT, DockerTLS
 from dockyard.providers.options import (
+    check_known,
     option_bool,
     option_float,
     option_int,
@@ -69,6 +70,28 @@ DEFAULT_VOLUME_TYPE = "gp3"
 # AWS's advice for EBS data volumes on Linux: /dev/sd[f-p].
 DEVICE_NAMES = tuple(f"/dev/sd{letter}" for letter in "fghijklmnop")
 EBS_MODIFICATION_COOLDOWN = 6 * 3600.0
+OPTIONS = frozenset(
+    {
+        "scope",
+        "image_id",
+        "instance_type",
+        "volume_type",
+        "subnet_id",
+        "security_group_ids",
+        "key_name",
+        "iam_instance_profile",
+        "encrypted",
+        "kms_key_id",
+        "min_volume_gib",
+        "wait_timeout",
+        "poll_interval",
+        "docker_port",
+        "docker_api_version",
+        "api_attempts",
+        "connect_timeout",
+        "read_timeout",
+    }
+)
 
 _STATES: dict[str, VMState] = {
     "pending": VMState.PENDING,
@@ -168,6 +191,7 @@ class AWSProvider:
     resizes_attached_disks = True
 
     def __init__(self, config: ProviderConfig) -> None:
+        check_known(config, OPTIONS)
         self.region = required(
             config.region, "spec.provider.region", "the AWS region, e.g. eu-west-1"
         )

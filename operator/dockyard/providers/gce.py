@@ -49,7 +49,13 @@ from dockyard.providers.base import (
     VMState,
 )
 from dockyard.providers.dockertls import DEFAULT_PORT, DockerTLS
-from dockyard.providers.options import option_float, option_int, option_str, required
+from dockyard.providers.options import (
+    check_known,
+    option_float,
+    option_int,
+    option_str,
+    required,
+)
 from dockyard.providers.redaction import protect
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,25 @@ TAGS_METADATA_KEY = "dockyard-tags"
 COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"
 DEFAULT_MACHINE_TYPE = "e2-small"
 DEFAULT_DISK_TYPE = "pd-balanced"
+OPTIONS = frozenset(
+    {
+        "project",
+        "scope",
+        "image",
+        "machine_type",
+        "disk_type",
+        "network",
+        "subnetwork",
+        "service_account_email",
+        "boot_disk_gb",
+        "min_disk_gb",
+        "operation_timeout",
+        "call_timeout",
+        "retry_timeout",
+        "docker_port",
+        "docker_api_version",
+    }
+)
 # uuid5 namespace of Dockyard's request ids (any fixed uuid works; this one is ours).
 REQUEST_NAMESPACE = uuid.UUID("6f1c2a8e-4d0b-5c3e-9a7f-1b2d3e4f5a6b")
 
@@ -220,6 +245,7 @@ class GCEProvider:
     resizes_attached_disks = True
 
     def __init__(self, config: ProviderConfig) -> None:
+        check_known(config, OPTIONS)
         self.zone = required(config.zone, "spec.provider.zone", "the GCE zone, e.g. europe-west1-b")
         self.endpoint = config.endpoint
         self.scope = option_str(config, "scope", "default")

@@ -9,6 +9,16 @@ def _field(name: str) -> str:
     return f"spec.provider.options.{name}"
 
 
+def check_known(config: ProviderConfig, known: frozenset[str]) -> None:
+    """A misspelt option is an error, not a silently ignored setting."""
+    unknown = sorted(set(config.options) - known)
+    if unknown:
+        raise PermanentError(
+            f"{_field(unknown[0])}: unknown option of the {config.type} provider "
+            f"(known: {', '.join(sorted(known))})"
+        )
+
+
 def option_str(config: ProviderConfig, name: str, default: str = "") -> str:
     return config.options.get(name, default).strip()
 
