@@ -9,6 +9,7 @@ import datetime
 import ipaddress
 import json
 import logging
+import socket
 import ssl
 import threading
 import urllib.error
@@ -206,6 +207,25 @@ def test_http_errors_map_to_typed_errors(
         assert raised.value.retry_after == retry_after
     assert gce_fake.all_instances() == []
     provider.delete_vm(provider.create_vm(VMSpec(tags=tags())).id)  # the fault was one call
+
+
+def test_an_unreachable_endpoint_is_transient() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    provider = GCEProvider(
+        ProviderConfig(
+            type="gce",
+            zone=GCE_ZONE,
+            endpoint=f"http://127.0.0.1:{port}",
+            options={"project": GCE_PROJECT, "retry_timeout": "0"},
+        )
+    )
+    try:
+        with pytest.raises(TransientError, match="cannot reach Compute Engine"):
+            provider.find_vms({})
+    finally:
+        provider.close()
 
 
 def test_one_unavailable_answer_is_retried(make: Any, gce_fake: GCEFake) -> None:

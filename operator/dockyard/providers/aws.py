@@ -101,6 +101,7 @@ _STATES: dict[str, VMState] = {
     "shutting-down": VMState.MISSING,
     "terminated": VMState.MISSING,
 }
+_EPOCH = datetime.fromtimestamp(0, UTC)
 _LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 _LIVE_VOLUME_STATES = ["creating", "available", "in-use", "error"]
 _ATTACHED = ("attaching", "attached", "busy", "detaching")
@@ -351,7 +352,7 @@ class AWSProvider:
                 for reservation in page["Reservations"]:
                     found.extend(reservation.get("Instances", []))
         matching = [i for i in found if wanted.items() <= self._tags_of(i.get("Tags")).items()]
-        matching.sort(key=lambda i: (i.get("LaunchTime", datetime.min), i["InstanceId"]))
+        matching.sort(key=lambda i: (i.get("LaunchTime", _EPOCH), i["InstanceId"]))
         return [self._vm(i) for i in matching]
 
     def create_vm(self, spec: VMSpec) -> VM:
@@ -481,7 +482,7 @@ class AWSProvider:
             for page in self.ec2.get_paginator("describe_volumes").paginate(Filters=filters):
                 found.extend(page["Volumes"])
         matching = [v for v in found if wanted.items() <= self._tags_of(v.get("Tags")).items()]
-        matching.sort(key=lambda v: (v.get("CreateTime", datetime.min), v["VolumeId"]))
+        matching.sort(key=lambda v: (v.get("CreateTime", _EPOCH), v["VolumeId"]))
         return [self._disk(v) for v in matching]
 
     def create_disk(self, spec: DiskSpec) -> Disk:
@@ -597,9 +598,7 @@ class AWSProvider:
         modifications = found.get("VolumesModifications", [])
         if not modifications:
             return None
-        return max(
-            modifications, key=lambda m: m.get("StartTime", datetime.min.replace(tzinfo=UTC))
-        )
+        return max(modifications, key=lambda m: m.get("StartTime", _EPOCH))
 
     def _wait_modified(self, disk_id: str, target_gib: int) -> None:
         """Until the new size is usable: EBS reports 'optimizing' once the volume has grown."""

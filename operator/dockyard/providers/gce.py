@@ -370,8 +370,11 @@ class GCEProvider:
     ) -> None:
         """Send a mutation (request id: retries of this call are deduplicated) and await it."""
         request.setdefault("request_id", str(uuid.uuid4()))
-        operation = self._zonal(what, method, **request)
-        self._wait(operation, what)
+        try:
+            operation = self._zonal(what, method, **request)
+            self._wait(operation, what)
+        except _AlreadyExists as error:  # only inserts treat a conflict as "exists"
+            raise TransientError(f"{error} (a concurrent change)", retry_after=5.0) from error
 
     def _identity(self, kind: str, tags: Mapping[str, str]) -> str:
         return json.dumps({"kind": kind, "scope": self.scope, "tags": sorted(tags.items())})
@@ -505,7 +508,7 @@ class GCEProvider:
 
         def lookup() -> VM:
             found = self._zonal(f"getting VM {name}", self.instances.get, instance=name)
-            if not self._ours(found.labels) or dict(found.labels) != labels:
+            if not labels.items() <= dict(found.labels).items():
                 raise PermanentError(
                     f"VM name {name} is taken by an instance that is not this VM "
                     f"(labels {dict(found.labels)})"
@@ -619,7 +622,7 @@ class GCEProvider:
 
         def lookup() -> Disk:
             found = self._zonal(f"getting disk {name}", self.disks.get, disk=name)
-            if not self._ours(found.labels) or dict(found.labels) != labels:
+            if not labels.items() <= dict(found.labels).items():
                 raise PermanentError(f"disk name {name} is taken by a disk that is not this one")
             return self._disk(found)
 
