@@ -1,1 +1,117 @@
-"""planning."""
+"""Planning: pure functions from (desired, observed) to ordered actions.
+
+No I/O, no clock, no imports of the API models: the reconciler adapts both sides into the small
+frozen dataclasses below, calls :func:`plan`, picks :func:`next_step`, executes it, observes
+again and re-plans.
+
+Inputs (``model``)
+    :class:`DesiredJob` (name, instances, containers, disk, update, resurrect),
+    :class:`DesiredContainer` (name, config_hash, depends_on, restart_policy, uses_disk),
+    :class:`DesiredDisk` (size_mib, type, reclaim_policy), :class:`UpdatePolicy` (canaries,
+    max_in_flight as a number, serial). The observed :data:`World` maps job -> index ->
+    :class:`ObservedInstance` (vm: :class:`ObservedVM`, disk: :class:`ObservedDisk`,
+    containers: name -> :class:`ObservedContainer` with state, config_hash, started_at).
+
+Actions (frozen dataclasses; ``kind`` is the class name; all have ``job`` and ``index``)
+    :class:`CreateVM`, :class:`DeleteVM`, :class:`CreateDisk` (creates and attaches),
+    :class:`AttachDisk`, :class:`DetachDisk`, :class:`ResizeDisk`, :class:`DeleteDisk`, and
+    container actions (``container``, ``reason``): :class:`StartContainer`,
+    :class:`RecreateContainer`, :class:`RestartContainer` (``because_of``: the upstream key),
+    :class:`StopContainer`, :class:`RemoveContainer`.
+
+Functions
+    :func:`plan` — the whole ordered plan; its module doc states the ordering and the
+    restart-after-upstream rule (``started_at`` comparisons, so re-planning is idempotent).
+    :func:`next_step` — the slice of a plan to run now (removals, then canaries, then batches
+    of ``max_in_flight``; ``serial`` jobs one after another).
+    :func:`rollout_batches`, :func:`job_stages` — the batching underneath.
+    :func:`build_graph` -> :class:`DependencyGraph` (``topological_order``, ``find_cycles``,
+    ``dependents_of``, ``upstreams_of``) — usable on API job templates too (admission).
+
+Errors: :class:`PlanningError` (a ``ValueError`` with ``field``, e.g.
+``jobs[backend].containers[api].dependsOn``) and its :class:`CycleError` (``cycle`` path).
+"""
+
+from dockyard.planning.graph import (
+    CycleError,
+    DependencyGraph,
+    build_graph,
+    format_path,
+    parse_dependency,
+)
+from dockyard.planning.model import (
+    Action,
+    AttachDisk,
+    ContainerAction,
+    ContainerKey,
+    ContainerState,
+    CreateDisk,
+    CreateVM,
+    DeleteDisk,
+    DeleteVM,
+    DesiredContainer,
+    DesiredDisk,
+    DesiredJob,
+    DetachDisk,
+    InstanceRef,
+    ObservedContainer,
+    ObservedDisk,
+    ObservedInstance,
+    ObservedVM,
+    PlanningError,
+    ReclaimPolicy,
+    RecreateContainer,
+    RemoveContainer,
+    ResizeDisk,
+    RestartContainer,
+    RestartPolicy,
+    StartContainer,
+    StopContainer,
+    UpdatePolicy,
+    World,
+)
+from dockyard.planning.planner import plan
+from dockyard.planning.rollout import Batch, Step, job_stages, next_step, rollout_batches
+
+__all__ = [
+    "Action",
+    "AttachDisk",
+    "Batch",
+    "ContainerAction",
+    "ContainerKey",
+    "ContainerState",
+    "CreateDisk",
+    "CreateVM",
+    "CycleError",
+    "DeleteDisk",
+    "DeleteVM",
+    "DependencyGraph",
+    "DesiredContainer",
+    "DesiredDisk",
+    "DesiredJob",
+    "DetachDisk",
+    "InstanceRef",
+    "ObservedContainer",
+    "ObservedDisk",
+    "ObservedInstance",
+    "ObservedVM",
+    "PlanningError",
+    "ReclaimPolicy",
+    "RecreateContainer",
+    "RemoveContainer",
+    "ResizeDisk",
+    "RestartContainer",
+    "RestartPolicy",
+    "StartContainer",
+    "Step",
+    "StopContainer",
+    "UpdatePolicy",
+    "World",
+    "build_graph",
+    "format_path",
+    "job_stages",
+    "next_step",
+    "parse_dependency",
+    "plan",
+    "rollout_batches",
+]

@@ -1,0 +1,293 @@
+"""The planner's own vocabulary: what is wanted, what was seen, and what to do about it.
+
+Small frozen dataclasses, independent of ``dockyard.api`` (the reconciler adapts API models and
+observations into them), so the planning layer stays pure and easy to test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, NamedTuple
+
+RestartPolicy = Literal["Always", "OnFailure", "Never"]
+ReclaimPolicy = Literal["Retain", "Delete"]
+
+#: Docker's container states. "running" and "restarting" count as up (the engine restarts a
+#: crashed container itself); "paused" is left alone; the others are down.
+ContainerState = Literal["running", "restarting", "paused", "created", "exited", "dead"]
+UP_STATES: frozenset[str] = frozenset({"running", "restarting"})
+DOWN_STATES: frozenset[str] = frozenset({"created", "exited", "dead"})
+
+
+class PlanningError(ValueError):
+    """Input the planner cannot work with; ``field`` names where it is, e.g.
+    ``jobs[backend].containers[api].dependsOn``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.detail = message
+
+
+class ContainerKey(NamedTuple):
+    """One container of a job (on every instance of it). Printed as ``job/container``."""
+
+    job: str
+    container: str
+
+    def __str__(self) -> str:
+        return f"{self.job}/{self.container}"
+
+
+@dataclass(frozen=True, order=True)
+class InstanceRef:
+    """One instance (VM) of a job. Printed as ``job/index``."""
+
+    job: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.job}/{self.index}"
+
+
+# --- desired ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    """BOSH's update block, with max_in_flight already resolved to a number of instances."""
+
+    canaries: int = 1
+    max_in_flight: int = 1
+    serial: bool = True
+
+
+@dataclass(frozen=True)
+class DesiredContainer:
+    """A container as the spec wants it on every instance of its job.
+
+    ``config_hash`` covers everything whose change means recreating the container (image,
+    command, env, ports, volumes, restart policy...); the caller computes it and labels the
+    container with it. ``depends_on`` holds ``"name"`` (same job, same instance) or
+    ``"job/name"`` (every instance of another job). ``uses_disk``: it mounts the job's
+    persistent disk (it is stopped while the disk is detached to grow).
+    """
+
+    name: str
+    config_hash: str
+    depends_on: tuple[str, ...] = ()
+    restart_policy: RestartPolicy = "Always"
+    uses_disk: bool = False
+
+
+@dataclass(frozen=True)
+class DesiredDisk:
+    """One persistent disk per instance."""
+
+    size_mib: int
+    type: str | None = None
+    reclaim_policy: ReclaimPolicy = "Delete"
+
+
+@dataclass(frozen=True)
+class DesiredJob:
+    """A job (instance group): ``instances`` VMs with indices ``0..instances-1``, each running
+    ``containers`` (in declaration order). ``resurrect``: replace VMs observed unhealthy (false
+    when resurrection is disabled or in meltdown: such instances are then left alone)."""
+
+    name: str
+    instances: int
+    containers: tuple[DesiredContainer, ...]
+    disk: DesiredDisk | None = None
+    update: UpdatePolicy = UpdatePolicy()
+    resurrect: bool = True
+
+
+# --- observed -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObservedVM:
+    """The instance's VM. ``healthy`` is false when it is stopped, gone from the IaaS although
+    Dockyard made it, or its engine stopped answering (the caller decides the timeout)."""
+
+    id: str
+    healthy: bool = True
+
+
+@dataclass(frozen=True)
+class ObservedDisk:
+    """The instance's persistent disk. ``reclaim_policy`` is the one recorded when it was made;
+    it decides the disk's fate when its job no longer says (None counts as Retain)."""
+
+    id: str
+    size_mib: int
+    attached_to: str | None = None
+    reclaim_policy: ReclaimPolicy | None = None
+
+
+@dataclass(frozen=True)
+class ObservedContainer:
+    """A container on an instance's VM. ``config_hash`` is the label it was created with;
+    ``started_at`` its last start (Docker's State.StartedAt as a number; only compared)."""
+
+    state: ContainerState
+    config_hash: str
+    started_at: float | None = None
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class ObservedInstance:
+    """What exists for one index of a job. Containers are by name; they are only trusted when
+    the VM is healthy."""
+
+    vm: ObservedVM | None = None
+    disk: ObservedDisk | None = None
+    containers: Mapping[str, ObservedContainer] = field(default_factory=dict)
+
+
+#: The observed world: job name -> instance index -> instance.
+World = Mapping[str, Mapping[int, ObservedInstance]]
+
+
+# --- actions ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Action:
+    """Something to do to one instance. ``kind`` is the class name; ``str()`` reads well in an
+    Event. Actions that create something refer to the instance's VM by (job, index): its id is
+    only known once CreateVM ran."""
+
+    kind: ClassVar[str] = "Action"
+    job: str
+    index: int
+
+    @property
+    def instance(self) -> InstanceRef:
+        return InstanceRef(self.job, self.index)
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__()
+        cls.kind = cls.__name__
+
+    def _detail(self) -> str:
+        return ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.job}/{self.index}{self._detail()}"
+
+
+@dataclass(frozen=True)
+class CreateVM(Action):
+    reason: str
+
+    def _detail(self) -> str:
+        return f": {self.reason}"
+
+
+@dataclass(frozen=True)
+class DeleteVM(Action):
+    vm_id: str
+    reason: str
+
+    def _detail(self) -> str:
+        return f" {self.vm_id}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class CreateDisk(Action):
+    """Create the instance's disk and attach it to the instance's VM."""
+
+    size_mib: int
+    disk_type: str | None
+
+    def _detail(self) -> str:
+        return f": {self.size_mib} MiB"
+
+
+@dataclass(frozen=True)
+class AttachDisk(Action):
+    """Attach an existing (detached) disk to the instance's VM: its data is kept."""
+
+    disk_id: str
+
+    def _detail(self) -> str:
+        return f" {self.disk_id}"
+
+
+@dataclass(frozen=True)
+class DetachDisk(Action):
+    disk_id: str
+    vm_id: str
+    reason: str
+
+    def _detail(self) -> str:
+        return f" {self.disk_id} from {self.vm_id}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ResizeDisk(Action):
+    """Grow the disk (and its filesystem) to ``size_mib``; never shrinks."""
+
+    disk_id: str
+    size_mib: int
+
+    def _detail(self) -> str:
+        return f" {self.disk_id} to {self.size_mib} MiB"
+
+
+@dataclass(frozen=True)
+class DeleteDisk(Action):
+    """Only for an instance that is removed, under reclaim policy Delete."""
+
+    disk_id: str
+
+    def _detail(self) -> str:
+        return f" {self.disk_id}"
+
+
+@dataclass(frozen=True)
+class ContainerAction(Action):
+    container: str
+    reason: str
+
+    @property
+    def key(self) -> ContainerKey:
+        return ContainerKey(self.job, self.container)
+
+    def _detail(self) -> str:
+        return f" {self.container}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class StartContainer(ContainerAction):
+    """Make the container run with the desired config: create it when missing, else start it."""
+
+
+@dataclass(frozen=True)
+class RecreateContainer(ContainerAction):
+    """Remove the container and create it again with the desired config (its spec changed)."""
+
+
+@dataclass(frozen=True)
+class RestartContainer(ContainerAction):
+    """Restart an unchanged container because ``because_of`` (an upstream) started after it."""
+
+    because_of: ContainerKey
+
+
+@dataclass(frozen=True)
+class StopContainer(ContainerAction):
+    """Stop gracefully (before its instance is removed, or its disk detached to grow)."""
+
+
+@dataclass(frozen=True)
+class RemoveContainer(ContainerAction):
+    """Stop and remove a container the spec no longer has."""
+
+
+#: Actions that (re)start a container.
+STARTS: tuple[type[ContainerAction], ...] = (StartContainer, RecreateContainer, RestartContainer)
