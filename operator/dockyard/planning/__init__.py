@@ -40,6 +40,7 @@ from dockyard.planning.graph import (
     parse_dependency,
 )
 from dockyard.planning.model import (
+    STARTS,
     Action,
     AttachDisk,
     ContainerAction,
@@ -74,6 +75,7 @@ from dockyard.planning.planner import plan
 from dockyard.planning.rollout import Batch, Step, job_stages, next_step, rollout_batches
 
 __all__ = [
+    "STARTS",
     "Action",
     "AttachDisk",
     "Batch",

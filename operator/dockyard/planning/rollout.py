@@ -20,6 +20,7 @@ from dockyard.planning.model import (
     DesiredJob,
     InstanceRef,
     PlanningError,
+    RestartContainer,
 )
 
 
@@ -120,34 +121,24 @@ def next_step(actions: Sequence[Action], desired: Sequence[DesiredJob]) -> Step:
        the job's instances the plan leaves alone, so canaries come first in every rollout.
        A batch takes every action of its instances, so a watched instance is complete.
     3. An instance waits while a container it would (re)start depends on a container of another
-       job of this plan that still has actions: dependents restart once, after their upstream
-       converged everywhere, not after each of its batches. Should that leave nothing to do
-       (jobs depending on each other), instances stop waiting.
+       job that still has actions in the plan: dependents restart once, after their upstream
+       converged everywhere, not after each of its batches.
+    4. Should that leave nothing to run (jobs that depend on each other), instances stop
+       waiting, and restarts for an upstream start that is not in the step are left for later
+       (they would only have to be done again once it happened).
 
-    Run the step, watch its instances, observe and plan again.
+    Run the step, watch its instances, observe and plan again. The step is empty only when the
+    plan is.
     """
     jobs = {job.name: job for job in desired}
     removal = tuple(a for a in actions if a.job not in jobs or a.index >= jobs[a.job].instances)
     if removal:
         return Step(removal, (), canary=False)
-
     touched: dict[str, set[int]] = {}
-    busy: set[ContainerKey] = set()
     for action in actions:
         touched.setdefault(action.job, set()).add(action.index)
-        if isinstance(action, ContainerAction):
-            busy.add(action.key)
-    waiting: set[InstanceRef] = set()
-    containers = {(job.name, c.name): c for job in desired for c in job.containers}
-    for action in actions:
-        if not isinstance(action, STARTS):
-            continue
-        for ref in containers[(action.job, action.container)].depends_on:
-            upstream = parse_dependency(ref, action.job)
-            if upstream.job != action.job and upstream in busy:
-                waiting.add(action.instance)
-                break
-
+    starting = _starts(actions)
+    waiting = _waiting(actions, desired)
     for hold in (True, False):
         for stage in job_stages(desired):
             chosen: set[InstanceRef] = set()
@@ -155,7 +146,13 @@ def next_step(actions: Sequence[Action], desired: Sequence[DesiredJob]) -> Step:
             for name in stage:
                 job = jobs[name]
                 pending = sorted(touched.get(name, ()))
-                ready = [i for i in pending if not hold or InstanceRef(name, i) not in waiting]
+                if hold:
+                    ready = [i for i in pending if InstanceRef(name, i) not in waiting]
+                else:
+                    useful = {
+                        a.index for a in actions if a.job == name and not _premature(a, starting)
+                    }
+                    ready = [i for i in pending if i in useful]
                 if not ready:
                     continue
                 batch = rollout_batches(
@@ -166,8 +163,43 @@ def next_step(actions: Sequence[Action], desired: Sequence[DesiredJob]) -> Step:
                 )[0]
                 chosen.update(InstanceRef(name, i) for i in batch.indices)
                 canary = canary or batch.canary
-            if chosen:
-                selected = tuple(a for a in actions if a.instance in chosen)
-                instances = tuple(dict.fromkeys(a.instance for a in selected))
-                return Step(selected, instances, canary)
+            selected = [a for a in actions if a.instance in chosen]
+            later = _starts([a for a in actions if a.instance not in chosen])
+            kept = tuple(a for a in selected if not _premature(a, later))
+            if kept:
+                return Step(kept, tuple(dict.fromkeys(a.instance for a in kept)), canary)
     return Step((), (), canary=False)
+
+
+def _starts(actions: Sequence[Action]) -> dict[ContainerKey, set[int]]:
+    """Which instances each container is (re)started on by ``actions``."""
+    starts: dict[ContainerKey, set[int]] = {}
+    for action in actions:
+        if isinstance(action, STARTS):
+            starts.setdefault(action.key, set()).add(action.index)
+    return starts
+
+
+def _premature(action: Action, starts: dict[ContainerKey, set[int]]) -> bool:
+    """A restart for an upstream that ``starts`` still (re)starts."""
+    if not isinstance(action, RestartContainer):
+        return False
+    indices = starts.get(action.because_of, set())
+    return action.index in indices if action.because_of.job == action.job else bool(indices)
+
+
+def _waiting(actions: Sequence[Action], desired: Sequence[DesiredJob]) -> set[InstanceRef]:
+    """Instances that would (re)start a container whose upstream in another job still has
+    actions."""
+    busy = {a.key for a in actions if isinstance(a, ContainerAction)}
+    specs = {ContainerKey(job.name, c.name): c for job in desired for c in job.containers}
+    waiting: set[InstanceRef] = set()
+    for action in actions:
+        if not isinstance(action, STARTS) or action.key not in specs:
+            continue
+        for ref in specs[action.key].depends_on:
+            upstream = parse_dependency(ref, action.job)
+            if upstream.job != action.job and upstream in busy:
+                waiting.add(action.instance)
+                break
+    return waiting
