@@ -110,6 +110,7 @@ class Simulator:
                     fail("the instance has a disk: it would be replaced by an empty one")
                 if inst.vm is None or not inst.vm.healthy:
                     fail("no VM to attach to")
+                self._no_users_running(inst, job, fail)
                 self.made += 1
                 inst.disk = ObservedDisk(f"disk-{self.made}", size, attached_to=inst.vm.id)
             case AttachDisk(disk_id=disk_id):
@@ -119,6 +120,7 @@ class Simulator:
                     fail(f"attached to {inst.disk.attached_to}")
                 if inst.vm is None or not inst.vm.healthy:
                     fail("no VM to attach to")
+                self._no_users_running(inst, job, fail)
                 inst.disk = replace(inst.disk, attached_to=inst.vm.id)
             case DetachDisk(disk_id=disk_id, vm_id=vm_id):
                 if inst.disk is None or inst.disk.id != disk_id or inst.disk.attached_to != vm_id:
@@ -155,6 +157,16 @@ class Simulator:
                 self._container(action, inst, job, fail)
             case _:  # pragma: no cover
                 fail("unknown action")
+
+    @staticmethod
+    def _no_users_running(
+        inst: _Instance, job: DesiredJob | None, fail: Callable[[str], NoReturn]
+    ) -> None:
+        """A disk mounted under running containers would stay invisible to them."""
+        users = {c.name for c in job.containers if c.uses_disk} if job else set()
+        busy = [n for n in users if n in inst.containers and inst.containers[n].state in UP]
+        if busy:
+            fail(f"containers {sorted(busy)} using the disk run without it")
 
     def _container(
         self,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from dockyard.api.models import JobTemplate
-from dockyard.planning import ContainerKey, CycleError, PlanningError, build_graph, format_path
+from dockyard.planning import (
+    ContainerKey,
+    CycleError,
+    PlanningError,
+    build_graph,
+    external_upstreams,
+    format_path,
+)
 from tests.planning.builders import c, job
 
 K = ContainerKey
@@ -167,3 +174,9 @@ def test_a_long_chain_does_not_hit_the_recursion_limit() -> None:
     assert [k.container for k in graph.topological_order()] == names
     assert graph.find_cycles() == []
     assert len(graph.dependents_of(K("j", "c0"))) == 2999
+
+
+def test_external_upstreams_lists_what_a_one_job_plan_needs() -> None:
+    web = job("web", c("app", "db/pg", "cache"), c("cache", "kv/redis", "db/pg"))
+    assert external_upstreams([web]) == [K("db", "pg"), K("kv", "redis")]
+    assert external_upstreams([web, job("db", c("pg"))]) == [K("kv", "redis")]

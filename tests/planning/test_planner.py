@@ -263,6 +263,22 @@ def test_an_existing_disk_is_reattached_to_a_new_vm_never_recreated() -> None:
     assert after["web"][0].disk is not None and after["web"][0].disk.id == "d"
 
 
+def test_a_disk_found_detached_is_attached_with_its_users_stopped_around_it() -> None:
+    """Containers started while the disk was not mounted see the VM's directory, not the disk:
+    they are stopped before it is attached and started again after."""
+    web = job("web", c("db", disk=True), c("app", "db"), c("cache"), disk=DesiredDisk(100))
+    containers = {"db": running(1), "app": running(2), "cache": running(3)}
+    world: World = {"web": {0: instance("vm", containers, disk=ObservedDisk("d", 100, None))}}
+    actions = plan([web], world)
+    assert [str(a) for a in actions] == [
+        "StopContainer web/0 db: disk attached: stopped first",
+        "AttachDisk web/0 d",
+        "StartContainer web/0 db: disk attached",
+        "RestartContainer web/0 app: upstream web/db starts before it",
+    ]
+    settle([web], world)
+
+
 def test_an_unhealthy_vm_is_replaced_keeping_its_disk() -> None:
     web = job("web", c("db", disk=True), disk=DesiredDisk(100))
     world: World = {

@@ -14,6 +14,7 @@ from dockyard.planning import (
     next_step,
     plan,
     rollout_batches,
+    schedule,
 )
 from tests.planning.builders import brief, c, converged, job
 from tests.planning.simulator import Simulator
@@ -201,3 +202,20 @@ def test_jobs_depending_on_each_other_still_converge_without_useless_restarts() 
             "(canary)",
         ]
     ]
+
+
+def test_schedule_shows_the_whole_rollout_as_waves() -> None:
+    jobs = [
+        job("db", c("pg"), instances=3, canaries=1, max_in_flight=2),
+        job("web", c("app"), instances=4, canaries=1, max_in_flight=2, serial=False),
+        job("worker", c("w"), instances=2, canaries=0, max_in_flight=1, serial=False),
+    ]
+    waves = schedule(jobs, {"db": [0, 1, 2], "web": [1, 2, 3], "worker": [0, 1]})
+    assert [[(name, b.indices, b.canary) for name, b in wave] for wave in waves] == [
+        [("db", (0,), True)],
+        [("db", (1, 2), False)],
+        # web's instance 0 is up to date already: it counts as the canary.
+        [("web", (1, 2), False), ("worker", (0,), False)],
+        [("web", (3,), False), ("worker", (1,), False)],
+    ]
+    assert schedule(jobs, {}) == []

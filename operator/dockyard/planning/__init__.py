@@ -24,9 +24,11 @@ Functions
     restart-after-upstream rule (``started_at`` comparisons, so re-planning is idempotent).
     :func:`next_step` — the slice of a plan to run now (removals, then canaries, then batches
     of ``max_in_flight``; ``serial`` jobs one after another).
-    :func:`rollout_batches`, :func:`job_stages` — the batching underneath.
+    :func:`rollout_batches`, :func:`job_order`, :func:`job_stages` — the batching underneath;
+    :func:`schedule` — the whole rollout as waves of (job, batch), for status and previews.
     :func:`build_graph` -> :class:`DependencyGraph` (``topological_order``, ``find_cycles``,
-    ``dependents_of``, ``upstreams_of``) — usable on API job templates too (admission).
+    ``dependents_of``, ``upstreams_of``) — usable on API job templates too (admission);
+    :func:`external_upstreams` — the ``job/name`` keys a one-Job plan needs start times for.
 
 Errors: :class:`PlanningError` (a ``ValueError`` with ``field``, e.g.
 ``jobs[backend].containers[api].dependsOn``) and its :class:`CycleError` (``cycle`` path).
@@ -36,6 +38,7 @@ from dockyard.planning.graph import (
     CycleError,
     DependencyGraph,
     build_graph,
+    external_upstreams,
     format_path,
     parse_dependency,
 )
@@ -72,7 +75,15 @@ from dockyard.planning.model import (
     World,
 )
 from dockyard.planning.planner import plan
-from dockyard.planning.rollout import Batch, Step, job_stages, next_step, rollout_batches
+from dockyard.planning.rollout import (
+    Batch,
+    Step,
+    job_order,
+    job_stages,
+    next_step,
+    rollout_batches,
+    schedule,
+)
 
 __all__ = [
     "STARTS",
@@ -110,10 +121,13 @@ __all__ = [
     "UpdatePolicy",
     "World",
     "build_graph",
+    "external_upstreams",
     "format_path",
+    "job_order",
     "job_stages",
     "next_step",
     "parse_dependency",
     "plan",
     "rollout_batches",
+    "schedule",
 ]

@@ -203,6 +203,20 @@ class DependencyGraph:
         raise AssertionError("a strongly connected component always loops")  # pragma: no cover
 
 
+def external_upstreams(jobs: Sequence[JobLike]) -> list[ContainerKey]:
+    """The ``job/name`` upstreams of ``jobs`` that are in none of them, in the order met: what a
+    caller planning one Job at a time passes to ``plan(external_starts=...)``."""
+    inside = {job.name for job in jobs}
+    found: dict[ContainerKey, None] = {}
+    for job in jobs:
+        for container in job.containers:
+            for ref in container.depends_on:
+                key = parse_dependency(ref, job.name)
+                if key.job not in inside:
+                    found[key] = None
+    return list(found)
+
+
 def build_graph(
     jobs: Sequence[JobLike], *, external: Collection[ContainerKey] = ()
 ) -> DependencyGraph:

@@ -8,7 +8,8 @@ Order of the plan:
 2. For each wanted instance, VM and disk: detach the disk from any VM it will not stay on,
    replace an unhealthy VM (when the job resurrects), create a missing VM, create a missing
    disk, grow a small one (never shrink), attach. An existing disk is always reattached, never
-   recreated.
+   recreated. On a VM that stays, the running containers that mount the disk are stopped
+   before it is attached (or detached to grow) and started again in step 4.
 3. Containers the spec no longer has are removed.
 4. Containers, key by key in topological order, each key on every instance of its job:
    created when missing, recreated when their ``config_hash`` changed, started when down and
@@ -120,7 +121,7 @@ class _Planner:
         # Instances whose containers are managed, with the containers found there ({} on a new VM).
         self.usable: dict[InstanceRef, Mapping[str, ObservedContainer]] = {}
         self.fresh: set[InstanceRef] = set()
-        self.stopped: dict[InstanceRef, set[str]] = {}
+        self.stopped: dict[InstanceRef, tuple[set[str], str]] = {}
         self.starts: dict[tuple[ContainerKey, int], _Start] = {}
         self.latest: dict[ContainerKey, _Start | None] = {}
 
@@ -185,34 +186,40 @@ class _Planner:
             return  # resurrection is off (or in meltdown): leave the instance as it is
         kept = vm if vm is not None and vm.healthy else None
         add = self.actions.append
+        self.usable[ref] = instance.containers if kept is not None else {}
+        if kept is None:
+            self.fresh.add(ref)
         attached = disk.attached_to if disk is not None else None
-        if disk is not None and attached is not None and (kept is None or attached != kept.id):
+        on_vm = kept is not None and attached == kept.id
+        grow = job.disk is not None and disk is not None and disk.size_mib < job.disk.size_mib
+        if job.disk is not None and kept is not None:
+            if not on_vm:  # its users run without it: down until it is mounted
+                self._stop_disk_users(job, index, "disk attached")
+            elif grow and self.detach_to_resize:
+                self._stop_disk_users(job, index, "disk grown")
+        if disk is not None and attached is not None and not on_vm:
             add(DetachDisk(job.name, index, disk.id, attached, "not on the instance's VM"))
-            attached = None
         if vm is not None and kept is None:
             add(DeleteVM(job.name, index, vm.id, "VM unhealthy"))
             add(CreateVM(job.name, index, f"replaces unhealthy VM {vm.id}"))
         elif vm is None:
             add(CreateVM(job.name, index, "new instance"))
-        if kept is None:
-            self.fresh.add(ref)
-        self.usable[ref] = instance.containers if kept is not None else {}
         if job.disk is None:
             return  # a disk dropped from the spec stays where it is until the instance goes
         if disk is None:
             add(CreateDisk(job.name, index, job.disk.size_mib, job.disk.type))
             return
-        on_vm = kept is not None and attached == kept.id
-        if disk.size_mib < job.disk.size_mib:
+        if grow:
             if on_vm and self.detach_to_resize and kept is not None:
-                self._stop_disk_users(job, index)
                 add(DetachDisk(job.name, index, disk.id, kept.id, "to grow it"))
                 on_vm = False
             add(ResizeDisk(job.name, index, disk.id, job.disk.size_mib))
         if not on_vm:
             add(AttachDisk(job.name, index, disk.id))
 
-    def _stop_disk_users(self, job: DesiredJob, index: int) -> None:
+    def _stop_disk_users(self, job: DesiredJob, index: int, reason: str) -> None:
+        """Stop the running containers that mount the disk (dependents first); the container
+        pass starts them again, with ``reason``."""
         ref = InstanceRef(job.name, index)
         observed = self.usable[ref]
         users = [
@@ -221,8 +228,8 @@ class _Planner:
             if c.uses_disk and c.name in observed and observed[c.name].state in UP_STATES
         ]
         for name in self._stop_order(job.name, users):
-            self.actions.append(StopContainer(job.name, index, name, "disk detached to grow"))
-        self.stopped[ref] = set(users)
+            self.actions.append(StopContainer(job.name, index, name, f"{reason}: stopped first"))
+        self.stopped[ref] = (set(users), reason)
 
     def _remove_obsolete_containers(self) -> None:
         for ref, containers in self.usable.items():
@@ -244,8 +251,8 @@ class _Planner:
             action = StartContainer(key.job, index, key.container, reason)
         elif found.config_hash != spec.config_hash:
             action = RecreateContainer(key.job, index, key.container, "spec changed")
-        elif key.container in self.stopped.get(ref, ()):
-            action = StartContainer(key.job, index, key.container, "disk grown")
+        elif key.container in self.stopped.get(ref, ((), ""))[0]:
+            action = StartContainer(key.job, index, key.container, self.stopped[ref][1])
         elif found.state in DOWN_STATES and _should_run(spec, found):
             code = "" if found.exit_code is None else f" (exit code {found.exit_code})"
             reason = f"{found.state}{code}"

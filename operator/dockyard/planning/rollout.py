@@ -8,7 +8,7 @@ reconciler executes, watches, and re-plans after (:func:`next_step`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dockyard.planning.graph import parse_dependency
@@ -96,6 +96,31 @@ def job_stages(jobs: Sequence[DesiredJob]) -> list[tuple[str, ...]]:
     if group:
         stages.append(tuple(group))
     return stages
+
+
+def schedule(
+    desired: Sequence[DesiredJob], pending: Mapping[str, Sequence[int]]
+) -> list[tuple[tuple[str, Batch], ...]]:
+    """The whole rollout at a glance (for status and previews): waves of (job, batch) that run
+    together, in order. ``pending``: per job, the indices needing an update; the job's other
+    instances count as already updated. Jobs of a stage advance batch by batch side by side."""
+    jobs = {job.name: job for job in desired}
+    waves: list[tuple[tuple[str, Batch], ...]] = []
+    for stage in job_stages(desired):
+        lists = []
+        for name in stage:
+            todo = sorted(pending.get(name, ()))
+            job = jobs[name]
+            batches = rollout_batches(
+                todo,
+                canaries=job.update.canaries,
+                max_in_flight=job.update.max_in_flight,
+                already_updated=job.instances - len(todo),
+            )
+            lists.append([(name, batch) for batch in batches])
+        for n in range(max((len(x) for x in lists), default=0)):
+            waves.append(tuple(x[n] for x in lists if n < len(x)))
+    return waves
 
 
 @dataclass(frozen=True)
