@@ -81,8 +81,10 @@ def kubectl(kubeconfig: str) -> Kubectl:
 
 @pytest.fixture(scope="session")
 def namespace_prefix(worker_id: str) -> str:
-    """Namespaces of this pytest-xdist worker: its operator watches only these."""
-    return f"dy-{worker_id}-"
+    """Namespaces of this pytest-xdist worker: its operator watches only these.
+    DOCKYARD_TEST_RUN keeps concurrent pytest runs on one control plane apart."""
+    run = os.environ.get("DOCKYARD_TEST_RUN", "")
+    return f"dy-{run}{worker_id}-"
 
 
 @pytest.fixture
