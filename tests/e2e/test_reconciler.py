@@ -95,7 +95,7 @@ def test_upstream_change_restarts_dependents_in_order_and_leaves_others_alone(
     after = wait_for(restarted, timeout=READY_DEADLINE, what="db, app and worker restarted")
     assert after["db"]["specHash"] != before["db"]["specHash"]
     assert started(after["db"]) <= started(after["app"]) <= started(after["worker"])
-    assert after["app"]["lastRestartReason"].startswith("upstream db")
+    assert after["app"]["lastRestartReason"].startswith("upstream chain/db")
     assert after["loner"]["startedAt"] == before["loner"]["startedAt"], "unrelated container moved"
     wait_ready(get_object, "dyd", "chain")
 

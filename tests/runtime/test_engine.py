@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from dockyard.runtime.engine import LABEL_JOB, ContainerConfig, Engine
-from dockyard.runtime.reconciler import rollout_batch, topological
 from dockyard.runtime.world import ContainerWant
 from tests.waiting import wait_for
 
@@ -82,19 +81,3 @@ def test_config_hash_changes_with_anything_that_needs_a_recreate() -> None:
 
 def want(name: str, *deps: str) -> ContainerWant:
     return ContainerWant(config=sleeper(name), depends_on=deps)
-
-
-def test_topological_order_follows_dependencies_and_declaration() -> None:
-    ordered = topological([want("web", "app"), want("app", "db"), want("db"), want("log")])
-    names = [w.name for w in ordered]
-    assert names.index("db") < names.index("app") < names.index("web")
-    assert names == ["db", "app", "web", "log"]
-    with pytest.raises(ValueError, match="cycle"):
-        topological([want("a", "b"), want("b", "a")])
-
-
-def test_rollout_batches_canaries_first_then_max_in_flight() -> None:
-    assert rollout_batch([0, 1, 2, 3], updated=0, canaries=1, max_in_flight=2) == ([0], True)
-    assert rollout_batch([1, 2, 3], updated=1, canaries=1, max_in_flight=2) == ([1, 2], False)
-    assert rollout_batch([], updated=4, canaries=1, max_in_flight=2) == ([], False)
-    assert rollout_batch([0, 1], updated=0, canaries=0, max_in_flight=5) == ([0, 1], False)

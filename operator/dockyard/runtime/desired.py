@@ -166,4 +166,5 @@ def job_desired(
         canary_watch_time=parse_watch_time(update.canary_watch_time),
         generation=job.metadata.generation or 0,
         external_upstream_starts=dict(external_upstream_starts or {}),
+        name=job.job_name,
     )

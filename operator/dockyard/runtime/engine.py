@@ -201,6 +201,15 @@ class Engine:
             raise TransientError(f"restarting container {name}: {error}") from error
         return observe(container)
 
+    def stop(self, name: str, timeout: int = 10) -> None:
+        """Stop gracefully; the engine's restart policy leaves a stopped container down."""
+        try:
+            self._get(name).stop(timeout=timeout)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as error:
+            raise TransientError(f"stopping container {name}: {error}") from error
+
     def remove(self, name: str) -> None:
         try:
             self._get(name).remove(force=True)

@@ -1,22 +1,40 @@
-"""One Job's reconcile pass: observe the world, plan (pure), execute, and report.
+"""One Job's reconcile pass: observe the world, plan (pure, ``dockyard.planning``), execute,
+and report.
 
-Rollouts follow the update policy: container updates run one batch at a time (canaries first),
-each batch watched for ``watch_time`` before the next; a batch that fails halts the rollout
-(Stalled) and leaves the instances not yet reached on their old version.
+Each pass adapts the observations into the planner's vocabulary and splits the plan in two:
+
+* **repairs** (missing VMs, resurrection, missing or stopped containers, dependents whose
+  upstream restarted, scale-down) run at once, on every instance;
+* the **rollout** (instances whose containers' spec changed, or whose disk grows) runs one
+  :func:`~dockyard.planning.next_step` batch per pass, canaries first, each batch watched for
+  ``watch_time``; a batch that fails halts the rollout (Stalled) for this generation and leaves
+  the instances not yet reached on their old version.
+
+What observation cannot tell is kept here: since when an engine stopped answering, which
+generation's rollout halted, and the back-off of containers restarted for failing health checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from dockyard.providers import Attachment, ProviderError, VMState
+import docker.errors
+
+from dockyard import planning
+from dockyard.providers import VM, Attachment, Disk, NotFoundError, ProviderError, VMState
 from dockyard.runtime.engine import ObservedContainer
 from dockyard.runtime.world import ContainerWant, InstanceWorld, JobWorld
 
 log = logging.getLogger(__name__)
+
+# Operator-initiated restarts of an unhealthy container back off like Docker's own restart
+# policy does for crashes: doubling from 10 s, capped at 5 min, forgotten after 10 min of health.
+UNHEALTHY_BACKOFF = (10.0, 300.0)
+UNHEALTHY_BACKOFF_RESET = 600.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,7 @@ class JobDesired:
     generation: int = 0
     # Latest start (epoch s) of each cross-job upstream "job/container", across its instances.
     external_upstream_starts: dict[str, float] = field(default_factory=dict)
+    name: str = "job"  # the job's name inside its deployment ("job/name" references use it)
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,8 @@ class JobReport:
     updated_indices: set[int]
     stalled: str = ""  # why the rollout stopped, "" when it did not
     meltdown: str = ""  # why resurrection is paused, "" when it is not
+    resurrection_disabled: str = ""  # instances down and left down, "" when none
+    crash_looping: dict[tuple[int, str], str] = field(default_factory=dict)  # -> why
     converged: bool = False
     requeue_after: float | None = None
 
@@ -76,43 +97,35 @@ class ResurrectionWant:
     unresponsive_timeout: float = 5.0
 
 
-def topological(containers: Sequence[ContainerWant]) -> list[ContainerWant]:
-    """Same-job dependency order, ties in declaration order (cycles are rejected earlier)."""
-    by_name = {c.name: c for c in containers}
-    done: list[ContainerWant] = []
-    seen: set[str] = set()
-
-    def visit(want: ContainerWant, path: tuple[str, ...]) -> None:
-        if want.name in seen:
-            return
-        if want.name in path:
-            raise ValueError(f"dependency cycle: {' -> '.join((*path, want.name))}")
-        for upstream in want.depends_on:
-            if upstream in by_name:
-                visit(by_name[upstream], (*path, want.name))
-        seen.add(want.name)
-        done.append(want)
-
-    for want in containers:
-        visit(want, ())
-    return done
+_ACTION_RECORD_KINDS = {
+    "CreateVM": "CreatedVM",
+    "DeleteVM": "DeletedVM",
+    "CreateDisk": "CreatedDisk",
+    "AttachDisk": "AttachedDisk",
+    "DetachDisk": "DetachedDisk",
+    "ResizeDisk": "ResizedDisk",
+    "DeleteDisk": "DeletedDisk",
+    "RecreateContainer": "RecreatedContainer",
+    "RestartContainer": "RestartedContainer",
+    "StopContainer": "StoppedContainer",
+    "RemoveContainer": "RemovedContainer",
+}
 
 
-def rollout_batch(
-    outdated: Sequence[int], updated: int, canaries: int, max_in_flight: int
-) -> tuple[list[int], bool]:
-    """The next instances to update and whether they are canaries: BOSH updates ``canaries``
-    instances first, then ``max_in_flight`` at a time."""
-    if not outdated:
-        return [], False
-    if updated == 0 and canaries > 0:
-        return list(outdated[:canaries]), True
-    return list(outdated[: max(max_in_flight, 1)]), False
+@dataclass
+class _Pass:
+    """What one pass knows about each instance while it executes actions."""
+
+    vms: dict[int, VM] = field(default_factory=dict)
+    disks: dict[int, Disk] = field(default_factory=dict)
+    attachments: dict[int, Attachment] = field(default_factory=dict)
+    containers: dict[int, dict[str, ObservedContainer]] = field(default_factory=dict)
+    unhealthy: set[tuple[int, str]] = field(default_factory=set)
+    failed: set[int] = field(default_factory=set)
 
 
 class JobReconciler:
-    """Keeps one Job's instances converged; holds only what observation cannot tell (when an
-    engine stopped answering, which generation's rollout halted)."""
+    """Keeps one Job's instances converged."""
 
     def __init__(self, world: JobWorld, sleep: Sleep = time.sleep) -> None:
         self.world = world
@@ -120,6 +133,9 @@ class JobReconciler:
         self.halted_generation: int | None = None
         self.halted_reason = ""
         self.unresponsive_since: dict[str, float] = {}
+        self.paused_reason = ""  # why resurrection is paused, as last reported
+        # (index, container) -> (restarts for failing health, last restart, monotonic)
+        self.unhealthy_restarts: dict[tuple[int, str], tuple[int, float]] = {}
 
     # --- one pass ---------------------------------------------------------------------------
 
@@ -136,7 +152,8 @@ class JobReconciler:
         if self.halted_generation is not None and self.halted_generation != desired.generation:
             self.halted_generation, self.halted_reason = None, ""  # a new spec: try again
 
-        down = self._down_instances(world, indices, resurrection, known_vms or {})
+        known = known_vms or {}
+        down, deaf = self._down_instances(world, indices, resurrection, known)
         meltdown = bool(down) and (
             len(down) >= resurrection.meltdown_min_down
             and len(down) * 100 >= resurrection.meltdown_percent * max(len(indices), 1)
@@ -146,62 +163,315 @@ class JobReconciler:
                 f"{len(down)} of {len(indices)} instances down at once "
                 f"(instances {', '.join(map(str, sorted(down)))}): resurrection paused"
             )
-        attachments: dict[int, Attachment | None] = {}
-        for index in indices:
-            instance = world.setdefault(index, InstanceWorld(index))
-            if index in down and (meltdown or not resurrection.enabled):
-                continue
-            try:
-                attachments[index] = self._ensure_infrastructure(
-                    instance, desired, index in down, actions
-                )
-            except ProviderError as error:
-                actions.append(ActionRecord("InstanceFailed", index, "vm", str(error), ok=False))
-        self._scale_down(world, desired, actions)
+        elif down and not resurrection.enabled:
+            report.resurrection_disabled = (
+                f"instances {', '.join(map(str, sorted(down)))} down; resurrection is disabled"
+            )
+        # One Event when it starts, not one per pass.
+        paused = report.meltdown or report.resurrection_disabled
+        if paused and paused != self.paused_reason:
+            kind = "Meltdown" if meltdown else "ResurrectionDisabled"
+            actions.append(ActionRecord(kind, min(down), "resurrection", paused, ok=False))
+        self.paused_reason = paused
+        job = self._planning_job(desired, resurrect=resurrection.enabled and not meltdown)
+        state = _Pass()
+        try:
+            actions_planned = self._plan(job, desired, world, down, deaf, known, state)
+        except planning.PlanningError as error:
+            report.stalled = f"invalid spec: {error}"
+            return report
 
-        ordered = topological(desired.containers)
-        hashes = {want.name: want.config_hash() for want in desired.containers}
-        outdated = [
-            i
-            for i in indices
-            if i in attachments
-            and any(
-                (c := world[i].containers.get(name)) is not None and c.config_hash != digest
-                for name, digest in hashes.items()
-            )
-        ]
-        updated = sum(1 for i in indices if i in attachments and i not in outdated)
-        batch: list[int] = []
-        canary = False
-        if self.halted_generation is None:
-            batch, canary = rollout_batch(
-                outdated, updated, desired.canaries, desired.max_in_flight
-            )
-        for index in indices:
-            if index not in attachments or not world[index].engine_ok:
-                continue
-            self._converge_containers(
-                world[index], ordered, hashes, index in batch, attachments[index], desired, actions
-            )
-        if batch:
-            watch = desired.canary_watch_time if canary else desired.watch_time
-            failure = self._watch(world, batch, hashes, watch)
-            if failure:
-                kind = "canary" if canary else "batch"
-                self.halted_generation = desired.generation
-                self.halted_reason = f"rollout halted: {kind} {failure}"
-                actions.append(
-                    ActionRecord("RolloutHalted", batch[0], "rollout", self.halted_reason, ok=False)
-                )
-            report.updated_indices = set(batch)
+        spec_changed = {
+            a.index
+            for a in actions_planned
+            if isinstance(a, planning.ResizeDisk)
+            or (isinstance(a, planning.RecreateContainer) and a.reason == "spec changed")
+        }
+        repairs = [a for a in actions_planned if a.index not in spec_changed]
+        rollout = [a for a in actions_planned if a.index in spec_changed]
+        self._execute(repairs, desired, state, actions)
+
+        if rollout and self.halted_generation is None:
+            step = planning.next_step(rollout, [job])
+            self._execute(step.actions, desired, state, actions)
+            batch = [ref.index for ref in step.instances if ref.index not in state.failed]
+            if batch:
+                hashes = {want.name: want.config_hash() for want in desired.containers}
+                watch = desired.canary_watch_time if step.canary else desired.watch_time
+                failure = self._watch(state, batch, hashes, watch)
+                if failure:
+                    kind = "canary" if step.canary else "batch"
+                    self.halted_generation = desired.generation
+                    self.halted_reason = f"rollout halted: {kind} {failure}"
+                    actions.append(
+                        ActionRecord(
+                            "RolloutHalted", batch[0], "rollout", self.halted_reason, False
+                        )
+                    )
+                report.updated_indices = set(batch)
         report.stalled = self.halted_reason
+
         report.instances = self.world.observe(indices)
-        report.converged = self._converged(report.instances, indices, hashes, desired)
+        report.crash_looping = _crash_looping(report.instances, indices)
+        down_after, deaf_after = self._down_instances(
+            report.instances, indices, resurrection, known
+        )
+        remaining = self._plan(
+            job, desired, report.instances, down_after, deaf_after, known, _Pass()
+        )
+        if self.halted_generation is not None:
+            remaining = [a for a in remaining if a.index not in spec_changed]
+        hashes = {want.name: want.config_hash() for want in desired.containers}
+        report.converged = not remaining and self._converged(report.instances, indices, hashes)
         if not report.converged and not report.stalled:
-            report.requeue_after = 1.0
+            report.requeue_after = 5.0 if (meltdown or report.resurrection_disabled) else 1.0
         return report
 
-    # --- pieces ------------------------------------------------------------------------------
+    # --- adapting to the planner ---------------------------------------------------------------
+
+    @staticmethod
+    def _planning_job(desired: JobDesired, resurrect: bool) -> planning.DesiredJob:
+        disk = None
+        if desired.disk is not None:
+            disk = planning.DesiredDisk(
+                size_mib=desired.disk.size_mib,
+                type=desired.disk.disk_type or None,
+                reclaim_policy="Retain" if desired.disk.reclaim_policy == "Retain" else "Delete",
+            )
+        return planning.DesiredJob(
+            name=desired.name,
+            instances=desired.instances,
+            containers=tuple(
+                planning.DesiredContainer(
+                    name=want.name,
+                    config_hash=want.config_hash(),
+                    depends_on=want.depends_on,
+                    restart_policy=_restart_policy(want.config.restart_policy),
+                    uses_disk=bool(want.volumes),
+                )
+                for want in desired.containers
+            ),
+            disk=disk,
+            update=planning.UpdatePolicy(
+                canaries=desired.canaries, max_in_flight=max(desired.max_in_flight, 1)
+            ),
+            resurrect=resurrect,
+        )
+
+    def _plan(
+        self,
+        job: planning.DesiredJob,
+        desired: JobDesired,
+        world: Mapping[int, InstanceWorld],
+        down: set[int],
+        deaf: set[int],
+        known_vms: Mapping[int, str],
+        state: _Pass,
+    ) -> list[planning.Action]:
+        """Plan against ``world``, filling ``state`` with what the executor needs. Instances
+        whose engine is silent but not yet past the unresponsive timeout are left alone."""
+        now = time.monotonic()
+        instances: dict[int, planning.ObservedInstance] = {}
+        for index, instance in world.items():
+            vm = instance.vm
+            observed_vm: planning.ObservedVM | None = None
+            if vm is not None and vm.state is not VMState.MISSING:
+                observed_vm = planning.ObservedVM(vm.id, healthy=index not in down)
+                state.vms[index] = vm
+            elif index in known_vms and index in down:
+                # Gone from the IaaS although we made it: replaced by resurrection, not re-created.
+                observed_vm = planning.ObservedVM(known_vms[index], healthy=False)
+            observed_disk = None
+            if instance.disk is not None:
+                state.disks[index] = instance.disk
+                observed_disk = planning.ObservedDisk(
+                    id=instance.disk.id,
+                    size_mib=instance.disk.size_mib,
+                    attached_to=instance.disk.attached_to,
+                    reclaim_policy=None,
+                )
+            containers: dict[str, planning.ObservedContainer] = {}
+            if instance.engine_ok:
+                state.containers[index] = dict(instance.containers)
+                for name, found in instance.containers.items():
+                    containers[name] = self._observed_container(index, found, state, now)
+            instances[index] = planning.ObservedInstance(observed_vm, observed_disk, containers)
+        for index in down:
+            if index not in instances and index in known_vms:
+                instances[index] = planning.ObservedInstance(
+                    planning.ObservedVM(known_vms[index], healthy=False)
+                )
+        external = {
+            key: desired.external_upstream_starts.get(str(key))
+            for key in planning.external_upstreams([job])
+        }
+        actions = planning.plan(
+            [job],
+            {job.name: instances},
+            external_starts=external,
+            detach_to_resize=not self.world.provider.resizes_attached_disks,
+        )
+        return [a for a in actions if a.index not in deaf]
+
+    def _observed_container(
+        self, index: int, found: ObservedContainer, state: _Pass, now: float
+    ) -> planning.ObservedContainer:
+        container_state = found.state
+        if container_state not in ("running", "restarting", "paused", "created", "exited"):
+            container_state = "dead"  # removing, dead or unknown: recreate it
+        key = (index, found.name)
+        if found.state == "running" and found.health == "unhealthy":
+            count, last = self.unhealthy_restarts.get(key, (0, 0.0))
+            low, high = UNHEALTHY_BACKOFF
+            wait = 0.0 if count == 0 else min(low * 2 ** (count - 1), high)
+            if now - last >= wait:
+                # Down for the planner: restarted (with its dependents after it).
+                state.unhealthy.add(key)
+                return planning.ObservedContainer("exited", found.config_hash, found.started_at)
+        elif (
+            found.health == "healthy"
+            and key in self.unhealthy_restarts
+            and now - self.unhealthy_restarts[key][1] >= UNHEALTHY_BACKOFF_RESET
+        ):
+            del self.unhealthy_restarts[key]
+        return planning.ObservedContainer(
+            container_state,  # type: ignore[arg-type]
+            found.config_hash,
+            found.started_at,
+            found.exit_code,
+        )
+
+    # --- execution --------------------------------------------------------------------------
+
+    def _execute(
+        self,
+        todo: Iterable[planning.Action],
+        desired: JobDesired,
+        state: _Pass,
+        actions: list[ActionRecord],
+    ) -> None:
+        wants = {want.name: want for want in desired.containers}
+        for action in todo:
+            if action.index in state.failed:
+                continue  # an earlier step of this instance failed: the rest waits a pass
+            try:
+                record = self._do(action, desired, wants, state)
+            except (ProviderError, docker.errors.DockerException) as error:
+                state.failed.add(action.index)
+                if isinstance(action, planning.ContainerAction):
+                    kind, target = "ContainerFailed", action.container
+                else:
+                    kind, target = "InstanceFailed", "vm"
+                    if isinstance(action, planning.CreateVM) and action.reason.startswith(
+                        "replaces"
+                    ):
+                        kind = "ResurrectionFailed"
+                message = f"{action.kind}: {error}"
+                actions.append(ActionRecord(kind, action.index, target, message, ok=False))
+                log.warning("%s failed: %s", action, error)
+                continue
+            actions.append(record)
+
+    def _do(
+        self,
+        action: planning.Action,
+        desired: JobDesired,
+        wants: Mapping[str, ContainerWant],
+        state: _Pass,
+    ) -> ActionRecord:
+        index = action.index
+        kind = _ACTION_RECORD_KINDS.get(action.kind, action.kind)
+        if isinstance(action, planning.CreateVM):
+            vm = self.world.create_vm(index, desired.stemcell, desired.machine_type)
+            state.vms[index] = vm
+            state.containers[index] = {}
+            state.attachments.pop(index, None)
+            if action.reason.startswith("replaces"):
+                return ActionRecord("ResurrectedVM", index, vm.id, action.reason)
+            return ActionRecord(kind, index, vm.id, action.reason)
+        if isinstance(action, planning.DeleteVM):
+            self.world.delete_vm_id(action.vm_id)
+            self.unresponsive_since.pop(action.vm_id, None)
+            if index in state.vms and state.vms[index].id == action.vm_id:
+                del state.vms[index]
+            return ActionRecord(kind, index, action.vm_id, action.reason)
+        if isinstance(action, planning.CreateDisk):
+            disk = self.world.create_disk(index, action.size_mib, action.disk_type or "")
+            state.disks[index] = disk
+            self._attach(index, state)
+            return ActionRecord(kind, index, disk.id, f"{disk.size_mib} MiB")
+        if isinstance(action, planning.AttachDisk):
+            vm_id = self._attach(index, state)
+            return ActionRecord(kind, index, action.disk_id, f"to VM {vm_id}")
+        if isinstance(action, planning.DetachDisk):
+            with contextlib.suppress(NotFoundError):  # its VM is gone: nothing holds it
+                self.world.provider.detach_disk(action.vm_id, action.disk_id)
+            state.disks[index] = replace(state.disks[index], attached_to=None)
+            state.attachments.pop(index, None)
+            return ActionRecord(kind, index, action.disk_id, action.reason)
+        if isinstance(action, planning.ResizeDisk):
+            disk = self.world.provider.resize_disk(action.disk_id, action.size_mib)
+            state.disks[index] = replace(disk, attached_to=state.disks[index].attached_to)
+            state.attachments.pop(index, None)
+            return ActionRecord(kind, index, action.disk_id, f"grown to {disk.size_mib} MiB")
+        if isinstance(action, planning.DeleteDisk):
+            disk = state.disks[index]
+            self.world.delete_disk(disk)
+            del state.disks[index]
+            return ActionRecord(kind, index, action.disk_id, "instance removed")
+        assert isinstance(action, planning.ContainerAction), action
+        return self._container_action(action, wants, state)
+
+    def _container_action(
+        self,
+        action: planning.ContainerAction,
+        wants: Mapping[str, ContainerWant],
+        state: _Pass,
+    ) -> ActionRecord:
+        index, name = action.index, action.container
+        vm = state.vms[index]
+        kind = _ACTION_RECORD_KINDS.get(action.kind, action.kind)
+        reason = action.reason
+        existing = state.containers.get(index, {})
+        if isinstance(action, planning.StopContainer):
+            want = wants.get(name)
+            grace = want.config.stop_timeout if want and want.config.stop_timeout else 10
+            self.world.stop_container(vm.id, name, grace)
+        elif isinstance(action, planning.RemoveContainer):
+            self.world.remove_container(vm, name)
+            existing.pop(name, None)
+        elif isinstance(action, planning.RestartContainer):
+            existing[name] = self.world.restart_container(vm, name)
+        elif isinstance(action, planning.StartContainer) and name in existing:
+            if (index, name) in state.unhealthy:
+                count, _ = self.unhealthy_restarts.get((index, name), (0, 0.0))
+                self.unhealthy_restarts[(index, name)] = (count + 1, time.monotonic())
+                reason = "unhealthy"
+            existing[name] = self.world.restart_container(vm, name)
+            kind = "RestartedContainer"
+        else:  # a missing container, or one whose spec changed
+            want = wants[name]
+            attachment = self._attachment(index, state) if want.volumes else None
+            existing[name] = self.world.run_container(vm, index, want, attachment)
+            if isinstance(action, planning.StartContainer):
+                kind = "StartedContainer"
+        state.containers[index] = existing
+        return ActionRecord(kind, index, name, reason)
+
+    def _attach(self, index: int, state: _Pass) -> str:
+        vm, disk = state.vms[index], state.disks[index]
+        state.attachments[index] = self.world.attach_disk(vm, disk)
+        state.disks[index] = replace(disk, attached_to=vm.id)
+        return vm.id
+
+    def _attachment(self, index: int, state: _Pass) -> Attachment:
+        if index not in state.attachments:
+            if index not in state.disks:
+                raise ProviderError(f"instance {index} has no persistent disk for its volumes")
+            self._attach(index, state)  # idempotent: returns where it is mounted
+        return state.attachments[index]
+
+    # --- observation helpers ----------------------------------------------------------------
 
     def _down_instances(
         self,
@@ -209,145 +479,32 @@ class JobReconciler:
         indices: Sequence[int],
         resurrection: ResurrectionWant,
         known_vms: Mapping[int, str],
-    ) -> set[int]:
+    ) -> tuple[set[int], set[int]]:
         """Instances that had a VM and lost it, or whose engine stopped answering for longer
-        than the unresponsive timeout."""
+        than the unresponsive timeout; and those whose engine is silent for less than that."""
         now = time.monotonic()
         down: set[int] = set()
+        deaf: set[int] = set()
         for index in indices:
             instance = world.get(index)
             vm = instance.vm if instance else None
             if vm is None or vm.state in (VMState.MISSING, VMState.STOPPED):
-                if index in known_vms:
+                if index in known_vms or vm is not None:
                     down.add(index)
                 continue
             if vm.state is VMState.RUNNING and instance is not None and not instance.engine_ok:
                 since = self.unresponsive_since.setdefault(vm.id, now)
                 if now - since >= resurrection.unresponsive_timeout:
                     down.add(index)
+                else:
+                    deaf.add(index)
             else:
                 self.unresponsive_since.pop(vm.id, None)
-        return down
-
-    def _ensure_infrastructure(
-        self,
-        instance: InstanceWorld,
-        desired: JobDesired,
-        resurrect: bool,
-        actions: list[ActionRecord],
-    ) -> Attachment | None:
-        index = instance.index
-        vm = instance.vm
-        if vm is not None and (resurrect or vm.state in (VMState.STOPPED, VMState.MISSING)):
-            self.world.delete_vm(vm, instance.disk)
-            self.unresponsive_since.pop(vm.id, None)
-            actions.append(ActionRecord("DeletedVM", index, vm.id, "unresponsive or stopped"))
-            vm = None
-        if vm is None:
-            vm = self.world.create_vm(index, desired.stemcell, desired.machine_type)
-            reason = "resurrected" if resurrect else "created"
-            actions.append(
-                ActionRecord("ResurrectedVM" if resurrect else "CreatedVM", index, vm.id, reason)
-            )
-            instance.vm, instance.engine_ok, instance.containers = vm, True, {}
-            if instance.disk is not None and instance.disk.attached_to:
-                instance.disk = replace(instance.disk, attached_to=instance.disk.attached_to)
-        if desired.disk is None:
-            return None
-        disk = instance.disk
-        if disk is None:
-            disk = self.world.create_disk(index, desired.disk.size_mib, desired.disk.disk_type)
-            actions.append(ActionRecord("CreatedDisk", index, disk.id, f"{disk.size_mib} MiB"))
-        attachment = self.world.attach_disk(vm, disk)
-        if disk.attached_to != vm.id:
-            actions.append(ActionRecord("AttachedDisk", index, disk.id, f"to VM {vm.id}"))
-        disk = replace(disk, attached_to=vm.id)
-        if disk.size_mib < desired.disk.size_mib:
-            users = [c.name for c in desired.containers if c.volumes]
-            disk = self.world.resize_disk(
-                replace(instance, disk=disk), desired.disk.size_mib, users
-            )
-            for name in users:
-                instance.containers.pop(name, None)
-            actions.append(
-                ActionRecord("ResizedDisk", index, disk.id, f"grown to {disk.size_mib} MiB")
-            )
-            attachment = self.world.attach_disk(vm, disk)
-        instance.disk = disk
-        return attachment
-
-    def _scale_down(
-        self, world: dict[int, InstanceWorld], desired: JobDesired, actions: list[ActionRecord]
-    ) -> None:
-        for index in sorted(i for i in world if i >= desired.instances):
-            instance = world[index]
-            if instance.vm is not None:
-                self.world.delete_vm(instance.vm, instance.disk)
-                actions.append(ActionRecord("DeletedVM", index, instance.vm.id, "scaled down"))
-                instance.vm = None
-            if instance.disk is not None:
-                keep = desired.disk is not None and desired.disk.reclaim_policy == "Retain"
-                if not keep:
-                    self.world.delete_disk(instance.disk)
-                    actions.append(
-                        ActionRecord("DeletedDisk", index, instance.disk.id, "scaled down")
-                    )
-                    instance.disk = None
-
-    def _converge_containers(
-        self,
-        instance: InstanceWorld,
-        ordered: Sequence[ContainerWant],
-        hashes: Mapping[str, str],
-        in_batch: bool,
-        attachment: Attachment | None,
-        desired: JobDesired,
-        actions: list[ActionRecord],
-    ) -> None:
-        vm = instance.vm
-        assert vm is not None
-        index = instance.index
-        starts: dict[str, float] = dict(desired.external_upstream_starts)
-        for want in ordered:
-            observed = instance.containers.get(want.name)
-            reason = ""
-            if observed is None:
-                reason = "created"
-            elif observed.config_hash != hashes[want.name]:
-                if not in_batch:
-                    if observed.started_at:
-                        starts[want.name] = observed.started_at
-                    continue
-                reason = "spec changed"
-            elif observed.state in ("exited", "created", "dead") and _should_run(want, observed):
-                reason = "not running"
-            else:
-                latest = max(((starts.get(u, 0.0), u) for u in want.depends_on), default=(0.0, ""))
-                if observed.started_at is not None and latest[0] > observed.started_at:
-                    reason = f"upstream {latest[1]} restarted"
-            if not reason:
-                if observed is not None and observed.started_at:
-                    starts[want.name] = observed.started_at
-                continue
-            try:
-                if reason.startswith("upstream") or reason == "not running":
-                    result = self.world.restart_container(vm, want.name)
-                    kind = "RestartedContainer"
-                else:
-                    result = self.world.run_container(vm, index, want, attachment)
-                    kind = "StartedContainer" if reason == "created" else "RecreatedContainer"
-            except ProviderError as error:
-                actions.append(
-                    ActionRecord("ContainerFailed", index, want.name, str(error), ok=False)
-                )
-                continue
-            instance.containers[want.name] = result
-            starts[want.name] = result.started_at or time.time()
-            actions.append(ActionRecord(kind, index, want.name, reason))
+        return down, deaf
 
     def _watch(
         self,
-        world: Mapping[int, InstanceWorld],
+        state: _Pass,
         batch: Sequence[int],
         hashes: Mapping[str, str],
         watch: tuple[float, float],
@@ -360,12 +517,16 @@ class JobReconciler:
         while True:
             failure = ""
             for index in batch:
-                instance = world[index]
-                if instance.vm is None:
+                vm = state.vms.get(index)
+                if vm is None:
                     return f"instance {index}: VM is gone"
-                current = self.world.engine(instance.vm.id).containers()
+                current = self.world.engine(vm.id).containers()
+                before = state.containers.get(index, {})
                 for name, digest in hashes.items():
                     observed = current.get(name)
+                    restarts = observed.restart_count if observed else 0
+                    if name in before:  # restarts the engine made since this step ran
+                        restarts -= before[name].restart_count
                     if observed is None or observed.config_hash != digest:
                         failure = f"instance {index}: container {name} was not updated"
                     elif observed.state != "running" or observed.health in (
@@ -377,23 +538,20 @@ class JobReconciler:
                             f"{' (' + observed.health + ')' if observed.health else ''}"
                             f", exit code {observed.exit_code}, restarts {observed.restart_count}"
                         )
-                    elif observed.restart_count > 0:
+                    elif restarts > 0:
                         failure = (
                             f"instance {index}: container {name} restarted "
-                            f"{observed.restart_count} times, exit code {observed.exit_code}"
+                            f"{restarts} times, exit code {observed.exit_code}"
                         )
             if not failure or time.monotonic() >= deadline:
                 return failure
             self.sleep(0.2)
 
+    @staticmethod
     def _converged(
-        self,
-        world: Mapping[int, InstanceWorld],
-        indices: Sequence[int],
-        hashes: Mapping[str, str],
-        desired: JobDesired,
+        world: Mapping[int, InstanceWorld], indices: Sequence[int], hashes: Mapping[str, str]
     ) -> bool:
-        if any(i >= desired.instances and world[i].vm is not None for i in world):
+        if any(i >= len(indices) and world[i].vm is not None for i in world):
             return False
         for index in indices:
             instance = world.get(index)
@@ -403,7 +561,7 @@ class JobReconciler:
                 observed = instance.containers.get(name)
                 if observed is None or observed.config_hash != digest:
                     return False
-                if observed.state != "running" and observed.state != "exited":
+                if observed.state not in ("running", "exited"):
                     return False
         return True
 
@@ -423,8 +581,29 @@ class JobReconciler:
                     self.world.delete_disk(disk)
 
 
-def _should_run(want: ContainerWant, observed: ObservedContainer) -> bool:
-    policy = want.config.restart_policy
-    if policy == "Always":
-        return True
-    return policy == "OnFailure" and (observed.exit_code or 0) != 0
+def _restart_policy(policy: str) -> planning.RestartPolicy:
+    if policy == "OnFailure":
+        return "OnFailure"
+    if policy == "Never":
+        return "Never"
+    return "Always"
+
+
+def _crash_looping(
+    world: Mapping[int, InstanceWorld], indices: Sequence[int]
+) -> dict[tuple[int, str], str]:
+    """Containers the engine keeps restarting: Docker holds a crashing container in
+    "restarting" while it backs off (doubling from 100 ms, capped at 1 min, reset after 10 s up)."""
+    looping: dict[tuple[int, str], str] = {}
+    for index in indices:
+        instance = world.get(index)
+        if instance is None or not instance.engine_ok:
+            continue
+        for name, found in instance.containers.items():
+            if found.state == "restarting" and found.restart_count >= 2:
+                why = "OOM-killed" if found.oom_killed else f"exit code {found.exit_code}"
+                looping[(index, name)] = (
+                    f"instance {index}: container {name} is crash-looping "
+                    f"({found.restart_count} restarts, {why}); the engine backs off"
+                )
+    return looping

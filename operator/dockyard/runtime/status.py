@@ -79,7 +79,9 @@ def job_status(
             started = _iso(observed.started_at if observed else None)
             entry: dict[str, Any] = {
                 "name": spec.name,
-                "state": _container_state(observed),
+                "state": "crashLoopBackOff"
+                if (index, spec.name) in report.crash_looping
+                else _container_state(observed),
                 "ready": observed is not None
                 and observed.state == "running"
                 and observed.health != "unhealthy",
@@ -117,41 +119,44 @@ def job_status(
 
     conditions = previous.get("conditions", [])
     converged = report.converged and not report.stalled and ready == job.spec.instances
-    stalled_reason = "RolloutHalted" if report.stalled else "Converged"
+    # Why it is not progressing on its own (kstatus Stalled), most specific first.
+    stalled_reason, stalled_message = "Converged", ""
+    if report.stalled:
+        stalled_reason, stalled_message = "RolloutHalted", report.stalled
+    elif report.meltdown:
+        stalled_reason, stalled_message = "Meltdown", report.meltdown
+    elif report.resurrection_disabled:
+        stalled_reason, stalled_message = "ResurrectionDisabled", report.resurrection_disabled
+    stalled = bool(stalled_message)
+    looping = "; ".join(report.crash_looping[key] for key in sorted(report.crash_looping))
+    if converged:
+        ready_reason, ready_message = "Converged", f"{ready}/{job.spec.instances} instances ready"
+    elif stalled:
+        ready_reason, ready_message = stalled_reason, stalled_message
+    elif looping:
+        ready_reason, ready_message = "CrashLoopBackOff", looping
+    else:
+        ready_reason, ready_message = "Reconciling", f"{ready}/{job.spec.instances} instances ready"
     result = {
         "observedGeneration": generation,
         "replicas": sum(1 for i in instances if "vmId" in i),
         "readyInstances": ready,
         "instances": instances,
         "conditions": [
-            condition(
-                conditions,
-                "Ready",
-                converged,
-                "Converged"
-                if converged
-                else ("RolloutHalted" if report.stalled else "Reconciling"),
-                report.stalled or f"{ready}/{job.spec.instances} instances ready",
-                generation,
-                now,
-            ),
+            condition(conditions, "Ready", converged, ready_reason, ready_message, generation, now),
             condition(
                 conditions,
                 "Reconciling",
-                not converged and not report.stalled,
-                "Progressing" if not converged else "Converged",
-                "" if converged else f"{ready}/{job.spec.instances} instances ready",
+                not converged and not stalled,
+                "Converged"
+                if converged
+                else ("Stalled" if stalled else ("CrashLoopBackOff" if looping else "Progressing")),
+                "" if converged or stalled else ready_message,
                 generation,
                 now,
             ),
             condition(
-                conditions,
-                "Stalled",
-                bool(report.stalled),
-                stalled_reason,
-                report.stalled,
-                generation,
-                now,
+                conditions, "Stalled", stalled, stalled_reason, stalled_message, generation, now
             ),
         ],
     }

@@ -6,6 +6,7 @@ Calls are blocking (provider SDKs are); the reconciler runs them in threads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ from dockyard.providers import (
     Disk,
     DiskSpec,
     InPlaceResizeUnsupportedError,
+    NotFoundError,
     Provider,
     ProviderError,
     VMSpec,
@@ -176,6 +178,15 @@ class JobWorld:
             self.provider.detach_disk(vm.id, disk.id)
         self._engines.pop(vm.id, None)
         self.provider.delete_vm(vm.id)
+
+    def delete_vm_id(self, vm_id: str) -> None:
+        """Delete a VM known only by id (it may be gone already)."""
+        self._engines.pop(vm_id, None)
+        with contextlib.suppress(NotFoundError):
+            self.provider.delete_vm(vm_id)
+
+    def stop_container(self, vm_id: str, name: str, grace: int = 10) -> None:
+        self.engine(vm_id).stop(name, timeout=grace)
 
     def create_disk(self, index: int, size_mib: int, disk_type: str) -> Disk:
         spec = DiskSpec(tags=self.identity.disk_tags(index), size_mib=size_mib, disk_type=disk_type)
