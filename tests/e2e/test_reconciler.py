@@ -248,6 +248,20 @@ def test_disk_grow_keeps_data_and_delete_leaves_nothing(
     wait_ready(get_object, "dyd", "disk")
     assert wait_for(checksum, timeout=60, what="data readable again") == original
 
+    def recorded() -> dict[str, Any] | None:
+        found = kubectl("get", "dypd", "disk-store-0", "-n", namespace, "-o", "json", check=False)
+        if found.returncode:
+            return None
+        record: dict[str, Any] = json.loads(found.stdout)
+        status = record.get("status") or {}
+        return record if status.get("capacity") == "128Mi" else None
+
+    record = wait_for(recorded, timeout=60, what="PersistentDisk record shows 128Mi")
+    (disk_after,) = provider.find_disks({"disk": f"{namespace}.disk-store-0"})
+    assert record["status"]["diskId"] == disk_after.id == disk_before[0].id
+    assert record["status"]["phase"] == "Attached"
+    assert record["metadata"]["labels"]["dockyard.dev/job"] == "disk-store"
+
     kubectl("delete", "dyd", "disk", "-n", namespace, "--timeout=120s")
     wait_for(
         lambda: (

@@ -14,7 +14,7 @@ import docker
 import kopf
 
 from dockyard.api.models import Job, ProviderSpec, parse_job
-from dockyard.api.quantities import parse_duration
+from dockyard.api.quantities import format_quantity, parse_duration
 from dockyard.handlers import kube
 from dockyard.monitor.watch import WatcherSet
 from dockyard.observability import metrics
@@ -26,6 +26,10 @@ from dockyard.runtime.status import job_status
 from dockyard.runtime.world import JobIdentity, JobWorld
 
 log = logging.getLogger(__name__)
+
+JOB_LABEL = "dockyard.dev/job"
+DEPLOYMENT_LABEL = "dockyard.dev/deployment"
+MIB = 1024 * 1024
 
 # --- wake-ups -------------------------------------------------------------------------------------
 _events: dict[tuple[str, str], asyncio.Event] = {}
@@ -85,6 +89,7 @@ class ReconcileContext:
         self.reconciler = JobReconciler(world)
         self.secrets: dict[str, dict[str, str]] = {}
         self.last_status: dict[str, Any] | None = None  # what we last wrote
+        self.disk_records: dict[str, dict[str, Any]] | None = None  # PersistentDisk name -> body
 
     async def reconcile(self) -> JobReport:
         desired = job_desired(self.job, self.secrets, await _upstream_starts(self.job))
@@ -100,7 +105,83 @@ class ReconcileContext:
             self.reconciler.reconcile, desired, resurrection, known_vms
         )
         self.watchers.sync(i.vm.id for i in report.instances.values() if i.vm is not None)
+        await self.record_disks(report)
         return report
+
+    async def record_disks(self, report: JobReport) -> None:
+        """Keep a PersistentDisk object per instance disk (``<job>-<index>``), so disks show in
+        ``kubectl get dypd``. Written only when what it says changed: no writes at steady state."""
+        job = self.job
+        namespace = job.metadata.namespace or ""
+        if self.disk_records is None:  # first pass: learn which records exist
+            found = await kube.list_(
+                "persistentdisks", namespace, f"{JOB_LABEL}={job.metadata.name}"
+            )
+            self.disk_records = {item["metadata"]["name"]: {} for item in found}
+        template = job.spec.persistent_disk
+        wanted: dict[str, dict[str, Any]] = {}
+        for index, instance in sorted(report.instances.items()):
+            disk = instance.disk
+            if disk is None or template is None:
+                continue
+            wanted[self.world.identity.disk_name(index)] = {
+                "spec": {
+                    "provider": job.spec.provider.model_dump(
+                        mode="json", by_alias=True, exclude_none=True
+                    ),
+                    "size": template.size,
+                    "reclaimPolicy": template.reclaim_policy,
+                    **({"type": template.type} if template.type else {}),
+                },
+                "status": {
+                    "diskId": disk.id,
+                    "capacity": format_quantity(disk.size_mib * MIB),
+                    "phase": "Attached" if disk.attached_to else "Detached",
+                    **({"attachedTo": disk.attached_to} if disk.attached_to else {}),
+                },
+            }
+        for name, record in wanted.items():
+            if self.disk_records.get(name) == record:
+                continue
+            metadata: dict[str, Any] = {
+                "name": name,
+                "labels": {
+                    JOB_LABEL: job.metadata.name,
+                    DEPLOYMENT_LABEL: job.metadata.labels.get(DEPLOYMENT_LABEL, ""),
+                },
+            }
+            if record["spec"]["reclaimPolicy"] == "Delete":  # Retain: the record outlives us
+                metadata["ownerReferences"] = [
+                    {
+                        "apiVersion": f"{kube.GROUP}/{kube.VERSION}",
+                        "kind": "Job",
+                        "name": job.metadata.name,
+                        "uid": job.metadata.uid,
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ]
+            body = {
+                "apiVersion": f"{kube.GROUP}/{kube.VERSION}",
+                "kind": "PersistentDisk",
+                "metadata": metadata,
+                "spec": record["spec"],
+            }
+            stored = None
+            if name not in self.disk_records:  # created, or the one already there (409)
+                stored = await kube.create("persistentdisks", namespace, body)
+            if stored is None or stored.get("spec") != body["spec"]:
+                patch = {"spec": body["spec"]}
+                stored = await kube.patch("persistentdisks", namespace, name, patch)
+            status = {**record["status"], "observedGeneration": stored["metadata"]["generation"]}
+            await kube.patch_status("persistentdisks", namespace, name, status)
+            self.disk_records[name] = record
+        gone = [n for n in self.disk_records if n not in wanted]
+        for name in gone:
+            # Its instance was scaled away. A Retain disk still exists: keep its record.
+            if template is None or template.reclaim_policy == "Delete":
+                await kube.delete("persistentdisks", namespace, name)
+                del self.disk_records[name]
 
     async def teardown(self) -> None:
         policy = self.job.spec.persistent_disk

@@ -60,6 +60,8 @@ async def ensure_disk(body: kopf.Body, **_: Any) -> None:
 @kopf.on.delete(kube.GROUP, kube.VERSION, "persistentdisks")
 async def delete_disk(body: kopf.Body, **_: Any) -> None:
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+    if body.get("metadata", {}).get("labels", {}).get("dockyard.dev/job"):
+        return  # a Job's record: the Job deletes its disks itself (scale-down, teardown)
     disk = parse_persistent_disk(body)
     if disk.spec.reclaim_policy != "Delete":
         kopf.info(body, reason="DiskRetained", message="reclaimPolicy Retain: the disk stays")

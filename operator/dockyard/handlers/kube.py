@@ -94,11 +94,16 @@ async def create(plural: str, namespace: str, body: Mapping[str, Any]) -> dict[s
     return await asyncio.to_thread(call)
 
 
-async def patch(plural: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
-    def call() -> None:
-        custom().patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, dict(body))
+async def patch(plural: str, namespace: str, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def call() -> dict[str, Any]:
+        return cast(
+            dict[str, Any],
+            custom().patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, dict(body)
+            ),
+        )
 
-    await asyncio.to_thread(call)
+    return await asyncio.to_thread(call)
 
 
 async def patch_status(plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
