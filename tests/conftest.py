@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.leaks"]  # after the whole run, nothing is left on the host
+
 REPO = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("DOCKYARD_STATE", "/var/lib/dockyard"))
 DEFAULT_KUBECONFIG = STATE / "controlplane" / "admin.kubeconfig"

@@ -6,6 +6,7 @@ tests/conftest.py unchanged.
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -90,3 +91,14 @@ def admission_webhook(kubectl: Kubectl, crds_installed: None) -> Iterator[str]:
     finally:
         kopf.set_default_registry(previous)
         kubectl("delete", "validatingwebhookconfiguration", configuration, check=False)
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl) -> Iterator[str]:
+    """A namespace no test operator watches: objects made here only test the API (a random Job
+    reconciled by an operator would start real VMs, hundreds of them for a large ``instances``)."""
+    run = os.environ.get("DOCKYARD_TEST_RUN", "")
+    name = f"dyapi-{run}{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)

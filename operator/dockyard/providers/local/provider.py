@@ -498,7 +498,8 @@ class LocalProvider:
         else:
             # The container first: its inner containers release the disks they bind.
             self._remove_container(vm_id)
-            self._remove_volume(vm_id)
+        # Also when the container was removed behind our back (its engine's volume stays).
+        self._remove_volume(vm_id)
         with self._lock.held():
             for record in self.disks.all():
                 if record.attached_to == vm_id:
