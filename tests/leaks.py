@@ -86,7 +86,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter is not None:
             reporter.write_line("leak check: nothing left behind on the host")
         return
-    lines = ["leak check: the tests left these behind on the host:"]
+    lines = [
+        "leak check: the tests left these behind on the host (DOCKYARD_LEAK_CHECK=0 skips this"
+        " check when another test run shares the host):"
+    ]
     for kind, entries in found.items():
         lines.append(f"  {kind}:")
         lines += [f"    {entry}" for entry in entries[:50]]
