@@ -74,24 +74,30 @@ def _env(container: Container, field: str, secrets: Secrets) -> dict[str, str]:
     return env
 
 
+# tcp and http probes run inside the container with the stemcell's static busybox, bound in
+# read-only, so they work whatever the image has (or lacks).
+PROBE_TOOL = "/.dockyard/busybox"
+PROBE_BIND = f"/bin/busybox:{PROBE_TOOL}:ro"
+
+
 def _healthcheck(check: HealthCheck | None) -> dict[str, object]:
     if check is None:
         return {}
+    timeout = max(int(parse_duration(check.timeout)), 1)
+    binds: tuple[str, ...] = ()
     if check.exec is not None:
         command = list(check.exec.command)
     elif check.tcp is not None:
-        command = ["sh", "-c", f"nc -w 1 127.0.0.1 {check.tcp.port} </dev/null"]
+        command = [PROBE_TOOL, "nc", "-w", str(timeout), "127.0.0.1", str(check.tcp.port)]
+        binds = (PROBE_BIND,)
     else:
         assert check.http is not None
-        command = [
-            "wget",
-            "-q",
-            "-O",
-            "/dev/null",
-            f"http://127.0.0.1:{check.http.port}{check.http.path}",
-        ]
+        url = f"http://127.0.0.1:{check.http.port}{check.http.path}"
+        command = [PROBE_TOOL, "wget", "-q", "-T", str(timeout), "-O", "/dev/null", url]
+        binds = (PROBE_BIND,)
     ns = 1_000_000_000
     return {
+        "binds": binds,
         "healthcheck_command": tuple(command),
         "healthcheck_interval_ns": int(parse_duration(check.interval) * ns),
         "healthcheck_timeout_ns": int(parse_duration(check.timeout) * ns),
