@@ -282,3 +282,47 @@ def test_examples_become_ready(
     names = kubectl("get", "dyd", "-n", namespace, "-o", "name").stdout.split()
     for name in names:
         wait_ready(get_object, "dyd", name.split("/")[-1])
+
+
+CROSS_JOB = """
+- name: backend
+  instances: 1
+  containers:
+  - {name: db, image: "dockyard/busybox:1", command: [sh, -c, "sleep 100000"], env: [{name: V, value: "1"}]}
+- name: frontend
+  instances: 2
+  containers:
+  - {name: web, image: "dockyard/busybox:1", command: [sh, -c, "sleep 100000"], dependsOn: [backend/db]}
+  - {name: side, image: "dockyard/busybox:1", command: [sh, -c, "sleep 100000"]}
+"""
+
+
+def test_cross_job_dependents_restart_after_their_upstream_serially(
+    kubectl: Kubectl, namespace: str, get_object: GetObject
+) -> None:
+    """A change to backend/db recreates it; frontend's web, on every instance, restarts after
+    it (serial update: frontend's Job is only touched once backend is Ready again)."""
+    kubectl("apply", "-n", namespace, "-f", "-", input=deployment("cross", CROSS_JOB))
+    wait_ready(get_object, "dyd", "cross")
+    db_before = containers(get_object, "cross-backend")["db"]
+    web_before = [containers(get_object, "cross-frontend", i) for i in (0, 1)]
+    assert all(started(w["web"]) >= started(db_before) for w in web_before)
+
+    patch = [{"op": "replace", "path": "/spec/jobs/0/containers/0/env/0/value", "value": "2"}]
+    kubectl("patch", "dyd", "cross", "-n", namespace, "--type=json", "-p", json.dumps(patch))
+
+    def restarted() -> list[dict[str, dict[str, Any]]] | None:
+        now = [containers(get_object, "cross-frontend", i) for i in (0, 1)]
+        moved = all(
+            started(n["web"]) > started(b["web"]) for n, b in zip(now, web_before, strict=True)
+        )
+        return now if moved else None
+
+    web_after = wait_for(restarted, timeout=READY_DEADLINE, what="web restarted on both")
+    wait_ready(get_object, "dyd", "cross")
+    db_after = containers(get_object, "cross-backend")["db"]
+    assert db_after["specHash"] != db_before["specHash"]
+    for now, before in zip(web_after, web_before, strict=True):
+        assert started(now["web"]) >= started(db_after), "web restarted before its upstream"
+        assert now["web"]["lastRestartReason"].startswith("upstream backend/db")
+        assert now["side"]["startedAt"] == before["side"]["startedAt"], "unrelated moved"
