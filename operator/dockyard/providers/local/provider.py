@@ -92,7 +92,9 @@ STAND_IN_FLAGS: dict[str, Any] = {
 }
 _STATES = {
     "running": VMState.RUNNING,
-    "created": VMState.PENDING,
+    # create_vm starts the VM container right after creating it: one left "created" is a create
+    # cut short (the operator died in between) and will never boot by itself.
+    "created": VMState.STOPPED,
     "restarting": VMState.PENDING,
     "paused": VMState.STOPPED,
     "exited": VMState.STOPPED,
@@ -315,7 +317,8 @@ class LocalProvider:
                 log.info("--privileged is refused here (%s); VMs use the stand-in flags", error)
                 return dict(STAND_IN_FLAGS)
             finally:
-                self.client.api.remove_container(probe["Id"], force=True)
+                # v: the stemcell declares VOLUME /var/lib/docker, an anonymous volume here
+                self.client.api.remove_container(probe["Id"], force=True, v=True)
 
     # --- VMs -----------------------------------------------------------------------------------
 
