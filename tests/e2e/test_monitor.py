@@ -562,3 +562,113 @@ def test_operator_killed_mid_resurrection_converges_without_duplicate_vms(
         kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     assert not vm_containers(docker_client, uid), "VMs left behind"
     assert not local.find_disks({"disk": f"{namespace}.crash-store-0"}), "disk left behind"
+
+
+# --- operator outage ------------------------------------------------------------------------------
+
+
+def test_upstream_restarted_during_an_operator_outage_restarts_its_dependents_on_return(
+    kubectl: Kubectl,
+    kubeconfig: str,
+    namespace_prefix: str,
+    crds: None,
+    stemcell: None,
+    docker_client: Any,
+    local: Any,
+    tmp_path: Path,
+) -> None:
+    """Workloads outlive the operator (the engine's restart policy brings a crashed upstream back
+    while it is down); when it returns it restarts the dependents the upstream restarted under."""
+    prefix = namespace_prefix.rstrip("-") + "o-"
+    namespace = f"{prefix}{uuid.uuid4().hex[:8]}"
+    own = OwnOperator(kubeconfig, f"{prefix}*", tmp_path)
+    kubectl("create", "namespace", namespace)
+
+    def get_object(kind: str, name: str) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(
+            kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout
+        )
+        return loaded
+
+    job = {
+        "name": "chain",
+        "instances": 1,
+        "containers": [
+            {"name": "db", "image": IMAGE, "command": SLEEP},
+            {"name": "app", "image": IMAGE, "command": SLEEP, "dependsOn": ["db"]},
+        ],
+    }
+    try:
+        own.start()
+        kubectl("apply", "-n", namespace, "-f", "-", input=manifest("outage", job))
+        wait_ready(get_object, "dyd", "outage")
+        uid = get_object("dyj", "outage-chain")["metadata"]["uid"]
+        (vm,) = local.find_vms({"owner-uid": uid})
+        engine = local.docker_client(vm.id)
+        try:
+
+            def start_of(name: str) -> str:
+                (found,) = engine.containers.list(filters={"label": f"{LABEL_CONTAINER}={name}"})
+                return str(found.attrs["State"]["StartedAt"])
+
+            app_before, db_before = start_of("app"), start_of("db")
+            own.stop()
+            kill_process(docker_client, local, vm.id, "db")
+            wait_for(
+                lambda: start_of("db") != db_before,
+                timeout=REPAIR_DEADLINE,
+                what="the engine to restart db on its own",
+            )
+            # nobody restarts app while the operator is away
+            stays_true(lambda: start_of("app") == app_before, 3, "app untouched while away")
+            db_during = start_of("db")
+
+            own.start()
+            wait_for(
+                lambda: start_of("app") != app_before,
+                timeout=REPAIR_DEADLINE,
+                what="app restarted once the operator is back",
+            )
+            assert start_of("db") == db_during, "db was restarted again instead of only app"
+            assert start_of("app") > db_during  # RFC 3339 UTC timestamps order as strings
+        finally:
+            engine.close()
+        now = containers(wait_ready(get_object, "dyj", "outage-chain"))
+        assert "db" in now["app"]["lastRestartReason"], now["app"]
+    finally:
+        if own.process is None:
+            own.start()  # the teardown needs an operator
+        kubectl("delete", "dyd", "--all", "-n", namespace, "--timeout=120s", check=False)
+        wait_for(
+            lambda: not kubectl("get", "dyj,dypd", "-n", namespace, "-o", "name").stdout.strip(),
+            timeout=120,
+            what=f"Jobs of {namespace} torn down",
+        )
+        own.stop()
+        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@uses_operator
+def test_a_second_vm_for_an_index_is_deleted(
+    kubectl: Kubectl, namespace: str, get_object: GetObject, docker_client: Any, local: Any
+) -> None:
+    job = {
+        "name": "solo",
+        "instances": 1,
+        "containers": [{"name": "srv", "image": IMAGE, "command": SLEEP}],
+    }
+    kubectl("apply", "-n", namespace, "-f", "-", input=manifest("dup", job))
+    wait_ready(get_object, "dyd", "dup")
+    uid = get_object("dyj", "dup-solo")["metadata"]["uid"]
+    (vm,) = local.find_vms({"owner-uid": uid})
+    # A VM made behind the operator's back, claiming the same index (created, never started).
+    inspected = docker_client.api.inspect_container(vm.id)["Config"]
+    extra = f"dyvm-{uuid.uuid4().hex[:12]}"
+    docker_client.api.create_container(inspected["Image"], name=extra, labels=inspected["Labels"])
+    wait_for(
+        lambda: [c.name for c in vm_containers(docker_client, uid)] == [vm.id],
+        timeout=REPAIR_DEADLINE,
+        what="the duplicate VM deleted and the original kept",
+    )
+    deleted = [e for e in events(kubectl, namespace, "DeletedVM") if extra in e["message"]]
+    assert deleted and "duplicate" in deleted[0]["message"]

@@ -26,6 +26,7 @@ import docker.errors
 
 from dockyard import planning
 from dockyard.providers import VM, Attachment, Disk, NotFoundError, ProviderError, VMState
+from dockyard.providers.base import TAG_INDEX
 from dockyard.runtime.engine import ObservedContainer
 from dockyard.runtime.world import ContainerWant, InstanceWorld, JobWorld
 
@@ -153,6 +154,14 @@ class JobReconciler:
             self.halted_generation, self.halted_reason = None, ""  # a new spec: try again
 
         known = known_vms or {}
+        for extra in self.world.duplicates:
+            at = int(extra.tags.get(TAG_INDEX, "-1"))
+            try:
+                self.world.delete_vm_id(extra.id)
+                why = "duplicate VM for its index"
+                actions.append(ActionRecord("DeletedVM", at, extra.id, why))
+            except ProviderError as error:
+                actions.append(ActionRecord("InstanceFailed", at, extra.id, str(error), ok=False))
         down, deaf = self._down_instances(world, indices, resurrection, known)
         meltdown = bool(down) and (
             len(down) >= resurrection.meltdown_min_down
@@ -434,20 +443,18 @@ class JobReconciler:
         reason = action.reason
         existing = state.containers.get(index, {})
         if isinstance(action, planning.StopContainer):
-            want = wants.get(name)
-            grace = want.config.stop_timeout if want and want.config.stop_timeout else 10
-            self.world.stop_container(vm.id, name, grace)
+            self.world.stop_container(vm.id, name, _grace(wants.get(name)))
         elif isinstance(action, planning.RemoveContainer):
             self.world.remove_container(vm, name)
             existing.pop(name, None)
         elif isinstance(action, planning.RestartContainer):
-            existing[name] = self.world.restart_container(vm, name)
+            existing[name] = self.world.restart_container(vm, name, _grace(wants.get(name)))
         elif isinstance(action, planning.StartContainer) and name in existing:
             if (index, name) in state.unhealthy:
                 count, _ = self.unhealthy_restarts.get((index, name), (0, 0.0))
                 self.unhealthy_restarts[(index, name)] = (count + 1, time.monotonic())
                 reason = "unhealthy"
-            existing[name] = self.world.restart_container(vm, name)
+            existing[name] = self.world.restart_container(vm, name, _grace(wants.get(name)))
             kind = "RestartedContainer"
         else:  # a missing container, or one whose spec changed
             want = wants[name]
@@ -579,6 +586,11 @@ class JobReconciler:
                         self.world.provider.detach_disk(disk.attached_to, disk.id)
                 else:
                     self.world.delete_disk(disk)
+
+
+def _grace(want: ContainerWant | None) -> int:
+    """Seconds a container gets to stop before SIGKILL: its stopGracePeriod, else Docker's 10."""
+    return want.config.stop_timeout if want and want.config.stop_timeout else 10
 
 
 def _restart_policy(policy: str) -> planning.RestartPolicy:

@@ -125,21 +125,34 @@ class JobWorld:
         self.identity = identity
         self.image_source = image_source
         self._engines: dict[str, Engine] = {}
+        self.duplicates: list[VM] = []  # extra VMs for an index, seen by the last observe()
 
     # --- observe ---------------------------------------------------------------------------
 
     def observe(self, indices: Sequence[int]) -> dict[int, InstanceWorld]:
         """What exists: every VM of this job (whatever its index) and the disks of ``indices``."""
         world: dict[int, InstanceWorld] = {}
-        for vm in self.provider.find_vms(self.identity.vm_tags()):
+        self.duplicates = []
+        # A running VM wins when two claim one index (creates are idempotent, so this takes a
+        # provider bug or a hand-made VM); the other is reported for deletion.
+        found = sorted(
+            self.provider.find_vms(self.identity.vm_tags()),
+            key=lambda vm: vm.state is not VMState.RUNNING,
+        )
+        for vm in found:
             index = int(vm.tags.get(TAG_INDEX, "-1"))
             if index < 0:
                 continue
             instance = world.setdefault(index, InstanceWorld(index))
-            if instance.vm is not None:  # a duplicate would be a provider bug: keep the older
+            if instance.vm is not None:
                 log.warning(
-                    "two VMs for %s/%d: %s, %s", self.identity.name, index, instance.vm.id, vm.id
+                    "two VMs for %s/%d: keeping %s, %s is a duplicate",
+                    self.identity.name,
+                    index,
+                    instance.vm.id,
+                    vm.id,
                 )
+                self.duplicates.append(vm)
                 continue
             instance.vm = vm
             if vm.state is VMState.RUNNING:
@@ -247,8 +260,8 @@ class JobWorld:
         }
         return self.engine(vm.id).run(config, labels)
 
-    def restart_container(self, vm: VM, name: str) -> ObservedContainer:
-        return self.engine(vm.id).restart(name)
+    def restart_container(self, vm: VM, name: str, grace: int = 10) -> ObservedContainer:
+        return self.engine(vm.id).restart(name, timeout=grace)
 
     def remove_container(self, vm: VM, name: str) -> None:
         self.engine(vm.id).remove(name)
