@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +52,17 @@ def wake(namespace: str, name: str) -> None:
 def wake_threadsafe(namespace: str, name: str) -> None:
     if _loop is not None and not _loop.is_closed():
         _loop.call_soon_threadsafe(wake, namespace, name)
+
+
+# --- one pass at a time per Job, and none after its teardown -----------------------------------
+_pass_locks: dict[str, threading.Lock] = {}
+_pass_locks_guard = threading.Lock()
+_torn_down: set[str] = set()  # Job uids whose world was torn down
+
+
+def _pass_lock(uid: str) -> threading.Lock:
+    with _pass_locks_guard:
+        return _pass_locks.setdefault(uid, threading.Lock())
 
 
 # --- providers are shared by every Job with the same configuration -----------------------------
@@ -101,9 +113,17 @@ class ReconcileContext:
             unresponsive_timeout=parse_duration(policy.unresponsive_timeout),
         )
         known_vms = {i.index: i.vm_id for i in self.job.status.instances if i.vm_id}
-        report = await asyncio.to_thread(
-            self.reconciler.reconcile, desired, resurrection, known_vms
-        )
+        uid = self.job.metadata.uid or ""
+
+        def one_pass() -> JobReport:
+            # A cancelled daemon cannot stop its thread: the lock makes the delete handler's
+            # teardown wait for a pass in flight, and no pass runs after the teardown.
+            with _pass_lock(uid):
+                if uid in _torn_down:
+                    return JobReport(instances={}, actions=[], updated_indices=set())
+                return self.reconciler.reconcile(desired, resurrection, known_vms)
+
+        report = await asyncio.to_thread(one_pass)
         self.watchers.sync(i.vm.id for i in report.instances.values() if i.vm is not None)
         await self.record_disks(report)
         return report
@@ -186,7 +206,14 @@ class ReconcileContext:
     async def teardown(self) -> None:
         policy = self.job.spec.persistent_disk
         keep_disks = policy is not None and policy.reclaim_policy == "Retain"
-        await asyncio.to_thread(self.reconciler.teardown, keep_disks)
+        uid = self.job.metadata.uid or ""
+
+        def teardown() -> None:
+            with _pass_lock(uid):
+                _torn_down.add(uid)
+                self.reconciler.teardown(keep_disks)
+
+        await asyncio.to_thread(teardown)
 
     def close(self) -> None:
         self.watchers.stop()

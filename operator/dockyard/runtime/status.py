@@ -76,6 +76,12 @@ def job_status(
         for spec in job.spec.containers:
             observed = world.containers.get(spec.name)
             old = old_containers.get(spec.name, {})
+            if observed is None and world.vm is not None and not world.engine_ok and old:
+                # The engine did not answer this time: keep what was known (start times and
+                # counts must survive a silent pass, or the next restart would go uncounted).
+                containers.append({**old, "state": "unknown", "ready": False})
+                all_ready = False
+                continue
             started = _iso(observed.started_at if observed else None)
             entry: dict[str, Any] = {
                 "name": spec.name,
