@@ -322,7 +322,8 @@ def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
 @contextmanager
 def bench_world(what: str) -> Iterator[World]:
     """A namespace, an operator watching only it and a provider root of its own; all of it
-    removed on the way out, also after an exception, Ctrl-C or SIGTERM."""
+    removed on the way out, also after an exception, Ctrl-C or SIGTERM (the operator's log is
+    kept only when the benchmark failed)."""
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     token = uuid.uuid4().hex[:8]
     world = World(
@@ -330,6 +331,7 @@ def bench_world(what: str) -> Iterator[World]:
         root=str(STATE / f"bench-{token}"),
         scratch=Path(tempfile.mkdtemp(prefix=f"dockyard-bench-{what}-")),
     )
+    failed = True
     try:
         kubectl("apply", "-f", str(REPO / "crds"))
         kubectl("wait", "--for=condition=Established", "-f", str(REPO / "crds"), "--timeout=60s")
@@ -338,9 +340,14 @@ def bench_world(what: str) -> Iterator[World]:
         world.operator.start()
         log(f"namespace {world.namespace}, operator log {world.operator.log_path}")
         yield world
+        failed = False
     finally:
         world.cleanup()
         signal.signal(signal.SIGTERM, previous)
+        if failed:
+            log(f"failed; the operator's log stays in {world.scratch}")
+        else:
+            shutil.rmtree(world.scratch, ignore_errors=True)
 
 
 def machine_facts() -> dict[str, Any]:
