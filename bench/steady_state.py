@@ -21,41 +21,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-KUBECONFIG = os.environ.get(
-    "KUBECONFIG",
-    str(
-        Path(os.environ.get("DOCKYARD_STATE", "/var/lib/dockyard"))
-        / "controlplane/admin.kubeconfig"
-    ),
-)
+from _harness import KUBECONFIG, REPO, kubectl, wait_until
+
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
 QUIET = ("--metrics-port", "0", "--liveness", "")
-
-
-def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> str:
-    result = subprocess.run(
-        ["kubectl", "--kubeconfig", KUBECONFIG, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if check and result.returncode:
-        raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr}")
-    return result.stdout
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 def versions(namespace: str) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """End-to-end fixtures: the CRDs, the stemcell, and one Dockyard operator per pytest worker
-(running in-process with kopf's KopfRunner, watching only that worker's namespaces)."""
+(the real `dockyard run`, watching only that worker's namespaces)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,23 +28,12 @@ def stemcell(docker_engine: None) -> None:
         _run_script("stemcell.sh")
 
 
-@pytest.fixture(scope="session")
-def operator(
-    crds: None, stemcell: None, kubeconfig: str, namespace_prefix: str, tmp_path_factory: Any
-) -> Iterator[subprocess.Popen[bytes]]:
-    """The real `dockyard run`, as a user runs it, watching only this worker's namespaces."""
-    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+def start_operator(kubeconfig: str, glob: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """The real `dockyard run`, as a user runs it, watching only namespaces matching ``glob``;
+    returns once it has authenticated."""
     env = {**os.environ, "KUBECONFIG": kubeconfig, "DOCKYARD_LOG_LEVEL": "INFO"}
-    command = [
-        str(REPO / ".venv" / "bin" / "dockyard"),
-        "run",
-        "--namespace",
-        f"{namespace_prefix}*",
-        "--metrics-port",
-        "0",
-        "--liveness",
-        "",
-    ]
+    command = [str(REPO / ".venv" / "bin" / "dockyard"), "run", "--namespace", glob]
+    command += ["--metrics-port", "0", "--liveness", ""]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     wait_for(
@@ -55,12 +45,37 @@ def operator(
         what="the operator to start",
     )
     assert process.poll() is None, log_path.read_text()
-    yield process
+    return process
+
+
+def stop_operator(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
+        process.wait(timeout=30)
+
+
+def tear_down_deployments(kubectl: Kubectl, namespace: str) -> None:
+    """Delete the namespace's Deployments and wait until the operator tore their Jobs down."""
+    kubectl("delete", "dyd", "--all", "-n", namespace, "--timeout=120s", check=False)
+    wait_for(
+        lambda: not kubectl("get", "dyj,dypd", "-n", namespace, "-o", "name").stdout.strip(),
+        timeout=120,
+        what=f"Jobs of {namespace} torn down",
+    )
+
+
+@pytest.fixture(scope="session")
+def operator(
+    crds: None, stemcell: None, kubeconfig: str, namespace_prefix: str, tmp_path_factory: Any
+) -> Iterator[subprocess.Popen[bytes]]:
+    """One operator per pytest worker, watching only this worker's namespaces."""
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    process = start_operator(kubeconfig, f"{namespace_prefix}*", log_path)
+    yield process
+    stop_operator(process)
     print(f"operator log: {log_path}")
 
 
@@ -83,9 +98,4 @@ def dockyard_cleanup(operator: Any, namespace: str, kubectl: Kubectl) -> Iterato
     down, before the namespace goes (a namespace deleted after the operator stopped would keep
     its Jobs' finalizers, and their VMs, forever)."""
     yield
-    kubectl("delete", "dyd", "--all", "-n", namespace, "--timeout=120s", check=False)
-    wait_for(
-        lambda: not kubectl("get", "dyj,dypd", "-n", namespace, "-o", "name").stdout.strip(),
-        timeout=120,
-        what=f"Jobs of {namespace} torn down",
-    )
+    tear_down_deployments(kubectl, namespace)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import time
@@ -20,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, Kubectl
-from tests.e2e.conftest import GetObject
+from tests.conftest import Kubectl
+from tests.e2e.conftest import GetObject, start_operator, stop_operator, tear_down_deployments
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e]
@@ -417,8 +416,7 @@ def test_disabled_resurrection_leaves_a_dead_vm_dead_and_says_so(
 
 
 class OwnOperator:
-    """A `dockyard run` of this test's own, started and killed at will (as the `operator`
-    fixture starts it), watching only ``glob``."""
+    """A `dockyard run` of this test's own, started and killed at will, watching ``glob``."""
 
     def __init__(self, kubeconfig: str, glob: str, logs: Path) -> None:
         self.kubeconfig, self.glob, self.logs = kubeconfig, glob, logs
@@ -428,29 +426,7 @@ class OwnOperator:
     def start(self) -> None:
         self.starts += 1
         log_path = self.logs / f"operator-{self.starts}.log"
-        env = {**os.environ, "KUBECONFIG": self.kubeconfig, "DOCKYARD_LOG_LEVEL": "INFO"}
-        command = [
-            str(REPO / ".venv" / "bin" / "dockyard"),
-            "run",
-            "--namespace",
-            self.glob,
-            "--metrics-port",
-            "0",
-            "--liveness",
-            "",
-        ]
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.process = process
-        wait_for(
-            lambda: (
-                process.poll() is not None
-                or b"Initial authentication has finished" in log_path.read_bytes()
-            ),
-            timeout=60,
-            what="the operator to start",
-        )
-        assert process.poll() is None, log_path.read_text()
+        self.process = start_operator(self.kubeconfig, self.glob, log_path)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -460,13 +436,35 @@ class OwnOperator:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
+            stop_operator(self.process)
         self.process = None
+
+
+@contextmanager
+def own_operator_namespace(
+    kubectl: Kubectl, kubeconfig: str, namespace_prefix: str, tag: str, logs: Path
+) -> Iterator[tuple[OwnOperator, str, GetObject]]:
+    """A namespace outside the shared operator's glob, watched only by an operator of the
+    test's own (not started yet); torn down afterwards by a running operator."""
+    prefix = namespace_prefix.rstrip("-") + tag + "-"
+    namespace = f"{prefix}{uuid.uuid4().hex[:8]}"
+    own = OwnOperator(kubeconfig, f"{prefix}*", logs)
+    kubectl("create", "namespace", namespace)
+
+    def get_object(kind: str, name: str) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(
+            kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout
+        )
+        return loaded
+
+    try:
+        yield own, namespace, get_object
+    finally:
+        if own.process is None:
+            own.start()  # the teardown needs an operator
+        tear_down_deployments(kubectl, namespace)
+        own.stop()
+        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 @pytest.mark.parametrize("moment", ["new-vm-seen", "between-create-and-start"])
@@ -481,20 +479,12 @@ def test_operator_killed_mid_resurrection_converges_without_duplicate_vms(
     local: Any,
     tmp_path: Path,
 ) -> None:
-    # A namespace outside the shared operator's glob: only our own operator sees it.
-    prefix = namespace_prefix.rstrip("-") + "r-"
-    namespace = f"{prefix}{uuid.uuid4().hex[:8]}"
-    own = OwnOperator(kubeconfig, f"{prefix}*", tmp_path)
-    kubectl("create", "namespace", namespace)
-
-    def get_object(kind: str, name: str) -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads(
-            kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout
-        )
-        return loaded
-
     uid = ""
-    try:
+    with own_operator_namespace(kubectl, kubeconfig, namespace_prefix, "r", tmp_path) as (
+        own,
+        namespace,
+        get_object,
+    ):
         own.start()
         kubectl("apply", "-n", namespace, "-f", "-", input=manifest("crash", disk_job("store")))
         wait_ready(get_object, "dyd", "crash")
@@ -549,17 +539,6 @@ def test_operator_killed_mid_resurrection_converges_without_duplicate_vms(
             3,
             "exactly one VM",
         )
-    finally:
-        if own.process is None:
-            own.start()  # the teardown needs an operator
-        kubectl("delete", "dyd", "--all", "-n", namespace, "--timeout=120s", check=False)
-        wait_for(
-            lambda: not kubectl("get", "dyj,dypd", "-n", namespace, "-o", "name").stdout.strip(),
-            timeout=120,
-            what=f"Jobs of {namespace} torn down",
-        )
-        own.stop()
-        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     assert not vm_containers(docker_client, uid), "VMs left behind"
     assert not local.find_disks({"disk": f"{namespace}.crash-store-0"}), "disk left behind"
 
@@ -579,17 +558,6 @@ def test_upstream_restarted_during_an_operator_outage_restarts_its_dependents_on
 ) -> None:
     """Workloads outlive the operator (the engine's restart policy brings a crashed upstream back
     while it is down); when it returns it restarts the dependents the upstream restarted under."""
-    prefix = namespace_prefix.rstrip("-") + "o-"
-    namespace = f"{prefix}{uuid.uuid4().hex[:8]}"
-    own = OwnOperator(kubeconfig, f"{prefix}*", tmp_path)
-    kubectl("create", "namespace", namespace)
-
-    def get_object(kind: str, name: str) -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads(
-            kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout
-        )
-        return loaded
-
     job = {
         "name": "chain",
         "instances": 1,
@@ -598,7 +566,11 @@ def test_upstream_restarted_during_an_operator_outage_restarts_its_dependents_on
             {"name": "app", "image": IMAGE, "command": SLEEP, "dependsOn": ["db"]},
         ],
     }
-    try:
+    with own_operator_namespace(kubectl, kubeconfig, namespace_prefix, "o", tmp_path) as (
+        own,
+        namespace,
+        get_object,
+    ):
         own.start()
         kubectl("apply", "-n", namespace, "-f", "-", input=manifest("outage", job))
         wait_ready(get_object, "dyd", "outage")
@@ -635,17 +607,6 @@ def test_upstream_restarted_during_an_operator_outage_restarts_its_dependents_on
             engine.close()
         now = containers(wait_ready(get_object, "dyj", "outage-chain"))
         assert "db" in now["app"]["lastRestartReason"], now["app"]
-    finally:
-        if own.process is None:
-            own.start()  # the teardown needs an operator
-        kubectl("delete", "dyd", "--all", "-n", namespace, "--timeout=120s", check=False)
-        wait_for(
-            lambda: not kubectl("get", "dyj,dypd", "-n", namespace, "-o", "name").stdout.strip(),
-            timeout=120,
-            what=f"Jobs of {namespace} torn down",
-        )
-        own.stop()
-        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 @uses_operator
