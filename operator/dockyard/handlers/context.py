@@ -101,6 +101,7 @@ class ReconcileContext:
         self.reconciler = JobReconciler(world)
         self.secrets: dict[str, dict[str, str]] = {}
         self.last_status: dict[str, Any] | None = None  # what we last wrote
+        self.pending_reasons: dict[tuple[int, str], str] = {}  # restarts not yet seen
         self.disk_records: dict[str, dict[str, Any]] | None = None  # PersistentDisk name -> body
 
     async def reconcile(self) -> JobReport:
@@ -330,7 +331,13 @@ async def publish_job_status(body: kopf.Body, report: JobReport, context: Reconc
             action.reason,
             action.ok,
         )
-    status = job_status(job, report, now=datetime.now(UTC), previous=context.last_status)
+    status = job_status(
+        job,
+        report,
+        now=datetime.now(UTC),
+        previous=context.last_status,
+        pending_reasons=context.pending_reasons,
+    )
     metrics.set_job_state(
         namespace,
         deployment,

@@ -50,16 +50,28 @@ def _container_state(observed: ObservedContainer | None) -> str:
 
 
 def job_status(
-    job: Job, report: JobReport, now: datetime, previous: dict[str, Any] | None = None
+    job: Job,
+    report: JobReport,
+    now: datetime,
+    previous: dict[str, Any] | None = None,
+    pending_reasons: dict[tuple[int, str], str] | None = None,
 ) -> dict[str, Any]:
-    """``previous`` is the status last written, when the caller knows it better than ``job``
+    """``pending_reasons``: why containers were (re)started by earlier passes whose new start
+    was not seen yet (their engine did not answer at the end); the caller keeps the dict across
+    passes, this adds the report's reasons and removes those a detected restart consumed.
+    ``previous`` is the status last written, when the caller knows it better than ``job``
     (the watch may not have delivered our own last write yet)."""
     if previous is None:
         previous = job.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     previous_instances = {i["index"]: i for i in previous.get("instances", [])}
-    restart_reasons = {
-        (a.index, a.target): a.reason for a in report.actions if a.kind.endswith("Container")
-    }
+    restart_reasons = pending_reasons if pending_reasons is not None else {}
+    restart_reasons.update(
+        {
+            (a.index, a.target): a.reason
+            for a in report.actions
+            if a.ok and a.kind.endswith("Container")
+        }
+    )
     generation = job.metadata.generation or 0
     wanted = {c.name for c in job.spec.containers}
     instances: list[dict[str, Any]] = []
@@ -107,6 +119,8 @@ def job_status(
                 entry["lastRestartReason"] = restart_reasons.get(
                     (index, spec.name), _death_reason(observed)
                 )
+            if observed is not None:  # its start is seen: the reason is used or moot
+                restart_reasons.pop((index, spec.name), None)
             all_ready = all_ready and entry["ready"]
             containers.append(entry)
         ready += int(all_ready and index < job.spec.instances)
