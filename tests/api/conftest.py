@@ -47,7 +47,11 @@ def admission_webhook(kubectl: Kubectl, crds_installed: None) -> Iterator[str]:
     import kopf
     from kopf.testing import KopfRunner
 
-    from dockyard.handlers import admission
+    # kopf's `run` makes the registry it is given the process's default one: a handler module
+    # imported while it runs would register there and be served by this all-namespaces operator
+    # (with kopf's default finalizer), next to the real ones. Import them all before it starts,
+    # and give the default back as soon as it is up.
+    from dockyard.handlers import admission, deployment, disk, job  # noqa: F401
     from tests.waiting import wait_for
 
     # A registry of its own: no other handler registered in this process runs here, and this
@@ -86,6 +90,7 @@ def admission_webhook(kubectl: Kubectl, crds_installed: None) -> Iterator[str]:
                 return got.returncode == 0 and got.stdout.count("-dependencies.") == 2
 
             wait_for(configured, timeout=60, interval=0.2, what="kopf to install the webhook")
+            kopf.set_default_registry(previous)
             yield configuration
         assert runner.exception is None, runner.exception
     finally:
@@ -101,4 +106,9 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
     name = f"dyapi-{run}{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
     yield name
+    # Proof that none did: an operator puts its finalizer on what it handles.
+    handled = kubectl(
+        "get", "dyd,dyj,dypd", "-n", name, "-o", "jsonpath={.items[*].metadata.finalizers}"
+    ).stdout.strip()
     kubectl("delete", "namespace", name, "--wait=false", check=False)
+    assert not handled, f"an operator handled the API test objects of {name}: {handled}"

@@ -110,21 +110,25 @@ def test_kopf_handles_an_object_on_the_real_apiserver(
         patch.status["echo"] = str(spec["message"]).upper()
 
     args = ["run", "--standalone", "--namespace", namespace]
-    with KopfRunner(args, timeout=60, registry=registry) as runner:
-        kubectl(
-            "apply",
-            "-n",
-            namespace,
-            "-f",
-            "-",
-            input="apiVersion: smoke.dockyard.dev/v1\nkind: Smoke\n"
-            "metadata: {name: watched}\nspec: {message: ahoy}\n",
-        )
+    previous = kopf.get_default_registry()  # `run` makes ours the default: given back below
+    try:
+        with KopfRunner(args, timeout=60, registry=registry) as runner:
+            kubectl(
+                "apply",
+                "-n",
+                namespace,
+                "-f",
+                "-",
+                input="apiVersion: smoke.dockyard.dev/v1\nkind: Smoke\n"
+                "metadata: {name: watched}\nspec: {message: ahoy}\n",
+            )
 
-        def echoed() -> bool:
-            got = kubectl("get", "smoke", "watched", "-n", namespace, "-o", "json")
-            return json.loads(got.stdout).get("status", {}).get("echo") == "AHOY"
+            def echoed() -> bool:
+                got = kubectl("get", "smoke", "watched", "-n", namespace, "-o", "json")
+                return json.loads(got.stdout).get("status", {}).get("echo") == "AHOY"
 
-        wait_for(echoed, timeout=30, what="kopf to write status.echo")
+            wait_for(echoed, timeout=30, what="kopf to write status.echo")
+    finally:
+        kopf.set_default_registry(previous)
     assert runner.exception is None, runner.exception
     assert runner.exit_code == 0
