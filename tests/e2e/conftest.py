@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +30,14 @@ def stemcell(docker_engine: None) -> None:
         _run_script("stemcell.sh")
 
 
-def start_operator(kubeconfig: str, glob: str, log_path: Path) -> subprocess.Popen[bytes]:
-    """The real `dockyard run`, as a user runs it, watching only namespaces matching ``glob``;
-    returns once it has authenticated."""
-    env = {**os.environ, "KUBECONFIG": kubeconfig, "DOCKYARD_LOG_LEVEL": "INFO"}
+def start_operator(
+    kubeconfig: str, glob: str, log_path: Path, metrics_port: int = 0, log_level: str = "INFO"
+) -> subprocess.Popen[bytes]:
+    """The real `dockyard run`, as a user runs it, watching only namespaces matching ``glob``
+    (metrics served on ``metrics_port``, 0: none); returns once it has authenticated."""
+    env = {**os.environ, "KUBECONFIG": kubeconfig, "DOCKYARD_LOG_LEVEL": log_level}
     command = [str(REPO / ".venv" / "bin" / "dockyard"), "run", "--namespace", glob]
-    command += ["--metrics-port", "0", "--liveness", ""]
+    command += ["--metrics-port", str(metrics_port), "--liveness", ""]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     wait_for(
@@ -55,6 +59,9 @@ def stop_operator(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=30)
+
+
+GetObject = Callable[[str, str], dict[str, Any]]
 
 
 def tear_down_deployments(kubectl: Kubectl, namespace: str) -> None:
@@ -79,9 +86,6 @@ def operator(
     print(f"operator log: {log_path}")
 
 
-GetObject = Callable[[str, str], dict[str, Any]]
-
-
 @pytest.fixture
 def get_object(kubectl: Kubectl, namespace: str) -> GetObject:
     def get(kind: str, name: str) -> dict[str, Any]:
@@ -99,3 +103,66 @@ def dockyard_cleanup(operator: Any, namespace: str, kubectl: Kubectl) -> Iterato
     its Jobs' finalizers, and their VMs, forever)."""
     yield
     tear_down_deployments(kubectl, namespace)
+
+
+class OwnOperator:
+    """A `dockyard run` of this test's own, started and killed at will, watching ``glob``."""
+
+    def __init__(
+        self, kubeconfig: str, glob: str, logs: Path, metrics_port: int = 0, log_level: str = "INFO"
+    ) -> None:
+        self.kubeconfig, self.glob, self.logs = kubeconfig, glob, logs
+        self.metrics_port, self.log_level = metrics_port, log_level
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log_path = self.logs / f"operator-{self.starts}.log"
+        self.process = start_operator(
+            self.kubeconfig, self.glob, log_path, self.metrics_port, self.log_level
+        )
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            stop_operator(self.process)
+        self.process = None
+
+
+@contextmanager
+def own_operator_namespace(
+    kubectl: Kubectl,
+    kubeconfig: str,
+    namespace_prefix: str,
+    tag: str,
+    logs: Path,
+    metrics_port: int = 0,
+    log_level: str = "INFO",
+) -> Iterator[tuple[OwnOperator, str, GetObject]]:
+    """A namespace outside the shared operator's glob, watched only by an operator of the
+    test's own (not started yet); torn down afterwards by a running operator."""
+    prefix = namespace_prefix.rstrip("-") + tag + "-"
+    namespace = f"{prefix}{uuid.uuid4().hex[:8]}"
+    own = OwnOperator(kubeconfig, f"{prefix}*", logs, metrics_port, log_level)
+    kubectl("create", "namespace", namespace)
+
+    def get_object(kind: str, name: str) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(
+            kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout
+        )
+        return loaded
+
+    try:
+        yield own, namespace, get_object
+    finally:
+        if own.process is None:
+            own.start()  # the teardown needs an operator
+        tear_down_deployments(kubectl, namespace)
+        own.stop()
+        kubectl("delete", "namespace", namespace, "--wait=false", check=False)

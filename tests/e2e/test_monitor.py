@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Kubectl
-from tests.e2e.conftest import GetObject, start_operator, stop_operator, tear_down_deployments
+from tests.e2e.conftest import GetObject, own_operator_namespace
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e]
@@ -413,58 +413,6 @@ def test_disabled_resurrection_leaves_a_dead_vm_dead_and_says_so(
 
 
 # --- operator killed mid-resurrection -----------------------------------------------------------
-
-
-class OwnOperator:
-    """A `dockyard run` of this test's own, started and killed at will, watching ``glob``."""
-
-    def __init__(self, kubeconfig: str, glob: str, logs: Path) -> None:
-        self.kubeconfig, self.glob, self.logs = kubeconfig, glob, logs
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log_path = self.logs / f"operator-{self.starts}.log"
-        self.process = start_operator(self.kubeconfig, self.glob, log_path)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            stop_operator(self.process)
-        self.process = None
-
-
-@contextmanager
-def own_operator_namespace(
-    kubectl: Kubectl, kubeconfig: str, namespace_prefix: str, tag: str, logs: Path
-) -> Iterator[tuple[OwnOperator, str, GetObject]]:
-    """A namespace outside the shared operator's glob, watched only by an operator of the
-    test's own (not started yet); torn down afterwards by a running operator."""
-    prefix = namespace_prefix.rstrip("-") + tag + "-"
-    namespace = f"{prefix}{uuid.uuid4().hex[:8]}"
-    own = OwnOperator(kubeconfig, f"{prefix}*", logs)
-    kubectl("create", "namespace", namespace)
-
-    def get_object(kind: str, name: str) -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads(
-            kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout
-        )
-        return loaded
-
-    try:
-        yield own, namespace, get_object
-    finally:
-        if own.process is None:
-            own.start()  # the teardown needs an operator
-        tear_down_deployments(kubectl, namespace)
-        own.stop()
-        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 @pytest.mark.parametrize("moment", ["new-vm-seen", "between-create-and-start"])

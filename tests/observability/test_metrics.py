@@ -235,16 +235,22 @@ def test_record_action_maps_reconciler_actions(ns: str) -> None:
         )
 
     act = metrics.record_action
-    act(ns, "d", "web", "StartedContainer", "db", "created", True)  # a first start, no restart
-    act(ns, "d", "web", "RestartedContainer", "app", "upstream db restarted", True)
-    act(ns, "d", "web", "RestartedContainer", "db", "not running", True)
+    # The reasons as the planner words them (tests/planning pins those).
+    act(ns, "d", "web", "StartedContainer", "db", "missing", True)  # a first start, no restart
+    act(ns, "d", "web", "RestartedContainer", "app", "upstream db restarted after it", True)
+    act(ns, "d", "web", "RestartedContainer", "db", "exited (exit code 3)", True)
+    act(ns, "d", "web", "RecreatedContainer", "db", "dead (exit code 137)", True)
+    act(ns, "d", "web", "RestartedContainer", "db", "unhealthy", True)
     act(ns, "d", "web", "RecreatedContainer", "db", "spec changed", True)
-    act(ns, "d", "web", "ResurrectedVM", "vm-7", "died", False)
-    act(ns, "d", "web", "ResizedDisk", "disk-1", "grown", False, provider="aws")
+    act(ns, "d", "web", "RestartedContainer", "db", "disk grown", True)
+    act(ns, "d", "web", "ResurrectedVM", "vm-7", "replaces vm-6", True)
+    act(ns, "d", "web", "ResurrectionFailed", "vm", "CreateVM: quota", False)
+    act(ns, "d", "web", "ResizeDiskFailed", "disk", "ResizeDisk: denied", False, provider="aws")
 
-    assert sum(restarts("db", reason) for reason in metrics.RESTART_REASONS) == 2
-    assert restarts("db", "crash") == 1
-    assert restarts("db", "spec_change") == 1
+    assert sum(restarts("db", reason) for reason in metrics.RESTART_REASONS) == 5
+    assert restarts("db", "crash") == 2
+    assert restarts("db", "unhealthy") == 1
+    assert restarts("db", "spec_change") == 2
     assert restarts("app", "upstream") == 1
     dependent = {"namespace": ns, "deployment": "d", "job_name": "web", "container": "app"}
     assert REGISTRY.get_sample_value("dockyard_dependent_restarts_total", dependent) == 1
@@ -259,9 +265,43 @@ def test_record_action_maps_reconciler_actions(ns: str) -> None:
         == 1
     )
     assert (
+        value(
+            "dockyard_vm_resurrections_total",
+            namespace=ns,
+            deployment="d",
+            job_name="web",
+            result="success",
+        )
+        == 1
+    )
+    assert (
         value("dockyard_disk_operations_total", provider="aws", operation="resize", result="error")
         >= 1
     )
+
+
+def test_engine_restarts_count_as_crashes_or_oom_kills(ns: str) -> None:
+    labels = {"namespace": ns, "deployment": "d", "job_name": "web", "container": "db"}
+    metrics.record_engine_restarts(ns, "d", "web", "db", 2, oom=False)
+    metrics.record_engine_restarts(ns, "d", "web", "db", 1, oom=True)
+    assert value("dockyard_container_restarts_total", **labels, reason="crash") == 2
+    assert value("dockyard_container_restarts_total", **labels, reason="oom") == 1
+
+
+def test_crash_loop_gauge_follows_the_report(ns: str) -> None:
+    def looping(container: str) -> float:
+        return value(
+            "dockyard_container_crashloop",
+            namespace=ns,
+            deployment="d",
+            job_name="web",
+            container=container,
+        )
+
+    metrics.set_crash_looping(ns, "d", "web", ["db", "app"], looping={"app"})
+    assert (looping("db"), looping("app")) == (0, 1)
+    metrics.set_crash_looping(ns, "d", "web", ["db", "app"], looping=set())
+    assert looping("app") == 0
 
 
 def test_meltdown_counts_entries_not_passes(ns: str) -> None:

@@ -6,22 +6,15 @@ first failure is visible to increase() thanks to the series the helpers create a
 
 from __future__ import annotations
 
-import json
-import re
-import socket
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.observability.conftest import RULES, tool
+from tests.observability.prometheus import Prometheus
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -60,93 +53,6 @@ class Endpoint:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Prometheus:
-    def __init__(self, directory: Path, target_port: int) -> None:
-        rules = yaml.safe_load(RULES.read_text())
-        for group in rules["groups"]:
-            for rule in group["rules"]:
-                rule["for"] = "1s"
-        (directory / "rules.yaml").write_text(yaml.safe_dump(rules))
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": ["rules.yaml"],
-            "scrape_configs": [
-                {
-                    "job_name": "dockyard",
-                    "honor_labels": True,
-                    "static_configs": [
-                        {
-                            "targets": [f"127.0.0.1:{target_port}"],
-                            # What the Prometheus Operator's ServiceMonitor adds to a target.
-                            "labels": {"namespace": "dockyard-system", "container": "operator"},
-                        }
-                    ],
-                }
-            ],
-        }
-        (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        self.log = (directory / "prometheus.log").open("w")
-        self.process = subprocess.Popen(
-            [
-                tool("prometheus", "prometheus"),
-                f"--config.file={directory / 'prometheus.yml'}",
-                f"--storage.tsdb.path={directory / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for(self._ready, timeout=30, interval=0.2, what="Prometheus to be ready")
-
-    def _get(self, path: str, **params: str) -> Any:
-        url = f"http://127.0.0.1:{self.port}{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())
-
-    def _ready(self) -> bool:
-        assert self.process.poll() is None, "prometheus exited (see prometheus.log)"
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as r:
-            return bool(r.status == 200)
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._get("/api/v1/query", query=expr)["data"]["result"]
-        return result
-
-    def firing(self, alert: str) -> list[dict[str, str]]:
-        alerts = self._get("/api/v1/alerts")["data"]["alerts"]
-        return [
-            a["labels"]
-            for a in alerts
-            if a["labels"]["alertname"] == alert and a["state"] == "firing"
-        ]
-
-    def last_evaluation(self) -> float:
-        """When the rule group was last evaluated (epoch seconds)."""
-        (group,) = self._get("/api/v1/rules")["data"]["groups"]
-        stamp = re.sub(r"(\.\d{6})\d*", r"\1", group["lastEvaluation"]).replace("Z", "+00:00")
-        return datetime.fromisoformat(stamp).timestamp()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        self.log.close()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from dockyard.monitor.watch import WatcherSet
 from dockyard.observability import metrics
 from dockyard.providers import PermanentError, Provider, ProviderError, make_provider
 from dockyard.providers.base import ProviderConfig
+from dockyard.providers.redaction import protect, redact
 from dockyard.runtime.desired import job_desired, provider_config, secret_names
 from dockyard.runtime.reconciler import JobReconciler, JobReport, ResurrectionWant
 from dockyard.runtime.status import job_status
@@ -280,6 +281,7 @@ async def build_context(
     job = parse_job(body)
     namespace = job.metadata.namespace or ""
     secrets = await _read_secrets(job, namespace)
+    protect(value for secret in secrets.values() for value in secret.values())
     try:
         config = provider_config(job.spec.provider, secrets)
     except PermanentError as error:
@@ -317,7 +319,15 @@ async def publish_job_status(body: kopf.Body, report: JobReport, context: Reconc
         post(
             body,
             reason=action.kind,
-            message=f"instance {action.index}: {action.target}: {action.reason}{detail}",
+            message=redact(f"instance {action.index}: {action.target}: {action.reason}{detail}"),
+        )
+    for (index, container), (count, oom) in sorted(report.engine_restarts.items()):
+        why = "OOM-killed" if oom else "exited"
+        times = "once" if count == 1 else f"{count} times"
+        kopf.warn(
+            body,
+            reason="ContainerCrashed",
+            message=f"instance {index}: {container}: {why}; the engine restarted it {times}",
         )
     namespace = job.metadata.namespace or ""
     deployment = job.metadata.labels.get("dockyard.dev/deployment", "")
@@ -330,7 +340,17 @@ async def publish_job_status(body: kopf.Body, report: JobReport, context: Reconc
             action.target,
             action.reason,
             action.ok,
+            provider=job.spec.provider.type,
         )
+    for (_, container), (count, oom) in sorted(report.engine_restarts.items()):
+        metrics.record_engine_restarts(namespace, deployment, job.job_name, container, count, oom)
+    metrics.set_crash_looping(
+        namespace,
+        deployment,
+        job.job_name,
+        containers=[c.name for c in job.spec.containers],
+        looping={name for _, name in report.crash_looping},
+    )
     status = job_status(
         job,
         report,
@@ -350,6 +370,18 @@ async def publish_job_status(body: kopf.Body, report: JobReport, context: Reconc
     current = context.last_status or {
         k: v for k, v in (body.get("status") or {}).items() if k != "kopf"
     }
+    status = _redacted(status)
     if status != current:
         await kube.patch_status("jobs", job.metadata.namespace or "", job.metadata.name, status)
     context.last_status = status
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` (a status) with secret values masked in every string it holds."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value

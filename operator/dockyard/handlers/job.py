@@ -24,6 +24,8 @@ from dockyard.handlers.context import (
     wakeup_event,
 )
 from dockyard.observability import metrics
+from dockyard.providers.redaction import redact
+from dockyard.runtime.reconciler import FAILURE_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,13 @@ async def converge(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> No
                 context = await build_context(body, context)
                 report = await context.reconcile()
                 await publish_job_status(body, report, context)
-                metrics.observe_reconcile(
-                    "Job", "stalled" if report.stalled else "success", started
-                )
+                failed = sorted({a.kind for a in report.actions if a.kind in FAILURE_KINDS})
+                if failed:
+                    metrics.observe_reconcile("Job", "error", started, reason=failed[0])
+                elif report.stalled:
+                    metrics.observe_reconcile("Job", "stalled", started)
+                else:
+                    metrics.observe_reconcile("Job", "success", started)
                 delay = report.requeue_after or DRIFT_INTERVAL
             except kopf.TemporaryError as error:
                 metrics.observe_reconcile("Job", "retry", started)
@@ -59,7 +65,7 @@ async def converge(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> No
             except Exception as error:
                 metrics.observe_reconcile("Job", "error", started)
                 log.exception("reconcile of Job %s/%s failed", namespace, name)
-                kopf.warn(body, reason="ReconcileError", message=str(error)[:1000])
+                kopf.warn(body, reason="ReconcileError", message=redact(str(error))[:1000])
                 delay = 10.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=delay)
@@ -76,3 +82,6 @@ async def delete_job(body: kopf.Body, **_: Any) -> None:
         await context.teardown()
     finally:
         context.close()
+    job = context.job
+    deployment = job.metadata.labels.get("dockyard.dev/deployment", "")
+    metrics.forget_job(job.metadata.namespace or "", deployment, job.job_name)

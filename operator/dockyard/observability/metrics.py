@@ -465,8 +465,31 @@ _DISK_ACTIONS: dict[str, DiskOperation] = {
     "DetachedDisk": "detach",
     "ResizedDisk": "resize",
     "DeletedDisk": "delete",
-    "DiskResizeFailed": "resize",
+    "CreateDiskFailed": "create",
+    "AttachDiskFailed": "attach",
+    "DetachDiskFailed": "detach",
+    "ResizeDiskFailed": "resize",
+    "DeleteDiskFailed": "delete",
 }
+
+
+def restart_reason(kind: str, reason: str) -> RestartReason | None:
+    """Why the reconciler (re)started a container, as a metric reason; None for a first start.
+
+    The planner's reasons: ``upstream …``, ``unhealthy``, the state a stopped container was
+    found in (``exited (exit code 1)``, ``dead …``, ``created``), ``spec changed``, and
+    ``disk grown``/``disk attached`` (stopped around a disk operation)."""
+    if kind not in ("RestartedContainer", "RecreatedContainer"):
+        return None
+    if reason.startswith("upstream"):
+        return "upstream"
+    if reason == "unhealthy":
+        return "unhealthy"
+    if reason.startswith(("exited", "dead", "created", "not running")):
+        return "crash"
+    if reason == "spec changed" or reason.startswith("disk "):
+        return "spec_change"
+    return "drift"
 
 
 def record_action(
@@ -482,24 +505,34 @@ def record_action(
 ) -> None:
     """Count what a reconcile pass did: one call per action it reports (runtime ActionRecord).
 
-    A first start (``StartedContainer``) is not a restart; ``RestartedContainer`` is
-    ``upstream`` when an upstream caused it, ``crash`` when the container had stopped, else
-    ``drift``; ``RecreatedContainer`` is ``spec_change``."""
-    if kind == "RestartedContainer":
-        if reason.startswith("upstream"):
-            why: RestartReason = "upstream"
-        elif reason == "not running":
-            why = "crash"
-        else:
-            why = "drift"
+    A first start (``StartedContainer``) is not a restart; see ``restart_reason`` for the rest.
+    Failures of a pass are counted by ``observe_reconcile``, not here."""
+    why = restart_reason(kind, reason)
+    if why is not None:
         record_container_restart(namespace, deployment, job, target, why)
-    elif kind == "RecreatedContainer":
-        record_container_restart(namespace, deployment, job, target, "spec_change")
-    elif kind == "ResurrectedVM":
-        record_vm_resurrection(namespace, deployment, job, ok)
+    elif kind in ("ResurrectedVM", "ResurrectionFailed"):
+        record_vm_resurrection(namespace, deployment, job, ok and kind == "ResurrectedVM")
     elif kind in _DISK_ACTIONS:
         record_disk_operation(provider, _DISK_ACTIONS[kind], ok)
-    elif kind == "ContainerFailed":
-        record_reconcile_error("Job", "container")
-    elif kind == "InstanceFailed":
-        record_reconcile_error("Job", "instance")
+
+
+def record_engine_restarts(
+    namespace: str, deployment: str, job: str, container: str, count: int, oom: bool
+) -> None:
+    """Restarts the container engine made on its own (restart policy): crashes or OOM kills."""
+    reason: RestartReason = "oom" if oom else "crash"
+    _touch_container(namespace, deployment, job, container)
+    if count > 0:
+        CONTAINER_RESTARTS.labels(namespace, deployment, job, container, reason).inc(count)
+
+
+def set_crash_looping(
+    namespace: str, deployment: str, job: str, containers: Iterable[str], looping: Iterable[str]
+) -> None:
+    """Publish the crash-loop gauge of every container of a job: 1 for those in ``looping``.
+
+    Also creates each container's restart series at 0, so that its first restart is an increase."""
+    looping = set(looping)
+    for container in containers:
+        _touch_container(namespace, deployment, job, container)
+        set_container_crashloop(namespace, deployment, job, container, container in looping)

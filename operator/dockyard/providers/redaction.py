@@ -1,4 +1,4 @@
-"""Keep credential values out of logs, including the DEBUG logs of the IaaS SDKs.
+"""Keep credential values out of logs (the DEBUG logs of the IaaS SDKs included) and Events.
 
 botocore logs each request's headers at DEBUG (the access key id in ``Authorization``, the
 session token in ``X-Amz-Security-Token``). A filter on the emitting loggers rewrites any record
@@ -13,7 +13,17 @@ from collections.abc import Iterable
 
 MASK = "***"
 MIN_SECRET_LENGTH = 6  # shorter values would mangle ordinary log text
-_LOGGER_PREFIXES = ("botocore", "boto3", "urllib3", "google", "requests", "docker", "dockyard")
+# kopf.objects also posts its records as Kubernetes Events: filtered before it posts them.
+_LOGGER_PREFIXES = (
+    "botocore",
+    "boto3",
+    "urllib3",
+    "google",
+    "requests",
+    "docker",
+    "dockyard",
+    "kopf",
+)
 _KNOWN_SDK_LOGGERS = (
     "botocore.endpoint",
     "botocore.auth",
@@ -43,18 +53,20 @@ class _RedactingFilter(logging.Filter):
                     c.strip() for c in candidates if len(c.strip()) >= MIN_SECRET_LENGTH
                 )
 
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = self._secrets
-        if not secrets:
+        if not self._secrets:
             return True
         try:
             message = record.getMessage()
         except Exception:  # a broken format string is not ours to fix
             return True
-        redacted = message
-        for secret in secrets:
-            if secret in redacted:
-                redacted = redacted.replace(secret, MASK)
+        redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
@@ -76,3 +88,8 @@ def protect(values: Iterable[str]) -> None:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+
+
+def redact(text: str) -> str:
+    """``text`` with every protected value masked (for Events and status messages)."""
+    return _FILTER.redact(text)

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # policy does for crashes: doubling from 10 s, capped at 5 min, forgotten after 10 min of health.
 UNHEALTHY_BACKOFF = (10.0, 300.0)
 UNHEALTHY_BACKOFF_RESET = 600.0
+# A container the engine refuses to start (missing program, bad mount…) is retried after 10 s,
+# doubling to 5 min, as the kubelet's CrashLoopBackOff; a start that succeeds resets it.
+START_BACKOFF = (10.0, 300.0)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class JobReport:
     meltdown: str = ""  # why resurrection is paused, "" when it is not
     resurrection_disabled: str = ""  # instances down and left down, "" when none
     crash_looping: dict[tuple[int, str], str] = field(default_factory=dict)  # -> why
+    # Restarts the engine made on its own since the last pass (restart policy): -> (count, OOM)
+    engine_restarts: dict[tuple[int, str], tuple[int, bool]] = field(default_factory=dict)
     converged: bool = False
     requeue_after: float | None = None
 
@@ -113,6 +118,16 @@ _ACTION_RECORD_KINDS = {
 }
 
 
+_DISK_ACTION_KINDS = frozenset(
+    {"CreateDisk", "AttachDisk", "DetachDisk", "ResizeDisk", "DeleteDisk"}
+)
+# What a pass reports when an action failed; any of these makes the pass a reconcile error.
+FAILURE_KINDS = frozenset(
+    {"ContainerFailed", "InstanceFailed", "ResurrectionFailed"}
+    | {f"{kind}Failed" for kind in _DISK_ACTION_KINDS}
+)
+
+
 @dataclass
 class _Pass:
     """What one pass knows about each instance while it executes actions."""
@@ -123,6 +138,7 @@ class _Pass:
     containers: dict[int, dict[str, ObservedContainer]] = field(default_factory=dict)
     unhealthy: set[tuple[int, str]] = field(default_factory=set)
     failed: set[int] = field(default_factory=set)
+    backing_off: set[int] = field(default_factory=set)  # a container failed to start lately
 
 
 class JobReconciler:
@@ -137,6 +153,10 @@ class JobReconciler:
         self.paused_reason = ""  # why resurrection is paused, as last reported
         # (index, container) -> (restarts for failing health, last restart, monotonic)
         self.unhealthy_restarts: dict[tuple[int, str], tuple[int, float]] = {}
+        self.restart_counts: dict[str, int] = {}  # container id -> engine RestartCount seen
+        # (index, container) -> (failed starts in a row, when the last failed (monotonic),
+        # the spec's hash then: a new spec is tried at once)
+        self.failed_starts: dict[tuple[int, str], tuple[int, float, str]] = {}
 
     # --- one pass ---------------------------------------------------------------------------
 
@@ -222,6 +242,7 @@ class JobReconciler:
 
         report.instances = self.world.observe(indices)
         report.crash_looping = _crash_looping(report.instances, indices)
+        report.engine_restarts = self._engine_restarts(report.instances)
         down_after, deaf_after = self._down_instances(
             report.instances, indices, resurrection, known
         )
@@ -234,7 +255,36 @@ class JobReconciler:
         report.converged = not remaining and self._converged(report.instances, indices, hashes)
         if not report.converged and not report.stalled:
             report.requeue_after = 5.0 if (meltdown or report.resurrection_disabled) else 1.0
+            waits = [self._start_wait(key, time.monotonic()) for key in self.failed_starts]
+            if waits and all(w > 0 for w in waits):
+                report.requeue_after = max(report.requeue_after, min(waits))
         return report
+
+    def _engine_restarts(
+        self, world: Mapping[int, InstanceWorld]
+    ) -> dict[tuple[int, str], tuple[int, bool]]:
+        """Restarts the engine made since the last look, from each container's RestartCount.
+
+        A container first seen counts from what it shows then (restarts before this operator
+        looked are not ours to report). Instances whose engine did not answer keep their counts."""
+        restarts: dict[tuple[int, str], tuple[int, bool]] = {}
+        seen: dict[str, int] = {}
+        for index, instance in world.items():
+            if not instance.engine_ok:
+                seen.update(
+                    (cid, count)
+                    for cid, count in self.restart_counts.items()
+                    if cid.startswith(f"{index}/")
+                )
+                continue
+            for name, found in instance.containers.items():
+                key = f"{index}/{found.id}"
+                before = self.restart_counts.get(key)
+                if before is not None and found.restart_count > before:
+                    restarts[(index, name)] = (found.restart_count - before, found.oom_killed)
+                seen[key] = found.restart_count
+        self.restart_counts = seen
+        return restarts
 
     # --- adapting to the planner ---------------------------------------------------------------
 
@@ -322,6 +372,14 @@ class JobReconciler:
         )
         return [a for a in actions if a.index not in deaf]
 
+    def _start_wait(self, key: tuple[int, str], now: float) -> float:
+        """Seconds until a container that failed to start may be tried again (0: now)."""
+        count, last, _ = self.failed_starts.get(key, (0, 0.0, ""))
+        if count == 0:
+            return 0.0
+        low, high = START_BACKOFF
+        return max(min(low * 2.0 ** (count - 1), high) - (now - last), 0.0)
+
     def _observed_container(
         self, index: int, found: ObservedContainer, state: _Pass, now: float
     ) -> planning.ObservedContainer:
@@ -360,15 +418,34 @@ class JobReconciler:
         actions: list[ActionRecord],
     ) -> None:
         wants = {want.name: want for want in desired.containers}
+        hashes = {want.name: want.config_hash() for want in desired.containers}
+        self.failed_starts = {
+            (index, name): failure
+            for (index, name), failure in self.failed_starts.items()
+            if index < desired.instances and failure[2] == hashes.get(name)
+        }
+        now = time.monotonic()
+        state.backing_off = {
+            index for (index, name) in self.failed_starts if self._start_wait((index, name), now)
+        }
         for action in todo:
             if action.index in state.failed:
                 continue  # an earlier step of this instance failed: the rest waits a pass
+            if isinstance(action, planning.ContainerAction) and action.index in state.backing_off:
+                continue  # its containers wait for the failed one's back-off
             try:
                 record = self._do(action, desired, wants, state)
             except (ProviderError, docker.errors.DockerException) as error:
                 state.failed.add(action.index)
                 if isinstance(action, planning.ContainerAction):
                     kind, target = "ContainerFailed", action.container
+                    key = (action.index, action.container)
+                    count = self.failed_starts.get(key, (0, 0.0, ""))[0]
+                    want = wants.get(action.container)
+                    spec_hash = want.config_hash() if want else ""
+                    self.failed_starts[key] = (count + 1, time.monotonic(), spec_hash)
+                elif action.kind in _DISK_ACTION_KINDS:
+                    kind, target = f"{action.kind}Failed", "disk"
                 else:
                     kind, target = "InstanceFailed", "vm"
                     if isinstance(action, planning.CreateVM) and action.reason.startswith(
@@ -379,6 +456,8 @@ class JobReconciler:
                 actions.append(ActionRecord(kind, action.index, target, message, ok=False))
                 log.warning("%s failed: %s", action, error)
                 continue
+            if isinstance(action, planning.ContainerAction):
+                self.failed_starts.pop((action.index, action.container), None)
             actions.append(record)
 
     def _do(
