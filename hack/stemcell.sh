@@ -4,9 +4,12 @@
 # image for these binaries exists. Prints the image name.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-apt_install docker.io busybox-static tini iptables
+apt_install docker.io busybox-static tini iptables e2fsprogs util-linux
+# e2fsprogs as on a cloud stemcell: Dockyard formats, checks and grows persistent disks with the
+# VM's own tools (runtime/diskfs.py).
 BINARIES=(/usr/sbin/dockerd /usr/sbin/docker-proxy /usr/bin/containerd /usr/bin/containerd-shim-runc-v2
-  /usr/sbin/runc /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /bin/busybox)
+  /usr/sbin/runc /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /bin/busybox
+  /sbin/mke2fs /sbin/e2fsck /sbin/resize2fs /sbin/blkid)
 # Content only: the same build whatever path this script was called by.
 key=$(sha256sum "${BINARIES[@]}" /usr/bin/tini-static "${BASH_SOURCE[0]}" | cut -d' ' -f1 | sha256sum | cut -c1-12)
 IMAGE="dockyard/stemcell:$key"
@@ -25,6 +28,8 @@ for applet in $(/bin/busybox --list); do
 done
 for bin in "${BINARIES[@]}"; do [[ "$bin" == /bin/busybox ]] || cp "$bin" "$root/usr/bin/"; done
 cp /usr/bin/tini-static "$root/usr/bin/docker-init"
+ln -sf mke2fs "$root/usr/bin/mkfs.ext4"
+cp /etc/mke2fs.conf "$root/etc/"
 # iptables through the same backend the host uses
 backend=$(basename "$(readlink -f /usr/sbin/iptables)")
 for tool in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do

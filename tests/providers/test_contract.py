@@ -39,6 +39,7 @@ def gone(provider: Provider, vm_id: str) -> bool:
 def test_provider_satisfies_the_protocol(harness: Harness) -> None:
     assert isinstance(harness.provider, Provider)
     assert isinstance(harness.provider.resizes_attached_disks, bool)
+    assert isinstance(harness.provider.mounts_disks, bool)
 
 
 def test_the_registry_builds_it_from_its_entry_point(harness: Harness) -> None:

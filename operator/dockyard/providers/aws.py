@@ -190,6 +190,7 @@ def _translated(what: str) -> Iterator[None]:
 
 class AWSProvider:
     resizes_attached_disks = True
+    mounts_disks = False
 
     def __init__(self, config: ProviderConfig) -> None:
         check_known(config, OPTIONS)
@@ -524,7 +525,9 @@ class AWSProvider:
                     "busy",
                 ):
                     self._wait_attached(vm_id, disk_id)
-                    return Attachment(device=attachment.get("Device", ""))
+                    return Attachment(
+                        device=attachment.get("Device", ""), serial=_nvme_serial(disk_id)
+                    )
                 raise TransientError(
                     f"disk {disk_id} is attached to VM {attachment.get('InstanceId')}; "
                     "detach it first",
@@ -547,7 +550,7 @@ class AWSProvider:
                 self.ec2.attach_volume(Device=free[0], InstanceId=vm_id, VolumeId=disk_id)
             self._wait_attached(vm_id, disk_id)
             log.info("attached EBS volume %s to %s as %s", disk_id, vm_id, free[0])
-            return Attachment(device=free[0])
+            return Attachment(device=free[0], serial=_nvme_serial(disk_id))
 
     def _wait_attached(self, vm_id: str, disk_id: str) -> None:
         with _translated(f"waiting for disk {disk_id} to attach to VM {vm_id}"):
@@ -671,3 +674,9 @@ class AWSProvider:
     def close(self) -> None:
         self._tls.close()
         self.ec2.close()
+
+
+def _nvme_serial(volume_id: str) -> str:
+    """How a Nitro instance names an EBS volume in /dev/disk/by-id: its id without the dash
+    (``nvme-Amazon_Elastic_Block_Store_vol0123…``)."""
+    return volume_id.replace("-", "")

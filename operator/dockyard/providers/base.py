@@ -99,10 +99,13 @@ class Disk:
 @dataclass(frozen=True)
 class Attachment:
     """Where an attached disk shows up: the block device and, when the provider mounts it
-    itself (local), the mount point inside the VM that containers bind from."""
+    itself (local), the mount point inside the VM that containers bind from. Otherwise (aws,
+    gce) the runtime mounts it (``runtime/diskfs.py``), finding the device by ``serial`` in
+    ``/dev/disk/by-id`` when the kernel names it differently (EBS on Nitro: ``/dev/nvme1n1``)."""
 
     device: str
     mount_path: str | None = None
+    serial: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,10 @@ class Provider(Protocol):
     #: True when ``resize_disk`` works on an attached disk (EBS, GCE PD). False (local) means the
     #: caller must stop the disk's users and detach it before resizing.
     resizes_attached_disks: bool
+    #: True when ``attach_disk`` formats and mounts the disk itself and returns its
+    #: ``mount_path`` (local). False (aws, gce): it attaches a block device; the runtime formats
+    #: a blank one, mounts it in the VM, grows it after a resize and unmounts it before a detach.
+    mounts_disks: bool
 
     def create_vm(self, spec: VMSpec) -> VM: ...
 

@@ -493,14 +493,18 @@ class JobReconciler:
             return ActionRecord(kind, index, action.disk_id, f"to VM {vm_id}")
         if isinstance(action, planning.DetachDisk):
             with contextlib.suppress(NotFoundError):  # its VM is gone: nothing holds it
-                self.world.provider.detach_disk(action.vm_id, action.disk_id)
+                self.world.detach_disk(action.vm_id, action.disk_id)
             state.disks[index] = replace(state.disks[index], attached_to=None)
             state.attachments.pop(index, None)
             return ActionRecord(kind, index, action.disk_id, action.reason)
         if isinstance(action, planning.ResizeDisk):
             disk = self.world.provider.resize_disk(action.disk_id, action.size_mib)
-            state.disks[index] = replace(disk, attached_to=state.disks[index].attached_to)
+            attached_to = state.disks[index].attached_to
+            state.disks[index] = replace(disk, attached_to=attached_to)
             state.attachments.pop(index, None)
+            live = state.vms.get(index)
+            if not self.world.provider.mounts_disks and live and attached_to == live.id:
+                self._attach(index, state)  # grown online: its filesystem grows in the VM now
             return ActionRecord(kind, index, action.disk_id, f"grown to {disk.size_mib} MiB")
         if isinstance(action, planning.DeleteDisk):
             disk = state.disks[index]

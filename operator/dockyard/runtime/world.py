@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import docker
+import docker.errors
 
 from dockyard.providers import (
     VM,
@@ -26,6 +27,7 @@ from dockyard.providers import (
     VMState,
 )
 from dockyard.providers.base import TAG_DEPLOYMENT, TAG_DISK, TAG_INDEX, TAG_JOB, TAG_OWNER_UID
+from dockyard.runtime import diskfs
 from dockyard.runtime.engine import (
     LABEL_CONFIG_HASH,
     LABEL_INDEX,
@@ -120,10 +122,12 @@ class JobWorld:
         provider: Provider,
         identity: JobIdentity,
         image_source: docker.DockerClient | None = None,
+        disk_helper_image: str = diskfs.DEFAULT_HELPER_IMAGE,
     ) -> None:
         self.provider = provider
         self.identity = identity
         self.image_source = image_source
+        self.disk_helper_image = disk_helper_image
         self._engines: dict[str, Engine] = {}
         self.duplicates: list[VM] = []  # extra VMs for an index, seen by the last observe()
 
@@ -209,7 +213,26 @@ class JobWorld:
         if disk.attached_to and disk.attached_to != vm.id:
             # Still attached to a dead predecessor: take it over (BOSH reattaches on resurrect).
             self.provider.detach_disk(disk.attached_to, disk.id)
-        return self.provider.attach_disk(vm.id, disk.id)
+        attachment = self.provider.attach_disk(vm.id, disk.id)
+        if self.provider.mounts_disks:
+            return attachment
+        engine = self.engine(vm.id)
+        engine.ensure_image(self.disk_helper_image)
+        return diskfs.mount(engine.client, self.disk_helper_image, attachment, disk.id)
+
+    def detach_disk(self, vm_id: str, disk_id: str) -> None:
+        """Detach, after unmounting it in the VM when the runtime mounted it. A VM whose engine
+        does not answer is dead or going: its disk is detached anyway."""
+        if not self.provider.mounts_disks:
+            try:
+                engine = self.engine(vm_id)
+                engine.ensure_image(self.disk_helper_image)
+                diskfs.unmount(engine.client, self.disk_helper_image, disk_id)
+            except diskfs.DiskHelperFailed:
+                raise  # the VM answered and could not unmount it (in use): detaching loses data
+            except (ProviderError, docker.errors.DockerException) as error:
+                log.warning("detaching %s without unmounting it: %s", disk_id, error)
+        self.provider.detach_disk(vm_id, disk_id)
 
     def resize_disk(self, instance: InstanceWorld, size_mib: int, stop: Sequence[str] = ()) -> Disk:
         """Grow a disk, keeping its data. Providers that cannot grow an attached disk get it

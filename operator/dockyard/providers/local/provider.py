@@ -164,6 +164,7 @@ class LocalProvider:
     """VMs as containers running their own Docker engine; disks as loop-mounted ext4 files."""
 
     resizes_attached_disks = False
+    mounts_disks = True
 
     def __init__(self, config: ProviderConfig) -> None:
         options = dict(config.options)
