@@ -9,7 +9,7 @@ import hashlib
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,10 +66,21 @@ def attach_volume(docker_client: Any, vm_id: str, tmp: Path, name: str, size_mib
     return Volume(file, loop, node)
 
 
+AttachVolume = Callable[[str, int], Volume]
+
+
 @pytest.fixture
-def volumes(docker_client: Any, tmp_path: Path) -> Iterator[list[Volume]]:
+def attach(
+    vm: tuple[Any, Engine, str], docker_client: Any, tmp_path: Path
+) -> Iterator[AttachVolume]:
+    """Make a volume of ``size_mib`` visible in the VM as /dev/<name>; detached afterwards."""
     made: list[Volume] = []
-    yield made
+
+    def make(name: str, size_mib: int) -> Volume:
+        made.append(attach_volume(docker_client, vm[2], tmp_path, name, size_mib))
+        return made[-1]
+
+    yield make
     for volume in made:
         subprocess.run(["losetup", "-d", volume.loop], check=False)
 
@@ -88,11 +99,10 @@ def workload(engine: Engine, mount_path: str, script: str) -> str:
 
 
 def test_a_blank_volume_is_formatted_mounted_grown_and_keeps_its_data(
-    vm: tuple[Any, Engine, str], docker_client: Any, tmp_path: Path, volumes: list[Volume]
+    vm: tuple[Any, Engine, str], docker_client: Any, attach: AttachVolume
 ) -> None:
     _, engine, vm_id = vm
-    volume = attach_volume(docker_client, vm_id, tmp_path, "nvme1n1", 64)
-    volumes.append(volume)
+    volume = attach("nvme1n1", 64)
     # An EBS volume on a Nitro VM: attached as /dev/sdf, seen as /dev/nvme1n1, found by serial.
     by_id = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0abc123"
     in_vm(
@@ -134,11 +144,10 @@ def test_a_blank_volume_is_formatted_mounted_grown_and_keeps_its_data(
 
 
 def test_a_volume_with_data_but_no_known_filesystem_is_never_formatted(
-    vm: tuple[Any, Engine, str], docker_client: Any, tmp_path: Path, volumes: list[Volume]
+    vm: tuple[Any, Engine, str], attach: AttachVolume
 ) -> None:
-    _, engine, vm_id = vm
-    volume = attach_volume(docker_client, vm_id, tmp_path, "xvdg", 16)
-    volumes.append(volume)
+    _, engine, _ = vm
+    volume = attach("xvdg", 16)
     with volume.file.open("r+b") as f:
         f.write(b"someone's data, in a format blkid does not know" * 1000)
     before = hashlib.sha256(volume.file.read_bytes()).hexdigest()
