@@ -67,9 +67,18 @@ def _pass_lock(uid: str) -> threading.Lock:
 
 
 # --- providers are shared by every Job with the same configuration -----------------------------
-@functools.cache
+_providers: dict[ProviderConfig, Provider] = {}
+_providers_guard = threading.Lock()
+
+
 def _provider(config: ProviderConfig) -> Provider:
-    return make_provider(config)
+    # One instance per configuration, even when Jobs start at once in threads (functools.cache
+    # would build two and keep one: the other Job's context then looked stale every pass and was
+    # rebuilt, losing what its reconciler remembered, e.g. back-offs).
+    with _providers_guard:
+        if config not in _providers:
+            _providers[config] = make_provider(config)
+        return _providers[config]
 
 
 def _freeze(config: ProviderConfig) -> ProviderConfig:
