@@ -73,20 +73,17 @@ def test_rbac_is_enforced(kubectl: Kubectl, namespace: str) -> None:
     assert forbidden.returncode != 0 and "forbidden" in forbidden.stderr.lower()
 
 
+def apply_smoke(kubectl: Kubectl, namespace: str, name: str) -> None:
+    smoke = f"apiVersion: smoke.dockyard.dev/v1\nkind: Smoke\nmetadata: {{name: {name}}}\n"
+    kubectl("apply", "-n", namespace, "-f", "-", input=smoke + "spec: {message: ahoy}\n")
+
+
 def test_applied_object_reads_back_through_python_client(
     kubectl: Kubectl, namespace: str, smoke_crd: None
 ) -> None:
     import kubernetes
 
-    kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input="apiVersion: smoke.dockyard.dev/v1\nkind: Smoke\n"
-        "metadata: {name: hello}\nspec: {message: ahoy}\n",
-    )
+    apply_smoke(kubectl, namespace, "hello")
     api = kubernetes.client.CustomObjectsApi(kubernetes.config.new_client_from_config())
     obj = api.get_namespaced_custom_object("smoke.dockyard.dev", "v1", namespace, "smokes", "hello")
     assert obj["spec"] == {"message": "ahoy"}
@@ -113,15 +110,7 @@ def test_kopf_handles_an_object_on_the_real_apiserver(
     previous = kopf.get_default_registry()  # `run` makes ours the default: given back below
     try:
         with KopfRunner(args, timeout=60, registry=registry) as runner:
-            kubectl(
-                "apply",
-                "-n",
-                namespace,
-                "-f",
-                "-",
-                input="apiVersion: smoke.dockyard.dev/v1\nkind: Smoke\n"
-                "metadata: {name: watched}\nspec: {message: ahoy}\n",
-            )
+            apply_smoke(kubectl, namespace, "watched")
 
             def echoed() -> bool:
                 got = kubectl("get", "smoke", "watched", "-n", namespace, "-o", "json")

@@ -58,6 +58,11 @@ def series(name: str) -> list[dict[str, str]]:
     ]
 
 
+def resurrections(ns: str, result: str) -> float:
+    labels = {"namespace": ns, "deployment": "d", "job_name": "web", "result": result}
+    return value("dockyard_vm_resurrections_total", **labels)
+
+
 @pytest.fixture
 def ns() -> str:
     """A namespace label of our own: the registry is process-wide."""
@@ -122,16 +127,7 @@ def test_vm_and_disk_ids_do_not_become_series(ns: str) -> None:
     )
     # One job's resurrections (success, failure) and, at most, one provider's disk operations.
     assert after - before <= 2 + len(metrics.DISK_OPERATION_KINDS) * 2
-    assert (
-        value(
-            "dockyard_vm_resurrections_total",
-            namespace=ns,
-            deployment="d",
-            job_name="web",
-            result="success",
-        )
-        == 50
-    )
+    assert resurrections(ns, "success") == 50
 
 
 def test_reconcile_timer_counts_each_outcome() -> None:
@@ -254,26 +250,8 @@ def test_record_action_maps_reconciler_actions(ns: str) -> None:
     assert restarts("app", "upstream") == 1
     dependent = {"namespace": ns, "deployment": "d", "job_name": "web", "container": "app"}
     assert REGISTRY.get_sample_value("dockyard_dependent_restarts_total", dependent) == 1
-    assert (
-        value(
-            "dockyard_vm_resurrections_total",
-            namespace=ns,
-            deployment="d",
-            job_name="web",
-            result="failure",
-        )
-        == 1
-    )
-    assert (
-        value(
-            "dockyard_vm_resurrections_total",
-            namespace=ns,
-            deployment="d",
-            job_name="web",
-            result="success",
-        )
-        == 1
-    )
+    assert resurrections(ns, "failure") == 1
+    assert resurrections(ns, "success") == 1
     assert (
         value("dockyard_disk_operations_total", provider="aws", operation="resize", result="error")
         >= 1
