@@ -330,6 +330,8 @@ async def publish_job_status(body: kopf.Body, report: JobReport, context: Reconc
             reason=action.kind,
             message=redact(f"instance {action.index}: {action.target}: {action.reason}{detail}"),
         )
+    namespace = job.metadata.namespace or ""
+    deployment = job.metadata.labels.get("dockyard.dev/deployment", "")
     for (index, container), (count, oom) in sorted(report.engine_restarts.items()):
         why = "OOM-killed" if oom else "exited"
         times = "once" if count == 1 else f"{count} times"
@@ -338,8 +340,7 @@ async def publish_job_status(body: kopf.Body, report: JobReport, context: Reconc
             reason="ContainerCrashed",
             message=f"instance {index}: {container}: {why}; the engine restarted it {times}",
         )
-    namespace = job.metadata.namespace or ""
-    deployment = job.metadata.labels.get("dockyard.dev/deployment", "")
+        metrics.record_engine_restarts(namespace, deployment, job.job_name, container, count, oom)
     for action in report.actions:
         metrics.record_action(
             namespace,
@@ -351,8 +352,6 @@ async def publish_job_status(body: kopf.Body, report: JobReport, context: Reconc
             action.ok,
             provider=job.spec.provider.type,
         )
-    for (_, container), (count, oom) in sorted(report.engine_restarts.items()):
-        metrics.record_engine_restarts(namespace, deployment, job.job_name, container, count, oom)
     metrics.set_crash_looping(
         namespace,
         deployment,

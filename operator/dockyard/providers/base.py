@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import docker
@@ -58,6 +58,20 @@ class VMState(enum.StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
     MISSING = "missing"  # terminated, deleted, or never existed
+
+
+# Where persistent disks are mounted inside a VM, as in BOSH: ``<DISK_ROOT_IN_VM>/<disk id>``.
+DISK_ROOT_IN_VM = "/var/vcap/store"
+
+# What replaces --privileged where the capability bounding set lacks CAP_SYS_RESOURCE (as on
+# this project's CI machines and inside the local provider's VMs): every other capability, no
+# seccomp/AppArmor confinement and access to all devices.
+STAND_IN_FLAGS: dict[str, Any] = {
+    "cap_add": ["ALL"],
+    "cap_drop": ["SYS_RESOURCE"],
+    "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+    "device_cgroup_rules": ["a *:* rwm"],
+}
 
 
 @dataclass(frozen=True)

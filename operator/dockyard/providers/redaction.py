@@ -42,16 +42,20 @@ _KNOWN_SDK_LOGGERS = (
 class _RedactingFilter(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
-        self._secrets: set[str] = set()
+        # Replaced, never mutated: filters run in any thread while another adds values.
+        self._secrets: frozenset[str] = frozenset()
         self._lock = threading.Lock()
 
     def add(self, values: Iterable[str]) -> None:
+        candidates = {
+            line.strip()
+            for value in values
+            for line in (value, *value.splitlines())
+            if len(line.strip()) >= MIN_SECRET_LENGTH
+        }
         with self._lock:
-            for value in values:
-                candidates = [value, *value.splitlines()]
-                self._secrets.update(
-                    c.strip() for c in candidates if len(c.strip()) >= MIN_SECRET_LENGTH
-                )
+            if not candidates <= self._secrets:
+                self._secrets = self._secrets | candidates
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -73,11 +77,17 @@ class _RedactingFilter(logging.Filter):
 
 
 _FILTER = _RedactingFilter()
+_loggers_filtered = 0  # how many loggers existed at the last scan (loggers are never removed)
 
 
 def protect(values: Iterable[str]) -> None:
-    """Mask ``values`` in the SDKs' and our loggers (existing ones and the well-known ones)."""
+    """Mask ``values`` in the SDKs' and our loggers (existing ones and the well-known ones).
+
+    Called on every reconcile pass: the loggers are scanned again only when new ones appeared."""
+    global _loggers_filtered
     _FILTER.add(values)
+    if len(logging.root.manager.loggerDict) == _loggers_filtered:
+        return
     names = set(_KNOWN_SDK_LOGGERS)
     names.update(
         name
@@ -88,6 +98,7 @@ def protect(values: Iterable[str]) -> None:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+    _loggers_filtered = len(logging.root.manager.loggerDict)  # the well-known ones included
 
 
 def redact(text: str) -> str:

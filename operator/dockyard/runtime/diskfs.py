@@ -17,11 +17,10 @@ from typing import Any
 import docker
 import docker.errors
 
-from dockyard.providers.base import Attachment, ProviderError
+from dockyard.providers.base import DISK_ROOT_IN_VM, STAND_IN_FLAGS, Attachment, ProviderError
 
 log = logging.getLogger(__name__)
 
-STORE = "/var/vcap/store"
 # Pulled by the VM's engine when missing; a cloud stemcell may carry it (any image with a
 # busybox or util-linux nsenter and sh works: the tools used are the VM's own).
 DEFAULT_HELPER_IMAGE = "busybox:1.36"
@@ -74,22 +73,13 @@ if awk -v t="$target" '$2 == t {found = 1} END {exit !found}' /proc/mounts; then
 fi
 """
 
-# What replaces --privileged where the engine refuses it (a bounding set without
-# CAP_SYS_RESOURCE, as on the local provider's VMs).
-_STAND_IN: dict[str, Any] = {
-    "cap_add": ["ALL"],
-    "cap_drop": ["SYS_RESOURCE"],
-    "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
-    "device_cgroup_rules": ["a *:* rwm"],
-}
-
 
 class DiskHelperFailed(ProviderError):
     """The helper ran in the VM and its script failed (the message says why)."""
 
 
 def mount_point(disk_id: str) -> str:
-    return f"{STORE}/{disk_id}"
+    return f"{DISK_ROOT_IN_VM}/{disk_id}"
 
 
 def _in_vm(client: docker.DockerClient, image: str, script: str, *args: str) -> str:
@@ -114,7 +104,7 @@ def _in_vm(client: docker.DockerClient, image: str, script: str, *args: str) -> 
                 raise
             container.remove(force=True)
             log.debug("--privileged refused on this VM; disk helper with the stand-in flags")
-            container = client.containers.create(image, command, **base, **_STAND_IN)
+            container = client.containers.create(image, command, **base, **STAND_IN_FLAGS)
             container.start()
         status: dict[str, Any] = container.wait(timeout=300)
         out: str = container.logs(stdout=True, stderr=False).decode(errors="replace").strip()

@@ -34,11 +34,10 @@ log = logging.getLogger(__name__)
 
 # Operator-initiated restarts of an unhealthy container back off like Docker's own restart
 # policy does for crashes: doubling from 10 s, capped at 5 min, forgotten after 10 min of health.
-UNHEALTHY_BACKOFF = (10.0, 300.0)
+# A container the engine refuses to start (missing program, bad mount…) backs off the same way,
+# as the kubelet's CrashLoopBackOff; a start that succeeds resets it.
+RESTART_BACKOFF = (10.0, 300.0)
 UNHEALTHY_BACKOFF_RESET = 600.0
-# A container the engine refuses to start (missing program, bad mount…) is retried after 10 s,
-# doubling to 5 min, as the kubelet's CrashLoopBackOff; a start that succeeds resets it.
-START_BACKOFF = (10.0, 300.0)
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,8 @@ class JobReconciler:
         self.paused_reason = ""  # why resurrection is paused, as last reported
         # (index, container) -> (restarts for failing health, last restart, monotonic)
         self.unhealthy_restarts: dict[tuple[int, str], tuple[int, float]] = {}
-        self.restart_counts: dict[str, int] = {}  # container id -> engine RestartCount seen
+        # (index, container id) -> the engine's RestartCount last seen
+        self.restart_counts: dict[tuple[int, str], int] = {}
         # (index, container) -> (failed starts in a row, when the last failed (monotonic),
         # the spec's hash then: a new spec is tried at once)
         self.failed_starts: dict[tuple[int, str], tuple[int, float, str]] = {}
@@ -167,6 +167,7 @@ class JobReconciler:
         known_vms: Mapping[int, str] | None = None,
     ) -> JobReport:
         indices = list(range(desired.instances))
+        hashes = {want.name: want.config_hash() for want in desired.containers}
         world = self.world.observe(indices)
         actions: list[ActionRecord] = []
         report = JobReport(instances=world, actions=actions, updated_indices=set())
@@ -202,8 +203,8 @@ class JobReconciler:
             kind = "Meltdown" if meltdown else "ResurrectionDisabled"
             actions.append(ActionRecord(kind, min(down), "resurrection", paused, ok=False))
         self.paused_reason = paused
-        job = self._planning_job(desired, resurrect=resurrection.enabled and not meltdown)
-        state = _Pass()
+        job = self._planning_job(desired, hashes, resurrect=resurrection.enabled and not meltdown)
+        state = _Pass(backing_off=self._backing_off(desired.instances, hashes))
         try:
             actions_planned = self._plan(job, desired, world, down, deaf, known, state)
         except planning.PlanningError as error:
@@ -225,7 +226,6 @@ class JobReconciler:
             self._execute(step.actions, desired, state, actions)
             batch = [ref.index for ref in step.instances if ref.index not in state.failed]
             if batch:
-                hashes = {want.name: want.config_hash() for want in desired.containers}
                 watch = desired.canary_watch_time if step.canary else desired.watch_time
                 failure = self._watch(state, batch, hashes, watch)
                 if failure:
@@ -251,7 +251,6 @@ class JobReconciler:
         )
         if self.halted_generation is not None:
             remaining = [a for a in remaining if a.index not in spec_changed]
-        hashes = {want.name: want.config_hash() for want in desired.containers}
         report.converged = not remaining and self._converged(report.instances, indices, hashes)
         if not report.converged and not report.stalled:
             report.requeue_after = 5.0 if (meltdown or report.resurrection_disabled) else 1.0
@@ -268,17 +267,13 @@ class JobReconciler:
         A container first seen counts from what it shows then (restarts before this operator
         looked are not ours to report). Instances whose engine did not answer keep their counts."""
         restarts: dict[tuple[int, str], tuple[int, bool]] = {}
-        seen: dict[str, int] = {}
+        silent = {index for index, instance in world.items() if not instance.engine_ok}
+        seen = {key: count for key, count in self.restart_counts.items() if key[0] in silent}
         for index, instance in world.items():
-            if not instance.engine_ok:
-                seen.update(
-                    (cid, count)
-                    for cid, count in self.restart_counts.items()
-                    if cid.startswith(f"{index}/")
-                )
+            if index in silent:
                 continue
             for name, found in instance.containers.items():
-                key = f"{index}/{found.id}"
+                key = (index, found.id)
                 before = self.restart_counts.get(key)
                 if before is not None and found.restart_count > before:
                     restarts[(index, name)] = (found.restart_count - before, found.oom_killed)
@@ -289,7 +284,9 @@ class JobReconciler:
     # --- adapting to the planner ---------------------------------------------------------------
 
     @staticmethod
-    def _planning_job(desired: JobDesired, resurrect: bool) -> planning.DesiredJob:
+    def _planning_job(
+        desired: JobDesired, hashes: Mapping[str, str], resurrect: bool
+    ) -> planning.DesiredJob:
         disk = None
         if desired.disk is not None:
             disk = planning.DesiredDisk(
@@ -303,7 +300,7 @@ class JobReconciler:
             containers=tuple(
                 planning.DesiredContainer(
                     name=want.name,
-                    config_hash=want.config_hash(),
+                    config_hash=hashes[want.name],
                     depends_on=want.depends_on,
                     restart_policy=_restart_policy(want.config.restart_policy),
                     uses_disk=bool(want.volumes),
@@ -372,13 +369,23 @@ class JobReconciler:
         )
         return [a for a in actions if a.index not in deaf]
 
+    def _backing_off(self, instances: int, hashes: Mapping[str, str]) -> set[int]:
+        """Instances with a container whose failed start is still backing off. Failures of
+        removed instances, and of a spec since changed, are forgotten: a new spec starts at once."""
+        self.failed_starts = {
+            (index, name): failure
+            for (index, name), failure in self.failed_starts.items()
+            if index < instances and failure[2] == hashes.get(name)
+        }
+        now = time.monotonic()
+        return {
+            index for (index, name) in self.failed_starts if self._start_wait((index, name), now)
+        }
+
     def _start_wait(self, key: tuple[int, str], now: float) -> float:
         """Seconds until a container that failed to start may be tried again (0: now)."""
         count, last, _ = self.failed_starts.get(key, (0, 0.0, ""))
-        if count == 0:
-            return 0.0
-        low, high = START_BACKOFF
-        return max(min(low * 2.0 ** (count - 1), high) - (now - last), 0.0)
+        return max(_backoff(count) - (now - last), 0.0)
 
     def _observed_container(
         self, index: int, found: ObservedContainer, state: _Pass, now: float
@@ -389,9 +396,7 @@ class JobReconciler:
         key = (index, found.name)
         if found.state == "running" and found.health == "unhealthy":
             count, last = self.unhealthy_restarts.get(key, (0, 0.0))
-            low, high = UNHEALTHY_BACKOFF
-            wait = 0.0 if count == 0 else min(low * 2 ** (count - 1), high)
-            if now - last >= wait:
+            if now - last >= _backoff(count):
                 # Down for the planner: restarted (with its dependents after it).
                 state.unhealthy.add(key)
                 return planning.ObservedContainer("exited", found.config_hash, found.started_at)
@@ -418,16 +423,6 @@ class JobReconciler:
         actions: list[ActionRecord],
     ) -> None:
         wants = {want.name: want for want in desired.containers}
-        hashes = {want.name: want.config_hash() for want in desired.containers}
-        self.failed_starts = {
-            (index, name): failure
-            for (index, name), failure in self.failed_starts.items()
-            if index < desired.instances and failure[2] == hashes.get(name)
-        }
-        now = time.monotonic()
-        state.backing_off = {
-            index for (index, name) in self.failed_starts if self._start_wait((index, name), now)
-        }
         for action in todo:
             if action.index in state.failed:
                 continue  # an earlier step of this instance failed: the rest waits a pass
@@ -669,6 +664,12 @@ class JobReconciler:
                         self.world.provider.detach_disk(disk.attached_to, disk.id)
                 else:
                     self.world.delete_disk(disk)
+
+
+def _backoff(count: int) -> float:
+    """The wait after the ``count``-th restart in a row: 0, then 10 s doubling to 5 min."""
+    low, high = RESTART_BACKOFF
+    return 0.0 if count == 0 else min(low * 2.0 ** (count - 1), high)
 
 
 def _grace(want: ContainerWant | None) -> int:

@@ -39,7 +39,6 @@ from dockyard.runtime.engine import (
 
 log = logging.getLogger(__name__)
 
-DISK_ROOT_IN_VM = "/var/vcap/store"
 DATA_ROOT_IN_VM = "/var/vcap/data"
 
 

@@ -35,6 +35,8 @@ import docker.errors
 import docker.types
 
 from dockyard.providers.base import (
+    DISK_ROOT_IN_VM,
+    STAND_IN_FLAGS,
     VM,
     Attachment,
     Disk,
@@ -65,7 +67,6 @@ DEFAULT_STEMCELL = "dockyard/stemcell:latest"
 VM_SUBNETS = ipaddress.IPv4Network("10.213.0.0/16")
 DEFAULT_INNER_BIP = "10.214.255.1/24"
 DEFAULT_INNER_POOL = "10.214.0.0/17"
-DISK_ROOT_IN_VM = "/var/vcap/store"
 RUN_IN_VM = "/dockyard/run"
 OPTIONS = {
     "root",
@@ -81,15 +82,6 @@ OPTIONS = {
 MAX_ROOT_FOR_SOCKETS = 64
 SHORT_RUN_ROOT = Path("/run/dockyard-local")
 
-# What replaces --privileged where the capability bounding set lacks CAP_SYS_RESOURCE:
-# every other capability, no seccomp/AppArmor confinement, writable /proc and /sys paths
-# (systempaths=unconfined: empty masked and read-only path lists) and access to all devices.
-STAND_IN_FLAGS: dict[str, Any] = {
-    "cap_add": ["ALL"],
-    "cap_drop": ["SYS_RESOURCE"],
-    "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
-    "device_cgroup_rules": ["a *:* rwm"],
-}
 _STATES = {
     "running": VMState.RUNNING,
     # create_vm starts the VM container right after creating it: one left "created" is a create
@@ -406,7 +398,7 @@ class LocalProvider:
             ],
             **flags,
         )
-        if "privileged" not in flags:
+        if "privileged" not in flags:  # the stand-in: systempaths=unconfined as well
             host_config["MaskedPaths"], host_config["ReadonlyPaths"] = [], []
         address = self._free_address(subnet, gateway) if subnet is not None else None
         try:
