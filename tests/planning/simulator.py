@@ -22,6 +22,7 @@ from dockyard.planning import (
     DeleteVM,
     DesiredJob,
     DetachDisk,
+    MigrateDisk,
     ObservedContainer,
     ObservedDisk,
     ObservedInstance,
@@ -145,6 +146,22 @@ class Simulator:
                 if self.detach_to_resize and inst.disk.attached_to is not None:
                     fail("the provider cannot grow an attached disk")
                 inst.disk = replace(inst.disk, size_mib=size)
+            case MigrateDisk(disk_id=disk_id, size_mib=size):
+                if inst.disk is None or inst.disk.id != disk_id:
+                    fail("no such disk")
+                if size <= inst.disk.size_mib:
+                    fail(f"would not grow {inst.disk.size_mib} MiB")
+                if inst.vm is None or not inst.vm.healthy or inst.disk.attached_to != inst.vm.id:
+                    fail("the disk is not on the instance's VM: nothing to copy from")
+                users = {c.name for c in job.containers if c.uses_disk} if job else set()
+                if users & set(inst.containers):
+                    fail(f"containers {sorted(users & set(inst.containers))} mount the old disk")
+                self.made += 1
+                inst.disk = replace(
+                    inst.disk, id=f"disk-{self.made}", size_mib=size, migration_target=None
+                )
+            case DeleteDisk(disk_id=disk_id) if inst.disk and disk_id == inst.disk.migration_target:
+                inst.disk = replace(inst.disk, migration_target=None)
             case DeleteDisk(disk_id=disk_id):
                 if wanted:
                     fail("the instance is still wanted: its data would be lost")

@@ -14,10 +14,12 @@ from dockyard.planning import (
     DesiredDisk,
     DesiredJob,
     DetachDisk,
+    MigrateDisk,
     ObservedDisk,
     PlanningError,
     ResizeDisk,
     RestartContainer,
+    StartContainer,
     World,
     plan,
 )
@@ -245,6 +247,67 @@ def test_disk_grows_detached_when_the_provider_needs_it_users_stopped_around_it(
         "StartContainer web/0 files",
     ]
     settle([web], world, detach_to_resize=True)
+
+
+def test_disk_the_provider_cannot_grow_is_copy_migrated_with_its_users_run_again() -> None:
+    web = job(
+        "web",
+        c("db", disk=True),
+        c("app", "db"),
+        c("files", disk=True),
+        disk=DesiredDisk(2048, "ssd"),
+    )
+    # files had stopped: it still mounts the old disk, so it is removed too.
+    containers = {"db": running(1), "app": running(2), "files": exited(3, 0)}
+    disk = ObservedDisk("d", 1024, "vm", grows_in_place=False)
+    world: World = {"web": {0: instance("vm", containers, disk=disk)}}
+    actions = plan([web], world, detach_to_resize=True)
+    assert brief(actions) == [
+        "RemoveContainer web/0 files",
+        "RemoveContainer web/0 db",
+        "MigrateDisk web/0",
+        "StartContainer web/0 db",
+        "RestartContainer web/0 app",
+        "StartContainer web/0 files",
+    ]
+    assert actions[2] == MigrateDisk("web", 0, "d", 2048, "ssd")
+    assert actions[3] == StartContainer("web", 0, "db", "disk migrated")
+    after = settle([web], world, detach_to_resize=True)
+    assert after["web"][0].disk is not None and after["web"][0].disk.size_mib == 2048
+
+
+def test_an_unfinished_migration_resumes_on_a_new_vm_after_reattaching_the_old_disk() -> None:
+    web = job("web", c("db", disk=True), disk=DesiredDisk(2048))
+    # The VM died mid-copy: the old disk is still the instance's, the new one unfinished.
+    disk = ObservedDisk("d", 1024, "vm", grows_in_place=False, migration_target="d-new")
+    world: World = {"web": {0: instance("vm", {"db": running(1)}, healthy=False, disk=disk)}}
+    assert brief(plan([web], world)) == [
+        "DetachDisk web/0",
+        "DeleteVM web/0",
+        "CreateVM web/0",
+        "AttachDisk web/0",
+        "MigrateDisk web/0",
+        "StartContainer web/0 db",
+    ]
+    settle([web], world)
+
+
+def test_a_migration_no_longer_wanted_loses_its_new_disk_and_keeps_the_old() -> None:
+    web = job("web", c("db", disk=True), disk=DesiredDisk(1024))
+    # The size went back before the copy finished.
+    disk = ObservedDisk("d", 1024, "vm", grows_in_place=False, migration_target="d-new")
+    world: World = {"web": {0: instance("vm", {"db": running(1)}, disk=disk)}}
+    assert plan([web], world) == [DeleteDisk("web", 0, "d-new")]
+    settle([web], world)
+    # Scaled down under Retain: the old disk stays, the unfinished copy goes.
+    keep = job("web", c("db", disk=True), instances=0, disk=DesiredDisk(1024, None, "Retain"))
+    assert brief(plan([keep], world)) == [
+        "StopContainer web/0 db",
+        "DetachDisk web/0",
+        "DeleteVM web/0",
+        "DeleteDisk web/0",
+    ]
+    assert plan([keep], world)[-1] == DeleteDisk("web", 0, "d-new")
 
 
 def test_an_existing_disk_is_reattached_to_a_new_vm_never_recreated() -> None:

@@ -14,7 +14,8 @@ Inputs (``model``)
 
 Actions (frozen dataclasses; ``kind`` is the class name; all have ``job`` and ``index``)
     :class:`CreateVM`, :class:`DeleteVM`, :class:`CreateDisk` (creates and attaches),
-    :class:`AttachDisk`, :class:`DetachDisk`, :class:`ResizeDisk`, :class:`DeleteDisk`, and
+    :class:`AttachDisk`, :class:`DetachDisk`, :class:`ResizeDisk`, :class:`MigrateDisk`,
+    :class:`DeleteDisk`, and
     container actions (``container``, ``reason``): :class:`StartContainer`,
     :class:`RecreateContainer`, :class:`RestartContainer` (``because_of``: the upstream key),
     :class:`StopContainer`, :class:`RemoveContainer`.
@@ -58,6 +59,7 @@ from dockyard.planning.model import (
     DesiredJob,
     DetachDisk,
     InstanceRef,
+    MigrateDisk,
     ObservedContainer,
     ObservedDisk,
     ObservedInstance,
@@ -104,6 +106,7 @@ __all__ = [
     "DesiredJob",
     "DetachDisk",
     "InstanceRef",
+    "MigrateDisk",
     "ObservedContainer",
     "ObservedDisk",
     "ObservedInstance",

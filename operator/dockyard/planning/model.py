@@ -125,6 +125,10 @@ class ObservedDisk:
     size_mib: int
     attached_to: str | None = None
     reclaim_policy: ReclaimPolicy | None = None
+    #: False when the provider cannot grow it in place: it grows by copy-migration.
+    grows_in_place: bool = True
+    #: The new disk of a copy-migration that has not finished (its data is not trusted).
+    migration_target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -240,8 +244,23 @@ class ResizeDisk(Action):
 
 
 @dataclass(frozen=True)
+class MigrateDisk(Action):
+    """Grow by copy, as BOSH migrates a disk: a new disk of ``size_mib``, the data copied onto
+    it on the instance's VM, the new disk attached in the old one's place, the old one deleted.
+    The disk's users are removed before (their mounts name the old disk)."""
+
+    disk_id: str
+    size_mib: int
+    disk_type: str | None
+
+    def _detail(self) -> str:
+        return f" {self.disk_id} to a new {self.size_mib} MiB disk"
+
+
+@dataclass(frozen=True)
 class DeleteDisk(Action):
-    """Only for an instance that is removed, under reclaim policy Delete."""
+    """For an instance that is removed, under reclaim policy Delete; or an unfinished
+    migration's new disk that is no longer wanted."""
 
     disk_id: str
 

@@ -9,7 +9,10 @@ Order of the plan:
    replace an unhealthy VM (when the job resurrects), create a missing VM, create a missing
    disk, grow a small one (never shrink), attach. An existing disk is always reattached, never
    recreated. On a VM that stays, the running containers that mount the disk are stopped
-   before it is attached (or detached to grow) and started again in step 4.
+   before it is attached (or detached to grow) and started again in step 4. A disk the
+   provider cannot grow in place is copy-migrated (:class:`MigrateDisk`) with its users removed
+   first (their mounts name the old disk) and run again in step 4; a migration's new disk that
+   is no longer wanted is deleted.
 3. Containers the spec no longer has are removed.
 4. Containers, key by key in topological order, each key on every instance of its job:
    created when missing, recreated when their ``config_hash`` changed, started when down and
@@ -47,6 +50,7 @@ from dockyard.planning.model import (
     DesiredJob,
     DetachDisk,
     InstanceRef,
+    MigrateDisk,
     ObservedContainer,
     ObservedInstance,
     PlanningError,
@@ -163,6 +167,8 @@ class _Planner:
             self.actions.append(DetachDisk(job, index, disk.id, disk.attached_to, reason))
         if vm is not None:
             self.actions.append(DeleteVM(job, index, vm.id, reason))
+        if disk is not None and disk.migration_target is not None:
+            self.actions.append(DeleteDisk(job, index, disk.migration_target))
         if disk is not None and self._reclaim_policy(job, instance) == "Delete":
             self.actions.append(DeleteDisk(job, index, disk.id))
 
@@ -192,8 +198,11 @@ class _Planner:
         attached = disk.attached_to if disk is not None else None
         on_vm = kept is not None and attached == kept.id
         grow = job.disk is not None and disk is not None and disk.size_mib < job.disk.size_mib
+        copy = grow and disk is not None and not disk.grows_in_place
         if job.disk is not None and kept is not None:
-            if not on_vm:  # its users run without it: down until it is mounted
+            if copy:  # their mounts name the old disk: run again on the new one
+                self._stop_disk_users(job, index, "disk migrated", remove=True)
+            elif not on_vm:  # its users run without it: down until it is mounted
                 self._stop_disk_users(job, index, "disk attached")
             elif grow and self.detach_to_resize:
                 self._stop_disk_users(job, index, "disk grown")
@@ -209,6 +218,13 @@ class _Planner:
         if disk is None:
             add(CreateDisk(job.name, index, job.disk.size_mib, job.disk.type))
             return
+        if disk.migration_target is not None and not copy:
+            add(DeleteDisk(job.name, index, disk.migration_target))
+        if copy:
+            if not on_vm:
+                add(AttachDisk(job.name, index, disk.id))
+            add(MigrateDisk(job.name, index, disk.id, job.disk.size_mib, job.disk.type))
+            return
         if grow:
             if on_vm and self.detach_to_resize and kept is not None:
                 add(DetachDisk(job.name, index, disk.id, kept.id, "to grow it"))
@@ -217,18 +233,26 @@ class _Planner:
         if not on_vm:
             add(AttachDisk(job.name, index, disk.id))
 
-    def _stop_disk_users(self, job: DesiredJob, index: int, reason: str) -> None:
-        """Stop the running containers that mount the disk (dependents first); the container
-        pass starts them again, with ``reason``."""
+    def _stop_disk_users(
+        self, job: DesiredJob, index: int, reason: str, *, remove: bool = False
+    ) -> None:
+        """Stop the running containers that mount the disk (dependents first), or with
+        ``remove`` remove them whatever their state; the container pass starts them again,
+        with ``reason``."""
         ref = InstanceRef(job.name, index)
         observed = self.usable[ref]
         users = [
             c.name
             for c in job.containers
-            if c.uses_disk and c.name in observed and observed[c.name].state in UP_STATES
+            if c.uses_disk
+            and c.name in observed
+            and (remove or observed[c.name].state in UP_STATES)
         ]
+        verb, done = (RemoveContainer, "removed") if remove else (StopContainer, "stopped")
         for name in self._stop_order(job.name, users):
-            self.actions.append(StopContainer(job.name, index, name, f"{reason}: stopped first"))
+            self.actions.append(verb(job.name, index, name, f"{reason}: {done} first"))
+        if remove:
+            self.usable[ref] = {n: c for n, c in observed.items() if n not in users}
         self.stopped[ref] = (set(users), reason)
 
     def _remove_obsolete_containers(self) -> None:
@@ -248,6 +272,8 @@ class _Planner:
         action: Action | None = None
         if found is None:
             reason = "new VM" if ref in self.fresh else "missing"
+            if key.container in self.stopped.get(ref, ((), ""))[0]:
+                reason = self.stopped[ref][1]
             action = StartContainer(key.job, index, key.container, reason)
         elif found.config_hash != spec.config_hash:
             action = RecreateContainer(key.job, index, key.container, "spec changed")

@@ -23,6 +23,9 @@ TAG_DEPLOYMENT = "deployment"
 TAG_JOB = "job"
 TAG_INDEX = "index"
 TAG_DISK = "disk"
+# On the new disk of a copy-migration: the id of the disk it replaces. While that disk exists it
+# is still the instance's disk, and this one an unfinished copy.
+TAG_REPLACES = "replaces"
 
 
 class ProviderError(Exception):

@@ -41,6 +41,7 @@ from dockyard.providers.base import (
     Attachment,
     Disk,
     DiskSpec,
+    InPlaceResizeUnsupportedError,
     NotFoundError,
     PermanentError,
     ProviderConfig,
@@ -51,6 +52,7 @@ from dockyard.providers.base import (
 )
 from dockyard.providers.local.disks import DiskRecord, DiskStore
 from dockyard.providers.local.host import RootLock, loop_devices, mounts_under, run
+from dockyard.providers.options import option_bool
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ OPTIONS = {
     "inner_bip",
     "inner_address_pool",
     "engine_timeout",
+    "in_place_resize",
 }
 # sun_path holds 108 bytes: a root too long for <root>/vms/<vm>/run/docker.sock keeps its VM
 # folders under /run/dockyard-local/<root hash> instead.
@@ -183,6 +186,8 @@ class LocalProvider:
             self.engine_timeout = float(options.get("engine_timeout") or 60)
         except ValueError as error:
             raise PermanentError(f"options.engine_timeout: {error}") from error
+        # "false" plays an IaaS that cannot grow a disk: every grow is a copy-migration.
+        self.in_place_resize = option_bool(config, "in_place_resize", True)
         self.shared = self.root / "mnt"
         self.vms_root = (
             self.root / "vms"
@@ -612,6 +617,10 @@ class LocalProvider:
                 )
             if size_mib == record.size_mib:
                 return self._disk(record)
+            if not self.in_place_resize:
+                raise InPlaceResizeUnsupportedError(
+                    f"disk {disk_id}: options.in_place_resize is false: it grows by copy"
+                )
             if record.attached_to is not None:
                 raise TransientError(
                     f"disk {disk_id} is attached to VM {record.attached_to}: the local provider "
