@@ -273,6 +273,97 @@ def test_disk_grow_keeps_data_and_delete_leaves_nothing(
     )
 
 
+def test_disk_the_provider_cannot_grow_is_copied_to_a_bigger_one_with_its_data(
+    kubectl: Kubectl, namespace: str, get_object: GetObject
+) -> None:
+    from dockyard.providers import DiskSpec, ProviderConfig, make_provider
+    from dockyard.providers.base import TAG_OWNER_UID
+
+    jobs = """
+    - name: store
+      instances: 1
+      persistentDisk: {size: 64Mi, reclaimPolicy: Delete}
+      containers:
+      - name: db
+        image: "dockyard/busybox:1"
+        command: [sh, -c, "test -f /data/blob || head -c 4000000 /dev/urandom > /data/blob; sleep 100000"]
+        volumes: [{subPath: db, mountPath: /data}]
+      - {name: app, image: "dockyard/busybox:1", command: [sh, -c, "sleep 100000"], dependsOn: [db]}
+    """
+    manifest = deployment("copy", jobs).replace(
+        "provider: {type: local}",
+        'provider: {type: local, options: {in_place_resize: "false"}}',
+    )
+    kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+    wait_ready(get_object, "dyd", "copy")
+    uid = get_object("dyj", "copy-store")["metadata"]["uid"]
+    provider = make_provider(ProviderConfig(type="local"))
+    disk_tags = {"disk": f"{namespace}.copy-store-0"}
+
+    def checksum() -> str:
+        (vm,) = provider.find_vms({TAG_OWNER_UID: uid})
+        (db,) = provider.docker_client(vm.id).containers.list(
+            filters={"label": "dockyard.dev/container=db"}
+        )
+        code, out = db.exec_run(["sh", "-c", "test -s /data/blob && cat /data/blob"])
+        assert code == 0
+        return hashlib.sha256(out).hexdigest()
+
+    original = wait_for(checksum, timeout=30, what="data written")
+    (old,) = provider.find_disks(disk_tags)
+
+    # What a crash right after creating the new disk leaves: the old disk stays the instance's,
+    # and the new one, not wanted at this size, goes.
+    stale = provider.create_disk(DiskSpec({**disk_tags, "replaces": old.id}, size_mib=96))
+    wait_for(
+        lambda: [d.id for d in provider.find_disks(disk_tags)] == [old.id],
+        timeout=60,
+        what="the unfinished copy deleted",
+    )
+    assert checksum() == original
+    before = containers(get_object, "copy-store")
+
+    patch = [{"op": "replace", "path": "/spec/jobs/0/persistentDisk/size", "value": "128Mi"}]
+    kubectl("patch", "dyd", "copy", "-n", namespace, "--type=json", "-p", json.dumps(patch))
+
+    def migrated() -> Any:
+        found = provider.find_disks(disk_tags)
+        return found[0] if len(found) == 1 and found[0].id != old.id else None
+
+    new = wait_for(migrated, timeout=READY_DEADLINE, what="the disk replaced by a copy")
+    assert new.size_mib == 128
+    assert new.tags.get("replaces") == old.id
+    wait_ready(get_object, "dyd", "copy")
+    assert wait_for(checksum, timeout=60, what="data readable on the new disk") == original
+    after = containers(get_object, "copy-store")
+    assert started(after["db"]) > started(before["db"])
+    assert started(after["app"]) > started(after["db"]), "app not restarted after its upstream"
+
+    reasons = [
+        (e["reason"], e["message"])
+        for e in json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    ]
+    assert any(r == "DiskMigrationStarted" and "in_place_resize" in m for r, m in reasons)
+    assert any(r == "MigratedDisk" and old.id in m and new.id in m for r, m in reasons), reasons
+    assert not [r for r, _ in reasons if r.endswith("Failed")]
+    assert any(r == "DeletedDisk" and stale.id in m for r, m in reasons), reasons
+
+    def recorded() -> dict[str, Any] | None:
+        record: dict[str, Any] = get_object("dypd", "copy-store-0")
+        status = record.get("status") or {}
+        return record if status.get("diskId") == new.id else None
+
+    record = wait_for(recorded, timeout=60, what="PersistentDisk record names the new disk")
+    assert record["status"]["capacity"] == "128Mi"
+
+    kubectl("delete", "dyd", "copy", "-n", namespace, "--timeout=120s")
+    wait_for(
+        lambda: not provider.find_vms({TAG_OWNER_UID: uid}) and not provider.find_disks(disk_tags),
+        timeout=120,
+        what="VMs and disks gone",
+    )
+
+
 @pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
 def test_examples_become_ready(
     kubectl: Kubectl, namespace: str, get_object: GetObject, example: str

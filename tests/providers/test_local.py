@@ -18,6 +18,7 @@ from dockyard.providers import make_provider
 from dockyard.providers.base import (
     VM,
     DiskSpec,
+    InPlaceResizeUnsupportedError,
     NotFoundError,
     PermanentError,
     ProviderConfig,
@@ -78,6 +79,25 @@ def test_bad_options_name_the_field(tmp_path: Path) -> None:
         LocalProvider(ProviderConfig(type="local", options={"root": str(tmp_path), "subnet": "x"}))
     with pytest.raises(PermanentError, match=r"options\.root"):
         LocalProvider(ProviderConfig(type="local", options={"root": "relative/path"}))
+
+
+def test_without_in_place_resize_a_grow_asks_for_a_copy(provider: LocalProvider) -> None:
+    copying = LocalProvider(
+        ProviderConfig(type="local", options={"root": str(provider.root), "in_place_resize": "0"})
+    )
+    disk = copying.create_disk(DiskSpec(tags=tags(), size_mib=16))
+    try:
+        with pytest.raises(ShrinkRefusedError):
+            copying.resize_disk(disk.id, 8)
+        assert copying.resize_disk(disk.id, 16).size_mib == 16  # nothing to grow
+        with pytest.raises(InPlaceResizeUnsupportedError, match="in_place_resize"):
+            copying.resize_disk(disk.id, 32)
+        assert copying.find_disks(disk.tags)[0].size_mib == 16
+    finally:
+        copying.delete_disk(disk.id)
+        copying.close()
+    with pytest.raises(PermanentError, match=r"options\.in_place_resize"):
+        LocalProvider(ProviderConfig(type="local", options={"in_place_resize": "sometimes"}))
 
 
 def test_missing_stemcell_says_how_to_build_it(provider: LocalProvider) -> None:

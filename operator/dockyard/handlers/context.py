@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from dockyard.observability import metrics
 from dockyard.providers import PermanentError, Provider, ProviderError, make_provider
 from dockyard.providers.base import ProviderConfig
 from dockyard.providers.redaction import protect, redact
+from dockyard.runtime import diskfs
 from dockyard.runtime.desired import job_desired, provider_config, secret_names
 from dockyard.runtime.reconciler import JobReconciler, JobReport, ResurrectionWant
 from dockyard.runtime.status import job_status
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 JOB_LABEL = "dockyard.dev/job"
 DEPLOYMENT_LABEL = "dockyard.dev/deployment"
 MIB = 1024 * 1024
+LOCAL_HELPER_IMAGE = "dockyard/busybox:1"  # built by hack/docker-up.sh
 
 # --- wake-ups -------------------------------------------------------------------------------------
 _events: dict[tuple[str, str], asyncio.Event] = {}
@@ -309,7 +312,7 @@ async def build_context(
         job=job.job_name,
     )
     image_source = _host_docker() if config.type == "local" else None
-    world = JobWorld(provider, identity, image_source)
+    world = JobWorld(provider, identity, image_source, disk_helper_image(config.type))
     watchers = WatcherSet(
         provider.docker_client,
         lambda _vm, _what: wake_threadsafe(namespace, job.metadata.name),
@@ -317,6 +320,14 @@ async def build_context(
     context = ReconcileContext(job, world, watchers)
     context.secrets = secrets
     return context
+
+
+def disk_helper_image(provider_type: str) -> str:
+    """The image of the short-lived disk helper on VMs (mount, grow, migration copy): any image
+    with ``sh`` and ``nsenter``. Local VMs take it from the host, which has no registry: there it
+    is the busybox image the bring-up builds. Air-gapped clouds set their registry's copy."""
+    default = LOCAL_HELPER_IMAGE if provider_type == "local" else diskfs.DEFAULT_HELPER_IMAGE
+    return os.environ.get("DOCKYARD_DISK_HELPER_IMAGE") or default
 
 
 async def publish_job_status(body: kopf.Body, report: JobReport, context: ReconcileContext) -> None:

@@ -464,11 +464,13 @@ _DISK_ACTIONS: dict[str, DiskOperation] = {
     "AttachedDisk": "attach",
     "DetachedDisk": "detach",
     "ResizedDisk": "resize",
+    "MigratedDisk": "resize",  # grown by copy
     "DeletedDisk": "delete",
     "CreateDiskFailed": "create",
     "AttachDiskFailed": "attach",
     "DetachDiskFailed": "detach",
     "ResizeDiskFailed": "resize",
+    "MigrateDiskFailed": "resize",
     "DeleteDiskFailed": "delete",
 }
 
@@ -478,7 +480,8 @@ def restart_reason(kind: str, reason: str) -> RestartReason | None:
 
     The planner's reasons: ``upstream …``, ``unhealthy``, the state a stopped container was
     found in (``exited (exit code 1)``, ``dead …``, ``created``), ``spec changed``, and
-    ``disk grown``/``disk attached`` (stopped around a disk operation)."""
+    ``disk grown``/``disk attached``/``disk migrated`` (stopped or removed around a disk
+    operation)."""
     if kind not in ("RestartedContainer", "RecreatedContainer"):
         return None
     if reason.startswith("upstream"):

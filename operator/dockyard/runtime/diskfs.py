@@ -1,6 +1,7 @@
 """A persistent disk's filesystem inside a VM whose provider only attaches block devices (aws,
 gce): formatted when blank, mounted at ``/var/vcap/store/<disk id>``, grown to fill its device
-after a resize, unmounted before a detach.
+after a resize, unmounted before a detach. And, on any provider, the copy of a disk
+migration: from one mounted disk onto another, verified.
 
 BOSH's agent does this on the VM. Dockyard has no agent: a short-lived helper container on the
 VM's own Docker engine, sharing the VM's PID namespace, enters the mount namespace of the VM's
@@ -74,6 +75,23 @@ fi
 """
 
 
+# $1 the old disk's mount point, $2 the new one's. A copy cut short is started again from an
+# empty target; the copy is compared with its source before anyone may switch to it.
+COPY_SCRIPT = r"""
+set -eu
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+from=$1 to=$2
+for dir in "$from" "$to"; do
+  awk -v t="$dir" '$2 == t {found = 1} END {exit !found}' /proc/mounts \
+    || { echo "$dir is not a mounted disk" >&2; exit 3; }
+done
+find "$to" -mindepth 1 -maxdepth 1 ! -name lost+found -exec rm -rf {} \;
+cp -a "$from/." "$to/" || { echo "copying $from to $to failed" >&2; exit 4; }
+sync
+out=$(diff -r "$from" "$to" 2>&1) || { echo "the copy differs from $from: $out" >&2; exit 5; }
+"""
+
+
 class DiskHelperFailed(ProviderError):
     """The helper ran in the VM and its script failed (the message says why)."""
 
@@ -144,3 +162,8 @@ def mount(
 def unmount(client: docker.DockerClient, image: str, disk_id: str) -> None:
     """Flush and unmount the disk before it is detached (a no-op when it is not mounted)."""
     _in_vm(client, image, UNMOUNT_SCRIPT, mount_point(disk_id))
+
+
+def copy(client: docker.DockerClient, image: str, source_disk: str, target_disk: str) -> None:
+    """Copy everything on one mounted disk onto another (both mounted in the VM), and verify."""
+    _in_vm(client, image, COPY_SCRIPT, mount_point(source_disk), mount_point(target_disk))

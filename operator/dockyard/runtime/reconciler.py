@@ -25,7 +25,15 @@ from dataclasses import dataclass, field, replace
 import docker.errors
 
 from dockyard import planning
-from dockyard.providers import VM, Attachment, Disk, NotFoundError, ProviderError, VMState
+from dockyard.providers import (
+    VM,
+    Attachment,
+    Disk,
+    InPlaceResizeUnsupportedError,
+    NotFoundError,
+    ProviderError,
+    VMState,
+)
 from dockyard.providers.base import TAG_INDEX
 from dockyard.runtime.engine import ObservedContainer
 from dockyard.runtime.world import ContainerWant, InstanceWorld, JobWorld
@@ -109,6 +117,7 @@ _ACTION_RECORD_KINDS = {
     "AttachDisk": "AttachedDisk",
     "DetachDisk": "DetachedDisk",
     "ResizeDisk": "ResizedDisk",
+    "MigrateDisk": "MigratedDisk",
     "DeleteDisk": "DeletedDisk",
     "RecreateContainer": "RecreatedContainer",
     "RestartContainer": "RestartedContainer",
@@ -118,7 +127,7 @@ _ACTION_RECORD_KINDS = {
 
 
 _DISK_ACTION_KINDS = frozenset(
-    {"CreateDisk", "AttachDisk", "DetachDisk", "ResizeDisk", "DeleteDisk"}
+    {"CreateDisk", "AttachDisk", "DetachDisk", "ResizeDisk", "MigrateDisk", "DeleteDisk"}
 )
 # What a pass reports when an action failed; any of these makes the pass a reconcile error.
 FAILURE_KINDS = frozenset(
@@ -133,6 +142,7 @@ class _Pass:
 
     vms: dict[int, VM] = field(default_factory=dict)
     disks: dict[int, Disk] = field(default_factory=dict)
+    migration_targets: dict[int, Disk] = field(default_factory=dict)
     attachments: dict[int, Attachment] = field(default_factory=dict)
     containers: dict[int, dict[str, ObservedContainer]] = field(default_factory=dict)
     unhealthy: set[tuple[int, str]] = field(default_factory=set)
@@ -157,6 +167,11 @@ class JobReconciler:
         # (index, container) -> (failed starts in a row, when the last failed (monotonic),
         # the spec's hash then: a new spec is tried at once)
         self.failed_starts: dict[tuple[int, str], tuple[int, float, str]] = {}
+        # index -> (failures in a row of a disk action, when the last failed, the action as
+        # text): that same action waits, with the rest of its instance; another runs at once
+        self.failed_disk_actions: dict[int, tuple[int, float, str]] = {}
+        # Disks their provider would not grow in place: they grow by copy-migration.
+        self.copy_grow: set[str] = set()
 
     # --- one pass ---------------------------------------------------------------------------
 
@@ -214,7 +229,7 @@ class JobReconciler:
         spec_changed = {
             a.index
             for a in actions_planned
-            if isinstance(a, planning.ResizeDisk)
+            if isinstance(a, (planning.ResizeDisk, planning.MigrateDisk))
             or (isinstance(a, planning.RecreateContainer) and a.reason == "spec changed")
         }
         repairs = [a for a in actions_planned if a.index not in spec_changed]
@@ -254,7 +269,9 @@ class JobReconciler:
         report.converged = not remaining and self._converged(report.instances, indices, hashes)
         if not report.converged and not report.stalled:
             report.requeue_after = 5.0 if (meltdown or report.resurrection_disabled) else 1.0
-            waits = [self._start_wait(key, time.monotonic()) for key in self.failed_starts]
+            now = time.monotonic()
+            waits = [self._start_wait(key, now) for key in self.failed_starts]
+            waits += [_wait(failure, now) for failure in self.failed_disk_actions.values()]
             if waits and all(w > 0 for w in waits):
                 report.requeue_after = max(report.requeue_after, min(waits))
         return report
@@ -340,11 +357,17 @@ class JobReconciler:
             observed_disk = None
             if instance.disk is not None:
                 state.disks[index] = instance.disk
+                target = instance.migration_target
+                if target is not None:
+                    state.migration_targets[index] = target
                 observed_disk = planning.ObservedDisk(
                     id=instance.disk.id,
                     size_mib=instance.disk.size_mib,
                     attached_to=instance.disk.attached_to,
                     reclaim_policy=None,
+                    # An unfinished copy says so even to an operator that just restarted.
+                    grows_in_place=instance.disk.id not in self.copy_grow and target is None,
+                    migration_target=target.id if target is not None else None,
                 )
             containers: dict[str, planning.ObservedContainer] = {}
             if instance.engine_ok:
@@ -377,6 +400,11 @@ class JobReconciler:
             for (index, name), failure in self.failed_starts.items()
             if index < instances and failure[2] == hashes.get(name)
         }
+        self.failed_disk_actions = {
+            index: failure
+            for index, failure in self.failed_disk_actions.items()
+            if index < instances
+        }
         now = time.monotonic()
         return {
             index for (index, name) in self.failed_starts if self._start_wait((index, name), now)
@@ -384,8 +412,7 @@ class JobReconciler:
 
     def _start_wait(self, key: tuple[int, str], now: float) -> float:
         """Seconds until a container that failed to start may be tried again (0: now)."""
-        count, last, _ = self.failed_starts.get(key, (0, 0.0, ""))
-        return max(_backoff(count) - (now - last), 0.0)
+        return _wait(self.failed_starts.get(key, (0, 0.0, "")), now)
 
     def _observed_container(
         self, index: int, found: ObservedContainer, state: _Pass, now: float
@@ -428,8 +455,19 @@ class JobReconciler:
                 continue  # an earlier step of this instance failed: the rest waits a pass
             if isinstance(action, planning.ContainerAction) and action.index in state.backing_off:
                 continue  # its containers wait for the failed one's back-off
+            failure = self.failed_disk_actions.get(action.index)
+            if failure and failure[2] == str(action) and _wait(failure, time.monotonic()):
+                state.failed.add(action.index)  # it failed lately: it, and the rest, wait
+                continue
             try:
                 record = self._do(action, desired, wants, state)
+            except InPlaceResizeUnsupportedError as error:
+                assert isinstance(action, planning.ResizeDisk), action
+                self.copy_grow.add(action.disk_id)
+                state.failed.add(action.index)  # the rest waits: the next pass plans the copy
+                why = f"{error}; copying it to a new {action.size_mib} MiB disk"
+                actions.append(ActionRecord("DiskMigrationStarted", action.index, "disk", why))
+                continue
             except (ProviderError, docker.errors.DockerException) as error:
                 state.failed.add(action.index)
                 if isinstance(action, planning.ContainerAction):
@@ -441,6 +479,13 @@ class JobReconciler:
                     self.failed_starts[key] = (count + 1, time.monotonic(), spec_hash)
                 elif action.kind in _DISK_ACTION_KINDS:
                     kind, target = f"{action.kind}Failed", "disk"
+                    count, _, text = self.failed_disk_actions.get(action.index, (0, 0.0, ""))
+                    count = count if text == str(action) else 0
+                    self.failed_disk_actions[action.index] = (
+                        count + 1,
+                        time.monotonic(),
+                        str(action),
+                    )
                 else:
                     kind, target = "InstanceFailed", "vm"
                     if isinstance(action, planning.CreateVM) and action.reason.startswith(
@@ -453,6 +498,8 @@ class JobReconciler:
                 continue
             if isinstance(action, planning.ContainerAction):
                 self.failed_starts.pop((action.index, action.container), None)
+            elif action.kind in _DISK_ACTION_KINDS:
+                self.failed_disk_actions.pop(action.index, None)
             actions.append(record)
 
     def _do(
@@ -501,9 +548,21 @@ class JobReconciler:
             if not self.world.provider.mounts_disks and live and attached_to == live.id:
                 self._attach(index, state)  # grown online: its filesystem grows in the VM now
             return ActionRecord(kind, index, action.disk_id, f"grown to {disk.size_mib} MiB")
+        if isinstance(action, planning.MigrateDisk):
+            old = state.disks[index]
+            disk, attachment = self.world.migrate_disk(
+                index, state.vms[index], old, action.size_mib, action.disk_type or ""
+            )
+            self.copy_grow.discard(old.id)
+            state.disks[index], state.attachments[index] = disk, attachment
+            why = f"{old.id} ({old.size_mib} MiB) copied to {disk.id} ({disk.size_mib} MiB)"
+            return ActionRecord(kind, index, disk.id, f"{why}; {old.id} deleted")
         if isinstance(action, planning.DeleteDisk):
-            disk = state.disks[index]
-            self.world.delete_disk(disk)
+            current = state.disks.get(index)
+            if current is None or current.id != action.disk_id:  # an unfinished copy
+                self.world.delete_disk(state.migration_targets.pop(index))
+                return ActionRecord(kind, index, action.disk_id, "unfinished copy not wanted")
+            self.world.delete_disk(current)
             del state.disks[index]
             return ActionRecord(kind, index, action.disk_id, "instance removed")
         assert isinstance(action, planning.ContainerAction), action
@@ -539,7 +598,9 @@ class JobReconciler:
             attachment = self._attachment(index, state) if want.volumes else None
             existing[name] = self.world.run_container(vm, index, want, attachment)
             if isinstance(action, planning.StartContainer):
-                kind = "StartedContainer"
+                # Removed by the plan itself (disk migrated): a restart for the user.
+                first = action.reason in ("new VM", "missing")
+                kind = "StartedContainer" if first else "RecreatedContainer"
         state.containers[index] = existing
         return ActionRecord(kind, index, name, reason)
 
@@ -670,6 +731,13 @@ def _backoff(count: int) -> float:
     """The wait after the ``count``-th restart in a row: 0, then 10 s doubling to 5 min."""
     low, high = RESTART_BACKOFF
     return 0.0 if count == 0 else min(low * 2.0 ** (count - 1), high)
+
+
+def _wait(failure: tuple[int, float, str], now: float) -> float:
+    """Seconds until an action that failed ``failure[0]`` times in a row, last at
+    ``failure[1]`` (monotonic), may be tried again (0: now)."""
+    count, last, _ = failure
+    return max(_backoff(count) - (now - last), 0.0)
 
 
 def _grace(want: ContainerWant | None) -> int:

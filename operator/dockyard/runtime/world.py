@@ -19,14 +19,20 @@ from dockyard.providers import (
     Attachment,
     Disk,
     DiskSpec,
-    InPlaceResizeUnsupportedError,
     NotFoundError,
     Provider,
     ProviderError,
     VMSpec,
     VMState,
 )
-from dockyard.providers.base import TAG_DEPLOYMENT, TAG_DISK, TAG_INDEX, TAG_JOB, TAG_OWNER_UID
+from dockyard.providers.base import (
+    TAG_DEPLOYMENT,
+    TAG_DISK,
+    TAG_INDEX,
+    TAG_JOB,
+    TAG_OWNER_UID,
+    TAG_REPLACES,
+)
 from dockyard.runtime import diskfs
 from dockyard.runtime.engine import (
     LABEL_CONFIG_HASH,
@@ -109,6 +115,7 @@ class InstanceWorld:
     index: int
     vm: VM | None = None
     disk: Disk | None = None
+    migration_target: Disk | None = None  # the unfinished copy of ``disk``, if any
     engine_ok: bool = False
     containers: dict[str, ObservedContainer] = field(default_factory=dict)
 
@@ -170,7 +177,8 @@ class JobWorld:
         for index in set(indices) | set(world):
             disks = self.provider.find_disks(self.identity.disk_tags(index))
             if disks:
-                world.setdefault(index, InstanceWorld(index)).disk = disks[0]
+                instance = world.setdefault(index, InstanceWorld(index))
+                instance.disk, instance.migration_target = _current_disk(disks)
         return world
 
     def engine(self, vm_id: str) -> Engine:
@@ -233,24 +241,31 @@ class JobWorld:
                 log.warning("detaching %s without unmounting it: %s", disk_id, error)
         self.provider.detach_disk(vm_id, disk_id)
 
-    def resize_disk(self, instance: InstanceWorld, size_mib: int, stop: Sequence[str] = ()) -> Disk:
-        """Grow a disk, keeping its data. Providers that cannot grow an attached disk get it
-        detached first, with the containers in ``stop`` stopped around it (the caller starts
-        them again)."""
-        disk, vm = instance.disk, instance.vm
-        assert disk is not None
-        if self.provider.resizes_attached_disks or vm is None or disk.attached_to != vm.id:
-            return self.provider.resize_disk(disk.id, size_mib)
+    def migrate_disk(
+        self, index: int, vm: VM, old: Disk, size_mib: int, disk_type: str
+    ) -> tuple[Disk, Attachment]:
+        """Grow by copy (BOSH's disk migration), for a disk its provider cannot grow in place:
+        a new disk tagged as replacing ``old``, both mounted on ``vm``, everything copied and
+        compared, then ``old`` unmounted, detached and deleted. Until that delete, ``old`` stays
+        the instance's disk (see :func:`_current_disk`), so a crash at any step redoes the copy
+        and loses nothing. The disk's users must be gone: their mounts name ``old``."""
+        tags = {**self.identity.disk_tags(index), TAG_REPLACES: old.id}
+        target = next(iter(self.provider.find_disks(tags)), None)
+        if target is not None and target.size_mib < size_mib:
+            self.delete_disk(target)  # begun for a smaller size: begin again
+            target = None
+        if target is None:
+            spec = DiskSpec(tags=tags, size_mib=size_mib, disk_type=disk_type or old.disk_type)
+            target = self.provider.create_disk(spec)
+        self.attach_disk(vm, old)
+        attachment = self.attach_disk(vm, target)
         engine = self.engine(vm.id)
-        for name in stop:
-            engine.remove(name)
-        self.provider.detach_disk(vm.id, disk.id)
-        try:
-            return self.provider.resize_disk(disk.id, size_mib)
-        except InPlaceResizeUnsupportedError:
-            raise
-        finally:
-            self.provider.attach_disk(vm.id, disk.id)
+        engine.ensure_image(self.disk_helper_image)
+        diskfs.copy(engine.client, self.disk_helper_image, old.id, target.id)
+        self.detach_disk(vm.id, old.id)
+        self.provider.delete_disk(old.id)
+        log.info("disk %s migrated to %s (%d MiB)", old.id, target.id, target.size_mib)
+        return replace(target, attached_to=vm.id), attachment
 
     def run_container(
         self,
@@ -290,5 +305,14 @@ class JobWorld:
 
     def delete_disk(self, disk: Disk) -> None:
         if disk.attached_to:
-            self.provider.detach_disk(disk.attached_to, disk.id)
+            self.detach_disk(disk.attached_to, disk.id)
         self.provider.delete_disk(disk.id)
+
+
+def _current_disk(disks: Sequence[Disk]) -> tuple[Disk, Disk | None]:
+    """An instance's disk among those carrying its tags, and an unfinished migration's new
+    disk: one that replaces a disk still there is not trusted yet."""
+    ids = {disk.id for disk in disks}
+    unfinished = [d for d in disks if d.tags.get(TAG_REPLACES) in ids]
+    current = [d for d in disks if d not in unfinished] or list(disks)
+    return current[0], unfinished[0] if unfinished else None
