@@ -10,15 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from dockyard.api.conditions import (
-    READY,
-    RECONCILING,
-    STALLED,
-    get_condition,
-    is_true,
-    set_condition,
-    set_kstatus,
-)
+from dockyard.api.conditions import READY, STALLED, Condition, condition
 from dockyard.api.models import (
     DeploymentSpec,
     JobSpec,
@@ -229,26 +221,16 @@ def test_examples_parse(path: Path) -> None:
         )
 
 
-def test_set_condition_moves_transition_time_only_on_change() -> None:
+def test_condition_moves_transition_time_only_when_its_status_flips() -> None:
     t0 = datetime(2025, 1, 1, tzinfo=UTC)
     t1 = datetime(2025, 1, 2, tzinfo=UTC)
-    conditions = set_condition([], READY, False, "Creating", "0/1", generation=1, now=t0)
-    same = set_condition(conditions, READY, False, "Rolling", "1/2", generation=2, now=t1)
-    assert same[0].last_transition_time == t0 and same[0].reason == "Rolling"
-    assert same[0].observed_generation == 2
-    flipped = set_condition(same, READY, True, "Ready", generation=2, now=t1)
-    assert flipped[0].last_transition_time == t1 and is_true(flipped, READY)
-    assert conditions[0].reason == "Creating"  # the input is not modified
-
-
-def test_set_kstatus_keeps_the_three_conditions_consistent() -> None:
-    reconciling = set_kstatus([], ready=False, reason="Creating", message="0/2 instances")
-    assert [c.type for c in reconciling] == [READY, RECONCILING, STALLED]
-    assert is_true(reconciling, RECONCILING) and not is_true(reconciling, READY)
-    stalled = set_kstatus(reconciling, ready=False, stalled=True, reason="DependencyCycle")
-    assert is_true(stalled, STALLED) and not is_true(stalled, RECONCILING)
-    condition = get_condition(stalled, STALLED)
-    assert condition is not None and condition.reason == "DependencyCycle"
-    ready = set_kstatus(stalled, ready=True, reason="Ready")
-    assert is_true(ready, READY)
-    assert not is_true(ready, STALLED) and not is_true(ready, RECONCILING)
+    first = condition([], READY, False, "Creating", "0/1", 1, t0)
+    assert first["lastTransitionTime"] == "2025-01-01T00:00:00Z"
+    same = condition([first], READY, False, "Rolling", "1/2", 2, t1)
+    assert same["lastTransitionTime"] == "2025-01-01T00:00:00Z" and same["reason"] == "Rolling"
+    assert same["observedGeneration"] == 2
+    flipped = condition([same], READY, True, "Converged", "", 2, t1)
+    assert flipped["status"] == "True" and flipped["lastTransitionTime"] == "2025-01-02T00:00:00Z"
+    other = condition([flipped], STALLED, False, "Converged", "", 2, t1)
+    assert other["lastTransitionTime"] == "2025-01-02T00:00:00Z"  # its own, not Ready's
+    Condition.model_validate(flipped)  # the wire form the CRD schema accepts

@@ -2,13 +2,13 @@
 
 - ``models``: the kinds, their specs, and ``parse_deployment/parse_job/parse_persistent_disk``
 - ``containers``: a job's containers; ``status``: what the operator reports
-- ``conditions``: Ready/Reconciling/Stalled helpers
+- ``conditions``: Ready/Reconciling/Stalled and the one way to write them
 - ``quantities``: "1Gi", "5s", "1s-30s", "25%"
 - ``validation``: dependency checks CEL cannot express (cycles, cross-job references)
 - ``crds``: the CRD YAML generator (``python -m dockyard.api.crds``)
 """
 
-from dockyard.api.conditions import READY, RECONCILING, STALLED, Condition, set_condition
+from dockyard.api.conditions import READY, RECONCILING, STALLED, Condition, condition
 from dockyard.api.containers import Container
 from dockyard.api.models import (
     Deployment,
@@ -46,6 +46,7 @@ __all__ = [
     "PersistentDisk",
     "PersistentDiskSpec",
     "ProviderSpec",
+    "condition",
     "parse_deployment",
     "parse_duration",
     "parse_job",
@@ -53,6 +54,5 @@ __all__ = [
     "parse_quantity",
     "parse_watch_time",
     "resolve_max_in_flight",
-    "set_condition",
     "validate_dependencies",
 ]

@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Annotated, Literal
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -42,82 +42,26 @@ class Condition(ApiModel):
     """metadata.generation the condition was computed from."""
 
 
-def _status(value: bool | Status) -> Status:
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    return value
-
-
-def get_condition(conditions: Sequence[Condition], type_: str) -> Condition | None:
-    return next((condition for condition in conditions if condition.type == type_), None)
-
-
-def is_true(conditions: Sequence[Condition], type_: str) -> bool:
-    condition = get_condition(conditions, type_)
-    return condition is not None and condition.status == "True"
-
-
-def set_condition(
-    conditions: Sequence[Condition],
+def condition(
+    previous: Sequence[Mapping[str, Any]],
     type_: str,
-    status: bool | Status,
+    status: bool,
     reason: str,
-    message: str = "",
-    *,
-    generation: int | None = None,
-    now: datetime | None = None,
-) -> list[Condition]:
-    """A new condition list with ``type_`` set; lastTransitionTime moves only when status does.
-
-    The input is not modified, so callers can compare old and new and skip no-op status writes.
-    """
-    new_status = _status(status)
-    old = get_condition(conditions, type_)
-    if old is not None and old.status == new_status:
-        transition = old.last_transition_time
-    else:
-        transition = (now or datetime.now(UTC)).replace(microsecond=0)
-    updated = Condition(
-        type=type_,
-        status=new_status,
-        reason=reason,
-        message=message,
-        last_transition_time=transition,
-        observed_generation=generation,
-    )
-    result = [condition for condition in conditions if condition.type != type_]
-    result.append(updated)
-    return sorted(result, key=lambda condition: condition.type)
-
-
-def set_kstatus(
-    conditions: Sequence[Condition],
-    *,
-    ready: bool,
-    reason: str,
-    message: str = "",
-    stalled: bool = False,
-    generation: int | None = None,
-    now: datetime | None = None,
-) -> list[Condition]:
-    """Set Ready, Reconciling and Stalled together, consistently.
-
-    ready -> Ready=True, Reconciling=False, Stalled=False; stalled -> Ready=False, Stalled=True,
-    Reconciling=False; otherwise Ready=False, Reconciling=True. ``reason`` and ``message`` go on
-    the condition that is True (and on Ready).
-    """
-    reconciling = not ready and not stalled
-    result = set_condition(
-        conditions, READY, ready, reason, message, generation=generation, now=now
-    )
-    for type_, value in ((RECONCILING, reconciling), (STALLED, stalled and not ready)):
-        result = set_condition(
-            result,
-            type_,
-            value,
-            reason if value else ("Ready" if ready else reason),
-            message if value else "",
-            generation=generation,
-            now=now,
-        )
-    return result
+    message: str,
+    generation: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """One condition as stored in ``status.conditions`` (a :class:`Condition`'s wire form);
+    lastTransitionTime is kept from ``previous`` unless the status flips, so an unchanged world
+    writes an unchanged status."""
+    value = "True" if status else "False"
+    old = next((c for c in previous if c.get("type") == type_), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == value else None
+    return {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "observedGeneration": generation,
+    }

@@ -13,12 +13,12 @@ from typing import Any
 
 import kopf
 
+from dockyard.api.conditions import condition
 from dockyard.api.models import Deployment, parse_deployment
 from dockyard.api.validation import validate_dependencies
 from dockyard.handlers import kube
 from dockyard.handlers.context import wake
 from dockyard.observability import metrics
-from dockyard.runtime.status import condition
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from dockyard.api.conditions import condition
 from dockyard.api.models import Job
 from dockyard.runtime.engine import ObservedContainer
 from dockyard.runtime.reconciler import JobReport
@@ -16,29 +17,6 @@ def _iso(stamp: float | None) -> str | None:
         return None
     moment = datetime.fromtimestamp(stamp, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def condition(
-    previous: list[dict[str, Any]],
-    type_: str,
-    status: bool,
-    reason: str,
-    message: str,
-    generation: int,
-    now: datetime,
-) -> dict[str, Any]:
-    """A kstatus condition; lastTransitionTime moves only when the status flips."""
-    value = "True" if status else "False"
-    old = next((c for c in previous if c.get("type") == type_), None)
-    since = old["lastTransitionTime"] if old and old.get("status") == value else None
-    return {
-        "type": type_,
-        "status": value,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": since or now.isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "observedGeneration": generation,
-    }
 
 
 def _container_state(observed: ObservedContainer | None) -> str:
