@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from dockyard.providers import ProviderConfig, VMSpec, make_provider
-from dockyard.providers.base import Attachment
+from dockyard.providers.base import Attachment, ProviderError
 from dockyard.runtime import diskfs
 from dockyard.runtime.engine import Engine
 
@@ -161,3 +161,40 @@ def test_a_missing_device_is_a_clear_error(vm: tuple[Any, Engine, str]) -> None:
     _, engine, _ = vm
     with pytest.raises(diskfs.DiskHelperFailed, match="/dev/sdz not found"):
         diskfs.mount(engine.client, HELPER, Attachment(device="/dev/sdz", serial="vol0nope"), "x")
+
+
+def test_a_migration_copy_is_complete_verified_and_restartable(
+    vm: tuple[Any, Engine, str], attach: AttachVolume
+) -> None:
+    _, engine, _ = vm
+    attach("xvdh", 32)
+    attach("xvdi", 64)
+    old = diskfs.mount(engine.client, HELPER, Attachment(device="/dev/xvdh"), "vol-old")
+    new = diskfs.mount(engine.client, HELPER, Attachment(device="/dev/xvdi"), "vol-new")
+    assert old.mount_path and new.mount_path
+    listing = (
+        "cd /data && find . | sort && ls -ln sub/secret && readlink link && sha256sum blob sub/*"
+    )
+    before = workload(
+        engine,
+        old.mount_path,
+        "mkdir -p /data/sub && head -c 3000000 /dev/urandom > /data/blob"
+        " && echo hi > /data/sub/secret && chmod 600 /data/sub/secret"
+        " && chown 1000:1000 /data/sub/secret && ln -s sub/secret /data/link"
+        f" && {listing}",
+    )
+    # What a copy cut short leaves on the new disk: thrown away, not merged.
+    workload(engine, new.mount_path, "echo half > /data/blob && echo stray > /data/stray")
+
+    diskfs.copy(engine.client, HELPER, "vol-old", "vol-new")
+    assert workload(engine, new.mount_path, listing) == before
+    assert workload(engine, old.mount_path, listing) == before  # the source is untouched
+
+    with pytest.raises(diskfs.DiskHelperFailed, match="vol-gone is not a mounted disk"):
+        diskfs.copy(engine.client, HELPER, "vol-gone", "vol-new")
+    with pytest.raises(ProviderError, match="no result in 1s"):
+        diskfs._in_vm(engine.client, HELPER, "sleep 30", timeout=1)
+    for disk in ("vol-old", "vol-new"):
+        diskfs.unmount(engine.client, HELPER, disk)
+    helpers = engine.client.containers.list(all=True, filters={"label": diskfs.HELPER_LABEL})
+    assert helpers == [], "a helper container was left behind"

@@ -17,6 +17,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests.exceptions
 
 from dockyard.providers.base import DISK_ROOT_IN_VM, STAND_IN_FLAGS, Attachment, ProviderError
 
@@ -92,6 +93,10 @@ out=$(diff -r "$from" "$to" 2>&1) || { echo "the copy differs from $from: $out" 
 """
 
 
+# A copy that takes longer fails and starts again from nothing: big disks copy for hours.
+COPY_TIMEOUT = 6 * 3600.0
+
+
 class DiskHelperFailed(ProviderError):
     """The helper ran in the VM and its script failed (the message says why)."""
 
@@ -100,9 +105,11 @@ def mount_point(disk_id: str) -> str:
     return f"{DISK_ROOT_IN_VM}/{disk_id}"
 
 
-def _in_vm(client: docker.DockerClient, image: str, script: str, *args: str) -> str:
+def _in_vm(
+    client: docker.DockerClient, image: str, script: str, *args: str, timeout: float = 300
+) -> str:
     """Run ``script`` with ``args`` in the VM's mount namespace; its stdout, or ProviderError
-    with its stderr."""
+    with its stderr (also when it runs longer than ``timeout`` seconds)."""
     command = ["nsenter", "-t", "1", "-m", "--", "sh", "-c", script, "dockyard-disk", *args]
     base: dict[str, Any] = {
         "pid_mode": "host",
@@ -124,13 +131,17 @@ def _in_vm(client: docker.DockerClient, image: str, script: str, *args: str) -> 
             log.debug("--privileged refused on this VM; disk helper with the stand-in flags")
             container = client.containers.create(image, command, **base, **STAND_IN_FLAGS)
             container.start()
-        status: dict[str, Any] = container.wait(timeout=300)
+        status: dict[str, Any] = container.wait(timeout=timeout)
         out: str = container.logs(stdout=True, stderr=False).decode(errors="replace").strip()
         err = container.logs(stdout=False, stderr=True).decode(errors="replace").strip()
     except docker.errors.DockerException as error:
         raise ProviderError(f"disk helper: {error}") from error
+    except requests.exceptions.RequestException as error:  # the wait timed out, or the VM went
+        raise ProviderError(f"disk helper: no result in {timeout:.0f}s: {error}") from error
     finally:
-        with contextlib.suppress(docker.errors.DockerException):
+        with contextlib.suppress(
+            docker.errors.DockerException, requests.exceptions.RequestException
+        ):
             container.remove(force=True)
     if status.get("StatusCode") != 0:
         why = err or out or f"exit code {status.get('StatusCode')}"
@@ -166,4 +177,5 @@ def unmount(client: docker.DockerClient, image: str, disk_id: str) -> None:
 
 def copy(client: docker.DockerClient, image: str, source_disk: str, target_disk: str) -> None:
     """Copy everything on one mounted disk onto another (both mounted in the VM), and verify."""
-    _in_vm(client, image, COPY_SCRIPT, mount_point(source_disk), mount_point(target_disk))
+    source, target = mount_point(source_disk), mount_point(target_disk)
+    _in_vm(client, image, COPY_SCRIPT, source, target, timeout=COPY_TIMEOUT)
