@@ -3,9 +3,10 @@
     .venv/bin/python bench/local_provider.py [--vms N] [--idle 10] [--disk-mib 64]
 
 Measures VM create → engine answering (p50/max over N sequential creates), disk create + attach,
-an offline grow with checksum-verified data, the memory of ``--idle`` VMs running at once (their
-containers' cgroups, as `docker stats` reports them) and delete times. Everything lives under a
-temporary root that is purged at the end.
+an offline grow with checksum-verified data, a copy-migration to a disk twice as big (what a
+provider that cannot grow in place gets) with checksum-verified data, the memory of ``--idle``
+VMs running at once (their containers' cgroups, as `docker stats` reports them) and delete
+times. Everything lives under a temporary root that is purged at the end.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tests.providers.local_support import (  # noqa: E402
 
 from dockyard.providers.base import DiskSpec, VMSpec  # noqa: E402
 from dockyard.providers.local import LocalProvider  # noqa: E402
+from dockyard.runtime.world import JobIdentity, JobWorld  # noqa: E402
 
 T = TypeVar("T")
 MIB = 1024 * 1024
@@ -104,8 +106,27 @@ def bench(provider: LocalProvider, vms: int, idle: int, disk_mib: int) -> dict[s
         "data_mib": round(len(data) / MIB, 2),
         "checksum_intact": intact,
     }
+
+    # Copy-migration (the fallback for an IaaS that cannot grow a disk): the runtime copies the
+    # grown disk onto a new one twice its size in the VM, verifies it, and deletes the old one.
+    host = docker.from_env()
+    world = JobWorld(provider, JobIdentity("bench", "migrate", "bench"), host, "dockyard/busybox:1")
+    grown = provider.find_disks({"d": "1"})[0]
+    (migrated, attachment), migrate_s = timed(
+        lambda: world.migrate_disk(0, vm, grown, disk_mib * 4, "")
+    )
+    intact = checksum(read_file_on_disk(provider, vm.id, attachment, "blob")) == checksum(data)
+    result["disk_copy_migration_s"] = {
+        "create_copy_verify_switch": round(migrate_s, 3),
+        "from_mib": grown.size_mib,
+        "to_mib": migrated.size_mib,
+        "data_mib": round(len(data) / MIB, 2),
+        "checksum_intact": intact,
+        "old_disk_deleted": grown.id not in {d.id for d in provider.find_disks({})},
+    }
     provider.delete_vm(vm.id)
-    provider.delete_disk(disk.id)
+    provider.delete_disk(migrated.id)
+    host.close()
 
     # Idle VMs at once: created in parallel, memory from their cgroups, then deleted together.
     host = docker.from_env()
