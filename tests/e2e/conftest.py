@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,22 @@ def stemcell(docker_engine: None) -> None:
 
 
 def start_operator(
-    kubeconfig: str, glob: str, log_path: Path, metrics_port: int = 0, log_level: str = "INFO"
+    kubeconfig: str,
+    glob: str,
+    log_path: Path,
+    metrics_port: int = 0,
+    log_level: str = "INFO",
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """The real `dockyard run`, as a user runs it, watching only namespaces matching ``glob``
-    (metrics served on ``metrics_port``, 0: none); returns once it has authenticated."""
-    env = {**os.environ, "KUBECONFIG": kubeconfig, "DOCKYARD_LOG_LEVEL": log_level}
+    (metrics served on ``metrics_port``, 0: none; ``env`` added to its environment); returns
+    once it has authenticated."""
+    env = {
+        **os.environ,
+        "KUBECONFIG": kubeconfig,
+        "DOCKYARD_LOG_LEVEL": log_level,
+        **(env or {}),
+    }
     command = [str(REPO / ".venv" / "bin" / "dockyard"), "run", "--namespace", glob]
     command += ["--metrics-port", str(metrics_port), "--liveness", ""]
     with open(log_path, "wb") as log:
@@ -109,10 +120,16 @@ class OwnOperator:
     """A `dockyard run` of this test's own, started and killed at will, watching ``glob``."""
 
     def __init__(
-        self, kubeconfig: str, glob: str, logs: Path, metrics_port: int = 0, log_level: str = "INFO"
+        self,
+        kubeconfig: str,
+        glob: str,
+        logs: Path,
+        metrics_port: int = 0,
+        log_level: str = "INFO",
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.kubeconfig, self.glob, self.logs = kubeconfig, glob, logs
-        self.metrics_port, self.log_level = metrics_port, log_level
+        self.metrics_port, self.log_level, self.env = metrics_port, log_level, env
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -120,7 +137,7 @@ class OwnOperator:
         self.starts += 1
         log_path = self.logs / f"operator-{self.starts}.log"
         self.process = start_operator(
-            self.kubeconfig, self.glob, log_path, self.metrics_port, self.log_level
+            self.kubeconfig, self.glob, log_path, self.metrics_port, self.log_level, self.env
         )
 
     def kill(self) -> None:
@@ -144,12 +161,13 @@ def own_operator_namespace(
     logs: Path,
     metrics_port: int = 0,
     log_level: str = "INFO",
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[OwnOperator, str, GetObject]]:
     """A namespace outside the shared operator's glob, watched only by an operator of the
     test's own (not started yet); torn down afterwards by a running operator."""
     prefix = namespace_prefix.rstrip("-") + tag + "-"
     namespace = f"{prefix}{uuid.uuid4().hex[:8]}"
-    own = OwnOperator(kubeconfig, f"{prefix}*", logs, metrics_port, log_level)
+    own = OwnOperator(kubeconfig, f"{prefix}*", logs, metrics_port, log_level, env)
     kubectl("create", "namespace", namespace)
 
     def get_object(kind: str, name: str) -> dict[str, Any]:

@@ -203,50 +203,78 @@ def test_container_removed_by_hand_comes_back(
     wait_for(back, timeout=60, what="srv recreated")
 
 
-def test_disk_grow_keeps_data_and_delete_leaves_nothing(
-    kubectl: Kubectl, namespace: str, get_object: GetObject
-) -> None:
-    from dockyard.providers import ProviderConfig, make_provider
-    from dockyard.providers.base import TAG_OWNER_UID
+# One instance whose db writes 4 MB of random data to its persistent disk, once.
+STORE = """
+- name: store
+  instances: 1
+  persistentDisk: {size: 64Mi, reclaimPolicy: Delete}
+  containers:
+  - name: db
+    image: "dockyard/busybox:1"
+    command: [sh, -c, "test -f /data/blob || head -c 4000000 /dev/urandom > /data/blob; sleep 100000"]
+    volumes: [{subPath: db, mountPath: /data}]
+"""
 
-    jobs = """
-    - name: store
-      instances: 1
-      persistentDisk: {size: 64Mi, reclaimPolicy: Delete}
-      containers:
-      - name: db
-        image: "dockyard/busybox:1"
-        command: [sh, -c, "test -f /data/blob || head -c 4000000 /dev/urandom > /data/blob; sleep 100000"]
-        volumes: [{subPath: db, mountPath: /data}]
-    """
-    kubectl("apply", "-n", namespace, "-f", "-", input=deployment("disk", jobs))
-    wait_ready(get_object, "dyd", "disk")
-    job = get_object("dyj", "disk-store")
-    uid = job["metadata"]["uid"]
-    provider = make_provider(ProviderConfig(type="local"))
 
-    def checksum() -> str:
-        (vm,) = provider.find_vms({TAG_OWNER_UID: uid})
-        (db,) = provider.docker_client(vm.id).containers.list(
+class Store:
+    """A deployment of STORE seen through the local provider: its disk and db's data."""
+
+    def __init__(self, namespace: str, deployment_name: str, get_object: GetObject) -> None:
+        from dockyard.providers import ProviderConfig, make_provider
+
+        self.provider = make_provider(ProviderConfig(type="local"))
+        self.uid = get_object("dyj", f"{deployment_name}-store")["metadata"]["uid"]
+        self.disk_tags = {"disk": f"{namespace}.{deployment_name}-store-0"}
+
+    def checksum(self) -> str:
+        from dockyard.providers.base import TAG_OWNER_UID
+
+        (vm,) = self.provider.find_vms({TAG_OWNER_UID: self.uid})
+        (db,) = self.provider.docker_client(vm.id).containers.list(
             filters={"label": "dockyard.dev/container=db"}
         )
         code, out = db.exec_run(["sh", "-c", "test -s /data/blob && cat /data/blob"])
         assert code == 0
         return hashlib.sha256(out).hexdigest()
 
-    original = wait_for(checksum, timeout=30, what="data written")
-    disk_before = provider.find_disks({"disk": f"{namespace}.disk-store-0"})
+    def grow(self, kubectl: Kubectl, namespace: str, deployment_name: str) -> None:
+        patch = [{"op": "replace", "path": "/spec/jobs/0/persistentDisk/size", "value": "128Mi"}]
+        kubectl(
+            "patch", "dyd", deployment_name, "-n", namespace, "--type=json", "-p", json.dumps(patch)
+        )
+
+    def delete_and_wait_gone(self, kubectl: Kubectl, namespace: str, deployment_name: str) -> None:
+        from dockyard.providers.base import TAG_OWNER_UID
+
+        kubectl("delete", "dyd", deployment_name, "-n", namespace, "--timeout=120s")
+        wait_for(
+            lambda: (
+                not self.provider.find_vms({TAG_OWNER_UID: self.uid})
+                and not self.provider.find_disks(self.disk_tags)
+            ),
+            timeout=120,
+            what="VMs and disks gone",
+        )
+
+
+def test_disk_grow_keeps_data_and_delete_leaves_nothing(
+    kubectl: Kubectl, namespace: str, get_object: GetObject
+) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=deployment("disk", STORE))
+    wait_ready(get_object, "dyd", "disk")
+    store = Store(namespace, "disk", get_object)
+    original = wait_for(store.checksum, timeout=30, what="data written")
+    disk_before = store.provider.find_disks(store.disk_tags)
     assert disk_before and disk_before[0].size_mib == 64
 
-    patch = [{"op": "replace", "path": "/spec/jobs/0/persistentDisk/size", "value": "128Mi"}]
-    kubectl("patch", "dyd", "disk", "-n", namespace, "--type=json", "-p", json.dumps(patch))
+    store.grow(kubectl, namespace, "disk")
     wait_for(
-        lambda: provider.find_disks({"disk": f"{namespace}.disk-store-0"})[0].size_mib >= 128,
+        lambda: store.provider.find_disks(store.disk_tags)[0].size_mib >= 128,
         timeout=READY_DEADLINE,
         what="disk grown",
     )
     wait_ready(get_object, "dyd", "disk")
-    assert wait_for(checksum, timeout=60, what="data readable again") == original
+    assert wait_for(store.checksum, timeout=60, what="data readable again") == original
 
     def recorded() -> dict[str, Any] | None:
         found = kubectl("get", "dypd", "disk-store-0", "-n", namespace, "-o", "json", check=False)
@@ -257,84 +285,55 @@ def test_disk_grow_keeps_data_and_delete_leaves_nothing(
         return record if status.get("capacity") == "128Mi" else None
 
     record = wait_for(recorded, timeout=60, what="PersistentDisk record shows 128Mi")
-    (disk_after,) = provider.find_disks({"disk": f"{namespace}.disk-store-0"})
+    (disk_after,) = store.provider.find_disks(store.disk_tags)
     assert record["status"]["diskId"] == disk_after.id == disk_before[0].id
     assert record["status"]["phase"] == "Attached"
     assert record["metadata"]["labels"]["dockyard.dev/job"] == "disk-store"
-
-    kubectl("delete", "dyd", "disk", "-n", namespace, "--timeout=120s")
-    wait_for(
-        lambda: (
-            not provider.find_vms({TAG_OWNER_UID: uid})
-            and not provider.find_disks({"disk": f"{namespace}.disk-store-0"})
-        ),
-        timeout=120,
-        what="VMs and disks gone",
-    )
+    store.delete_and_wait_gone(kubectl, namespace, "disk")
 
 
 def test_disk_the_provider_cannot_grow_is_copied_to_a_bigger_one_with_its_data(
     kubectl: Kubectl, namespace: str, get_object: GetObject
 ) -> None:
-    from dockyard.providers import DiskSpec, ProviderConfig, make_provider
-    from dockyard.providers.base import TAG_OWNER_UID
+    from dockyard.providers import DiskSpec
 
-    jobs = """
-    - name: store
-      instances: 1
-      persistentDisk: {size: 64Mi, reclaimPolicy: Delete}
-      containers:
-      - name: db
-        image: "dockyard/busybox:1"
-        command: [sh, -c, "test -f /data/blob || head -c 4000000 /dev/urandom > /data/blob; sleep 100000"]
-        volumes: [{subPath: db, mountPath: /data}]
-      - {name: app, image: "dockyard/busybox:1", command: [sh, -c, "sleep 100000"], dependsOn: [db]}
-    """
-    manifest = deployment("copy", jobs).replace(
+    app = """
+  - {name: app, image: "dockyard/busybox:1", command: [sh, -c, "sleep 100000"], dependsOn: [db]}
+"""
+    manifest = deployment("copy", STORE.rstrip("\n") + app).replace(
         "provider: {type: local}",
         'provider: {type: local, options: {in_place_resize: "false"}}',
     )
     kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
     wait_ready(get_object, "dyd", "copy")
-    uid = get_object("dyj", "copy-store")["metadata"]["uid"]
-    provider = make_provider(ProviderConfig(type="local"))
-    disk_tags = {"disk": f"{namespace}.copy-store-0"}
-
-    def checksum() -> str:
-        (vm,) = provider.find_vms({TAG_OWNER_UID: uid})
-        (db,) = provider.docker_client(vm.id).containers.list(
-            filters={"label": "dockyard.dev/container=db"}
-        )
-        code, out = db.exec_run(["sh", "-c", "test -s /data/blob && cat /data/blob"])
-        assert code == 0
-        return hashlib.sha256(out).hexdigest()
-
-    original = wait_for(checksum, timeout=30, what="data written")
-    (old,) = provider.find_disks(disk_tags)
+    store = Store(namespace, "copy", get_object)
+    original = wait_for(store.checksum, timeout=30, what="data written")
+    (old,) = store.provider.find_disks(store.disk_tags)
 
     # What a crash right after creating the new disk leaves: the old disk stays the instance's,
     # and the new one, not wanted at this size, goes.
-    stale = provider.create_disk(DiskSpec({**disk_tags, "replaces": old.id}, size_mib=96))
+    stale = store.provider.create_disk(
+        DiskSpec({**store.disk_tags, "replaces": old.id}, size_mib=96)
+    )
     wait_for(
-        lambda: [d.id for d in provider.find_disks(disk_tags)] == [old.id],
+        lambda: [d.id for d in store.provider.find_disks(store.disk_tags)] == [old.id],
         timeout=60,
         what="the unfinished copy deleted",
     )
-    assert checksum() == original
+    assert store.checksum() == original
     before = containers(get_object, "copy-store")
 
-    patch = [{"op": "replace", "path": "/spec/jobs/0/persistentDisk/size", "value": "128Mi"}]
-    kubectl("patch", "dyd", "copy", "-n", namespace, "--type=json", "-p", json.dumps(patch))
+    store.grow(kubectl, namespace, "copy")
 
     def migrated() -> Any:
-        found = provider.find_disks(disk_tags)
+        found = store.provider.find_disks(store.disk_tags)
         return found[0] if len(found) == 1 and found[0].id != old.id else None
 
     new = wait_for(migrated, timeout=READY_DEADLINE, what="the disk replaced by a copy")
     assert new.size_mib == 128
     assert new.tags.get("replaces") == old.id
     wait_ready(get_object, "dyd", "copy")
-    assert wait_for(checksum, timeout=60, what="data readable on the new disk") == original
+    assert wait_for(store.checksum, timeout=60, what="data readable on the new disk") == original
     after = containers(get_object, "copy-store")
     assert started(after["db"]) > started(before["db"])
     assert started(after["app"]) > started(after["db"]), "app not restarted after its upstream"
@@ -355,13 +354,7 @@ def test_disk_the_provider_cannot_grow_is_copied_to_a_bigger_one_with_its_data(
 
     record = wait_for(recorded, timeout=60, what="PersistentDisk record names the new disk")
     assert record["status"]["capacity"] == "128Mi"
-
-    kubectl("delete", "dyd", "copy", "-n", namespace, "--timeout=120s")
-    wait_for(
-        lambda: not provider.find_vms({TAG_OWNER_UID: uid}) and not provider.find_disks(disk_tags),
-        timeout=120,
-        what="VMs and disks gone",
-    )
+    store.delete_and_wait_gone(kubectl, namespace, "copy")
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))

@@ -3,6 +3,8 @@ plan, once executed (by the simulator), leaves nothing more to do."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from dockyard.planning import (
@@ -308,6 +310,23 @@ def test_a_migration_no_longer_wanted_loses_its_new_disk_and_keeps_the_old() -> 
         "DeleteDisk web/0",
     ]
     assert plan([keep], world)[-1] == DeleteDisk("web", 0, "d-new")
+
+
+def test_a_grow_that_failed_lately_waits_with_the_users_back_on_the_disk_as_it_is() -> None:
+    web = job("web", c("db", disk=True), c("app", "db"), disk=DesiredDisk(2048))
+    # The copy failed after db was removed; the back-off runs.
+    disk = ObservedDisk("d", 1024, "vm", grows_in_place=False, migration_target="d-new")
+    waiting = replace(disk, grow_waits=True)
+    world: World = {"web": {0: instance("vm", {"app": running(2)}, disk=waiting)}}
+    assert brief(plan([web], world)) == [
+        "DeleteDisk web/0",
+        "StartContainer web/0 db",
+        "RestartContainer web/0 app",
+    ]
+    settle([web], world)
+    # The back-off over, the grow is planned again.
+    again: World = {"web": {0: instance("vm", {"db": running(3), "app": running(4)}, disk=disk)}}
+    assert "MigrateDisk web/0" in brief(plan([web], again))
 
 
 def test_an_existing_disk_is_reattached_to_a_new_vm_never_recreated() -> None:

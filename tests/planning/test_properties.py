@@ -135,7 +135,8 @@ def _disk(
     in_place = draw(st.booleans())  # False: the provider grows it by copy-migration
     # An unfinished migration's new disk: only where copies happen.
     target = None if in_place else draw(st.sampled_from([None, f"{disk_id}-new"]))
-    return ObservedDisk(disk_id, size, attached, policy, in_place, target)
+    waits = draw(st.integers(0, 4)) == 0  # a grow that failed lately backs off
+    return ObservedDisk(disk_id, size, attached, policy, in_place, target, waits)
 
 
 def _container(draw: st.DrawFn, spec: DesiredContainer, started: float) -> ObservedContainer | None:

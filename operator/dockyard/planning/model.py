@@ -129,6 +129,8 @@ class ObservedDisk:
     grows_in_place: bool = True
     #: The new disk of a copy-migration that has not finished (its data is not trusted).
     migration_target: str | None = None
+    #: Growing it failed lately and waits for its back-off: meanwhile it serves at its size.
+    grow_waits: bool = False
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,12 @@ class _Planner:
             self.fresh.add(ref)
         attached = disk.attached_to if disk is not None else None
         on_vm = kept is not None and attached == kept.id
-        grow = job.disk is not None and disk is not None and disk.size_mib < job.disk.size_mib
+        grow = (
+            job.disk is not None
+            and disk is not None
+            and disk.size_mib < job.disk.size_mib
+            and not disk.grow_waits  # its users run on it meanwhile
+        )
         copy = grow and disk is not None and not disk.grows_in_place
         if job.disk is not None and kept is not None:
             if copy:  # their mounts name the old disk: run again on the new one

@@ -92,6 +92,7 @@ class JobReport:
     stalled: str = ""  # why the rollout stopped, "" when it did not
     meltdown: str = ""  # why resurrection is paused, "" when it is not
     resurrection_disabled: str = ""  # instances down and left down, "" when none
+    backing_off: str = ""  # disk actions that failed and wait to be tried again, "" when none
     crash_looping: dict[tuple[int, str], str] = field(default_factory=dict)  # -> why
     # Restarts the engine made on its own since the last pass (restart policy): -> (count, OOM)
     engine_restarts: dict[tuple[int, str], tuple[int, bool]] = field(default_factory=dict)
@@ -167,9 +168,9 @@ class JobReconciler:
         # (index, container) -> (failed starts in a row, when the last failed (monotonic),
         # the spec's hash then: a new spec is tried at once)
         self.failed_starts: dict[tuple[int, str], tuple[int, float, str]] = {}
-        # index -> (failures in a row of a disk action, when the last failed, the action as
-        # text): that same action waits, with the rest of its instance; another runs at once
-        self.failed_disk_actions: dict[int, tuple[int, float, str]] = {}
+        # index -> (failures in a row of a disk action, when the last failed (monotonic), the
+        # action): that same action waits, with the rest of its instance; another runs at once
+        self.failed_disk_actions: dict[int, tuple[int, float, planning.Action]] = {}
         # Disks their provider would not grow in place: they grow by copy-migration.
         self.copy_grow: set[str] = set()
 
@@ -266,10 +267,20 @@ class JobReconciler:
         )
         if self.halted_generation is not None:
             remaining = [a for a in remaining if a.index not in spec_changed]
-        report.converged = not remaining and self._converged(report.instances, indices, hashes)
+        now = time.monotonic()
+        report.backing_off = "; ".join(  # no countdown: the status stays as it is meanwhile
+            f"instance {index}: {failure[2]} failed {failure[0]} time(s) in a row; "
+            f"tried again {_backoff(failure[0]):.0f} s after the last failure (see its Events)"
+            for index, failure in sorted(self.failed_disk_actions.items())
+            if _wait(failure, now) > 0
+        )
+        report.converged = (
+            not remaining
+            and not report.backing_off  # a grow that waits is not planned, nor done
+            and self._converged(report.instances, indices, hashes)
+        )
         if not report.converged and not report.stalled:
             report.requeue_after = 5.0 if (meltdown or report.resurrection_disabled) else 1.0
-            now = time.monotonic()
             waits = [self._start_wait(key, now) for key in self.failed_starts]
             waits += [_wait(failure, now) for failure in self.failed_disk_actions.values()]
             if waits and all(w > 0 for w in waits):
@@ -368,6 +379,7 @@ class JobReconciler:
                     # An unfinished copy says so even to an operator that just restarted.
                     grows_in_place=instance.disk.id not in self.copy_grow and target is None,
                     migration_target=target.id if target is not None else None,
+                    grow_waits=self._grow_waits(index, instance.disk.id, desired.disk, now),
                 )
             containers: dict[str, planning.ObservedContainer] = {}
             if instance.engine_ok:
@@ -409,6 +421,20 @@ class JobReconciler:
         return {
             index for (index, name) in self.failed_starts if self._start_wait((index, name), now)
         }
+
+    def _grow_waits(self, index: int, disk_id: str, want: DiskWant | None, now: float) -> bool:
+        """Growing this disk to the wanted size failed lately: it waits for its back-off, and
+        its users run on the disk as it is meanwhile rather than stay stopped. A new size is
+        tried at once."""
+        failure = self.failed_disk_actions.get(index)
+        if failure is None or want is None:
+            return False
+        grow = failure[2]
+        if not isinstance(grow, (planning.ResizeDisk, planning.MigrateDisk)):
+            return False
+        return (
+            grow.disk_id == disk_id and grow.size_mib == want.size_mib and _wait(failure, now) > 0
+        )
 
     def _start_wait(self, key: tuple[int, str], now: float) -> float:
         """Seconds until a container that failed to start may be tried again (0: now)."""
@@ -456,7 +482,7 @@ class JobReconciler:
             if isinstance(action, planning.ContainerAction) and action.index in state.backing_off:
                 continue  # its containers wait for the failed one's back-off
             failure = self.failed_disk_actions.get(action.index)
-            if failure and failure[2] == str(action) and _wait(failure, time.monotonic()):
+            if failure and failure[2] == action and _wait(failure, time.monotonic()):
                 state.failed.add(action.index)  # it failed lately: it, and the rest, wait
                 continue
             try:
@@ -479,13 +505,9 @@ class JobReconciler:
                     self.failed_starts[key] = (count + 1, time.monotonic(), spec_hash)
                 elif action.kind in _DISK_ACTION_KINDS:
                     kind, target = f"{action.kind}Failed", "disk"
-                    count, _, text = self.failed_disk_actions.get(action.index, (0, 0.0, ""))
-                    count = count if text == str(action) else 0
-                    self.failed_disk_actions[action.index] = (
-                        count + 1,
-                        time.monotonic(),
-                        str(action),
-                    )
+                    count, _, before = self.failed_disk_actions.get(action.index, (0, 0.0, action))
+                    count = count if before == action else 0
+                    self.failed_disk_actions[action.index] = (count + 1, time.monotonic(), action)
                 else:
                     kind, target = "InstanceFailed", "vm"
                     if isinstance(action, planning.CreateVM) and action.reason.startswith(
@@ -498,8 +520,8 @@ class JobReconciler:
                 continue
             if isinstance(action, planning.ContainerAction):
                 self.failed_starts.pop((action.index, action.container), None)
-            elif action.kind in _DISK_ACTION_KINDS:
-                self.failed_disk_actions.pop(action.index, None)
+            elif self.failed_disk_actions.get(action.index, (0, 0.0, None))[2] == action:
+                del self.failed_disk_actions[action.index]  # what failed works now
             actions.append(record)
 
     def _do(
@@ -558,12 +580,11 @@ class JobReconciler:
             why = f"{old.id} ({old.size_mib} MiB) copied to {disk.id} ({disk.size_mib} MiB)"
             return ActionRecord(kind, index, disk.id, f"{why}; {old.id} deleted")
         if isinstance(action, planning.DeleteDisk):
-            current = state.disks.get(index)
-            if current is None or current.id != action.disk_id:  # an unfinished copy
+            target = state.migration_targets.get(index)
+            if target is not None and target.id == action.disk_id:
                 self.world.delete_disk(state.migration_targets.pop(index))
                 return ActionRecord(kind, index, action.disk_id, "unfinished copy not wanted")
-            self.world.delete_disk(current)
-            del state.disks[index]
+            self.world.delete_disk(state.disks.pop(index))
             return ActionRecord(kind, index, action.disk_id, "instance removed")
         assert isinstance(action, planning.ContainerAction), action
         return self._container_action(action, wants, state)
@@ -733,7 +754,7 @@ def _backoff(count: int) -> float:
     return 0.0 if count == 0 else min(low * 2.0 ** (count - 1), high)
 
 
-def _wait(failure: tuple[int, float, str], now: float) -> float:
+def _wait(failure: tuple[int, float, object], now: float) -> float:
     """Seconds until an action that failed ``failure[0]`` times in a row, last at
     ``failure[1]`` (monotonic), may be tried again (0: now)."""
     count, last, _ = failure

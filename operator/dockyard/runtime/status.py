@@ -133,6 +133,8 @@ def job_status(
         ready_reason, ready_message = stalled_reason, stalled_message
     elif looping:
         ready_reason, ready_message = "CrashLoopBackOff", looping
+    elif report.backing_off:
+        ready_reason, ready_message = "BackOff", report.backing_off
     else:
         ready_reason, ready_message = "Reconciling", f"{ready}/{job.spec.instances} instances ready"
     result = {
@@ -148,7 +150,7 @@ def job_status(
                 not converged and not stalled,
                 "Converged"
                 if converged
-                else ("Stalled" if stalled else ("CrashLoopBackOff" if looping else "Progressing")),
+                else ("Stalled" if stalled else ready_reason.replace("Reconciling", "Progressing")),
                 "" if converged or stalled else ready_message,
                 generation,
                 now,
