@@ -114,6 +114,10 @@ def test_prometheus_fires_on_reconcile_errors_and_counts_crashes_without_leaking
                 what="three failed starts",
             )
             assert times[2] - times[0] >= 25, f"no back-off between failed starts: {times}"
+            conditions = get_object("dyj", "broken-web")["status"]["conditions"]
+            ready = next(c for c in conditions if c["type"] == "Ready")
+            assert ready["status"] == "False" and ready["reason"] == "BackOff", ready
+            assert "container bad failed to start" in ready["message"], ready
             # ... and a fixed spec is tried at once, not after the back-off.
             fixed = {**broken, "containers": [{**broken["containers"][0], "command": SLEEP}]}
             kubectl("apply", "-n", namespace, "-f", "-", input=manifest("broken", fixed))

@@ -92,7 +92,7 @@ class JobReport:
     stalled: str = ""  # why the rollout stopped, "" when it did not
     meltdown: str = ""  # why resurrection is paused, "" when it is not
     resurrection_disabled: str = ""  # instances down and left down, "" when none
-    backing_off: str = ""  # disk actions that failed and wait to be tried again, "" when none
+    backing_off: str = ""  # actions that failed and wait to be tried again, "" when none
     crash_looping: dict[tuple[int, str], str] = field(default_factory=dict)  # -> why
     # Restarts the engine made on its own since the last pass (restart policy): -> (count, OOM)
     engine_restarts: dict[tuple[int, str], tuple[int, bool]] = field(default_factory=dict)
@@ -268,10 +268,19 @@ class JobReconciler:
         if self.halted_generation is not None:
             remaining = [a for a in remaining if a.index not in spec_changed]
         now = time.monotonic()
-        report.backing_off = "; ".join(  # no countdown: the status stays as it is meanwhile
-            f"instance {index}: {failure[2]} failed {failure[0]} time(s) in a row; "
-            f"tried again {_backoff(failure[0]):.0f} s after the last failure (see its Events)"
-            for index, failure in sorted(self.failed_disk_actions.items())
+        # No countdown in the text: the status stays as it is while the back-off runs.
+        waiting: list[tuple[int, str, tuple[int, float, object]]] = [
+            (index, f"{failure[2]} failed", failure)
+            for index, failure in self.failed_disk_actions.items()
+        ]
+        waiting += [
+            (index, f"container {name} failed to start", failure)
+            for (index, name), failure in self.failed_starts.items()
+        ]
+        report.backing_off = "; ".join(
+            f"instance {index}: {what} {failure[0]} time(s) in a row; tried again "
+            f"{_backoff(failure[0]):.0f} s after the last failure (see its Events)"
+            for index, what, failure in sorted(waiting, key=lambda w: (w[0], w[1]))
             if _wait(failure, now) > 0
         )
         report.converged = (
