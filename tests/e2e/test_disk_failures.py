@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import Kubectl
 from tests.e2e.conftest import own_operator_namespace
-from tests.e2e.test_reconciler import STORE, Store, deployment, wait_ready
+from tests.e2e.test_reconciler import deploy_store
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e]
@@ -33,14 +33,9 @@ def test_a_failing_copy_migration_keeps_the_old_disk_serving_and_backs_off(
         env={"DOCKYARD_DISK_HELPER_IMAGE": MISSING_HELPER},
     ) as (own, namespace, get_object):
         own.start()
-        manifest = deployment("stuck", STORE).replace(
-            "provider: {type: local}",
-            'provider: {type: local, options: {in_place_resize: "false"}}',
+        store, original = deploy_store(
+            kubectl, namespace, get_object, "stuck", in_place_resize=False
         )
-        kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
-        wait_ready(get_object, "dyd", "stuck")
-        store = Store(namespace, "stuck", get_object)
-        original = wait_for(store.checksum, timeout=30, what="data written")
         (old,) = store.provider.find_disks(store.disk_tags)
         store.grow(kubectl, namespace, "stuck")
 

@@ -257,13 +257,32 @@ class Store:
         )
 
 
+def deploy_store(
+    kubectl: Kubectl,
+    namespace: str,
+    get_object: GetObject,
+    name: str,
+    more_containers: str = "",
+    in_place_resize: bool = True,
+) -> tuple[Store, str]:
+    """Apply a Deployment of STORE (plus ``more_containers``) and wait until it is Ready and
+    db's data is written; the Store and the data's checksum."""
+    manifest = deployment(name, STORE.rstrip("\n") + more_containers)
+    if not in_place_resize:  # the local provider then plays an IaaS that cannot grow disks
+        options = 'options: {in_place_resize: "false"}'
+        manifest = manifest.replace(
+            "provider: {type: local}", f"provider: {{type: local, {options}}}"
+        )
+    kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+    wait_ready(get_object, "dyd", name)
+    store = Store(namespace, name, get_object)
+    return store, wait_for(store.checksum, timeout=30, what="data written")
+
+
 def test_disk_grow_keeps_data_and_delete_leaves_nothing(
     kubectl: Kubectl, namespace: str, get_object: GetObject
 ) -> None:
-    kubectl("apply", "-n", namespace, "-f", "-", input=deployment("disk", STORE))
-    wait_ready(get_object, "dyd", "disk")
-    store = Store(namespace, "disk", get_object)
-    original = wait_for(store.checksum, timeout=30, what="data written")
+    store, original = deploy_store(kubectl, namespace, get_object, "disk")
     disk_before = store.provider.find_disks(store.disk_tags)
     assert disk_before and disk_before[0].size_mib == 64
 
@@ -300,14 +319,9 @@ def test_disk_the_provider_cannot_grow_is_copied_to_a_bigger_one_with_its_data(
     app = """
   - {name: app, image: "dockyard/busybox:1", command: [sh, -c, "sleep 100000"], dependsOn: [db]}
 """
-    manifest = deployment("copy", STORE.rstrip("\n") + app).replace(
-        "provider: {type: local}",
-        'provider: {type: local, options: {in_place_resize: "false"}}',
+    store, original = deploy_store(
+        kubectl, namespace, get_object, "copy", app, in_place_resize=False
     )
-    kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
-    wait_ready(get_object, "dyd", "copy")
-    store = Store(namespace, "copy", get_object)
-    original = wait_for(store.checksum, timeout=30, what="data written")
     (old,) = store.provider.find_disks(store.disk_tags)
 
     # What a crash right after creating the new disk leaves: the old disk stays the instance's,
