@@ -308,6 +308,8 @@ def test_disk_grow_keeps_data_and_delete_leaves_nothing(
     assert record["status"]["diskId"] == disk_after.id == disk_before[0].id
     assert record["status"]["phase"] == "Attached"
     assert record["metadata"]["labels"]["dockyard.dev/job"] == "disk-store"
+    ready = next(c for c in record["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Attached"), ready
     store.delete_and_wait_gone(kubectl, namespace, "disk")
 
 
@@ -369,6 +371,30 @@ def test_disk_the_provider_cannot_grow_is_copied_to_a_bigger_one_with_its_data(
     record = wait_for(recorded, timeout=60, what="PersistentDisk record names the new disk")
     assert record["status"]["capacity"] == "128Mi"
     store.delete_and_wait_gone(kubectl, namespace, "copy")
+
+
+def test_a_persistent_disk_made_by_hand_is_created_healthy_for_argo_cd_and_deleted(
+    kubectl: Kubectl, namespace: str, get_object: GetObject
+) -> None:
+    from dockyard.providers import ProviderConfig, make_provider
+    from tests.observability.test_argocd_health import health
+
+    manifest = """
+apiVersion: dockyard.dev/v1alpha1
+kind: PersistentDisk
+metadata: {name: scratch}
+spec: {size: 32Mi, provider: {type: local}, reclaimPolicy: Delete}
+"""
+    kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+    record = wait_ready(get_object, "dypd", "scratch")
+    provider = make_provider(ProviderConfig(type="local"))
+    (disk,) = provider.find_disks({"disk": f"{namespace}.scratch"})
+    assert record["status"]["diskId"] == disk.id and disk.size_mib == 32
+    assert record["status"]["phase"] == "Detached"
+    assert health(record, "lua5.4") == ("Healthy", f"32Mi disk {disk.id}")
+
+    kubectl("delete", "dypd", "scratch", "-n", namespace, "--timeout=60s")
+    assert provider.find_disks({"disk": f"{namespace}.scratch"}) == []
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))

@@ -65,3 +65,47 @@ def condition(
         "lastTransitionTime": since or now.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "observedGeneration": generation,
     }
+
+
+def kstatus(
+    previous: Sequence[Mapping[str, Any]],
+    *,
+    ready: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+    stalled_reason: str = "",
+    stalled_message: str = "",
+) -> list[dict[str, Any]]:
+    """Ready, Reconciling and Stalled, consistent with each other: Ready carries ``reason`` and
+    ``message``; Stalled is True when ``stalled_message`` says why; otherwise, when not ready,
+    Reconciling is True (reason ``Progressing`` for a plain ``Reconciling``, else ``reason``)."""
+    stalled = bool(stalled_message)
+    if ready:
+        reconciling_reason = "Converged"
+    elif stalled:
+        reconciling_reason = "Stalled"
+    else:
+        reconciling_reason = "Progressing" if reason == "Reconciling" else reason
+    return [
+        condition(previous, READY, ready, reason, message, generation, now),
+        condition(
+            previous,
+            RECONCILING,
+            not ready and not stalled,
+            reconciling_reason,
+            "" if ready or stalled else message,
+            generation,
+            now,
+        ),
+        condition(
+            previous,
+            STALLED,
+            stalled,
+            stalled_reason if stalled else "Converged",
+            stalled_message,
+            generation,
+            now,
+        ),
+    ]

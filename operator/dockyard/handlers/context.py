@@ -15,6 +15,7 @@ from typing import Any
 import docker
 import kopf
 
+from dockyard.api.conditions import kstatus
 from dockyard.api.models import Job, ProviderSpec, parse_job
 from dockyard.api.quantities import format_quantity, parse_duration
 from dockyard.handlers import kube
@@ -116,6 +117,7 @@ class ReconcileContext:
         self.last_status: dict[str, Any] | None = None  # what we last wrote
         self.pending_reasons: dict[tuple[int, str], str] = {}  # restarts not yet seen
         self.disk_records: dict[str, dict[str, Any]] | None = None  # PersistentDisk name -> body
+        self.disk_conditions: dict[str, list[dict[str, Any]]] = {}  # what its status last said
 
     async def reconcile(self) -> JobReport:
         desired = job_desired(self.job, self.secrets, await _upstream_starts(self.job))
@@ -152,6 +154,10 @@ class ReconcileContext:
                 "persistentdisks", namespace, f"{JOB_LABEL}={job.metadata.name}"
             )
             self.disk_records = {item["metadata"]["name"]: {} for item in found}
+            self.disk_conditions = {
+                item["metadata"]["name"]: (item.get("status") or {}).get("conditions") or []
+                for item in found
+            }
         template = job.spec.persistent_disk
         wanted: dict[str, dict[str, Any]] = {}
         for index, instance in sorted(report.instances.items()):
@@ -207,8 +213,16 @@ class ReconcileContext:
             if stored is None or stored.get("spec") != body["spec"]:
                 patch = {"spec": body["spec"]}
                 stored = await kube.patch("persistentdisks", namespace, name, patch)
-            status = {**record["status"], "observedGeneration": stored["metadata"]["generation"]}
+            generation = stored["metadata"]["generation"]
+            status = {
+                **record["status"],
+                "observedGeneration": generation,
+                "conditions": disk_conditions(
+                    self.disk_conditions.get(name, []), record["status"], generation
+                ),
+            }
             await kube.patch_status("persistentdisks", namespace, name, status)
+            self.disk_conditions[name] = status["conditions"]
             self.disk_records[name] = record
         gone = [n for n in self.disk_records if n not in wanted]
         for name in gone:
@@ -320,6 +334,22 @@ async def build_context(
     context = ReconcileContext(job, world, watchers)
     context.secrets = secrets
     return context
+
+
+def disk_conditions(
+    previous: list[dict[str, Any]], status: Mapping[str, Any], generation: int
+) -> list[dict[str, Any]]:
+    """A PersistentDisk is Ready once its provider disk exists (attached or not), so GitOps
+    tools see it Healthy; the reason is its phase."""
+    phase = status.get("phase") or "Pending"
+    return kstatus(
+        previous,
+        ready=phase in ("Attached", "Detached"),
+        reason=phase,
+        message=f"{status.get('capacity', '?')} disk {status.get('diskId', '?')}",
+        generation=generation,
+        now=datetime.now(UTC),
+    )
 
 
 def disk_helper_image(provider_type: str) -> str:

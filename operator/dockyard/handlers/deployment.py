@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from dockyard.api.conditions import condition
+from dockyard.api.conditions import kstatus
 from dockyard.api.models import Deployment, parse_deployment
 from dockyard.api.validation import validate_dependencies
 from dockyard.handlers import kube
@@ -170,35 +170,16 @@ async def _publish(
         "jobs": counts,
         "instances": total,
         "readyInstances": ready_instances,
-        "conditions": [
-            condition(
-                previous,
-                "Ready",
-                ready,
-                "Converged" if ready else ("Stalled" if stalled else "Reconciling"),
-                stalled or progress,
-                generation,
-                now,
-            ),
-            condition(
-                previous,
-                "Reconciling",
-                not ready and not stalled,
-                "Converged" if ready else ("Stalled" if stalled else "Progressing"),
-                "" if ready or stalled else progress,
-                generation,
-                now,
-            ),
-            condition(
-                previous,
-                "Stalled",
-                bool(stalled),
-                "InvalidSpecOrHaltedRollout" if stalled else "Converged",
-                stalled,
-                generation,
-                now,
-            ),
-        ],
+        "conditions": kstatus(
+            previous,
+            ready=ready,
+            reason="Converged" if ready else ("Stalled" if stalled else "Reconciling"),
+            message=stalled or progress,
+            generation=generation,
+            now=now,
+            stalled_reason="InvalidSpecOrHaltedRollout",
+            stalled_message=stalled,
+        ),
     }
     current = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
     if status != current:

@@ -18,7 +18,7 @@ import kopf
 from dockyard.api.models import parse_persistent_disk
 from dockyard.api.quantities import format_quantity
 from dockyard.handlers import kube
-from dockyard.handlers.context import provider_for
+from dockyard.handlers.context import disk_conditions, provider_for
 from dockyard.providers import DiskSpec
 from dockyard.providers.base import TAG_DISK
 
@@ -44,7 +44,7 @@ async def ensure_disk(body: kopf.Body, **_: Any) -> None:
         disk_type=disk.spec.type or "",
     )
     created = await asyncio.to_thread(provider.create_disk, spec)
-    status = {
+    status: dict[str, Any] = {
         "diskId": created.id,
         "capacity": format_quantity(created.size_mib * MIB),
         "phase": "Attached" if created.attached_to else "Detached",
@@ -52,6 +52,8 @@ async def ensure_disk(body: kopf.Body, **_: Any) -> None:
     }
     if created.attached_to:
         status["attachedTo"] = created.attached_to
+    previous = (body.get("status") or {}).get("conditions") or []
+    status["conditions"] = disk_conditions(previous, status, disk.metadata.generation or 0)
     current = {k: v for k, v in (body.get("status") or {}).items() if k in status}
     if current != status:
         await kube.patch_status("persistentdisks", namespace, name, status)

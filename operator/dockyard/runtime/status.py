@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from dockyard.api.conditions import condition
+from dockyard.api.conditions import kstatus
 from dockyard.api.models import Job
 from dockyard.runtime.engine import ObservedContainer
 from dockyard.runtime.reconciler import JobReport
@@ -142,23 +142,16 @@ def job_status(
         "replicas": sum(1 for i in instances if "vmId" in i),
         "readyInstances": ready,
         "instances": instances,
-        "conditions": [
-            condition(conditions, "Ready", converged, ready_reason, ready_message, generation, now),
-            condition(
-                conditions,
-                "Reconciling",
-                not converged and not stalled,
-                "Converged"
-                if converged
-                else ("Stalled" if stalled else ready_reason.replace("Reconciling", "Progressing")),
-                "" if converged or stalled else ready_message,
-                generation,
-                now,
-            ),
-            condition(
-                conditions, "Stalled", stalled, stalled_reason, stalled_message, generation, now
-            ),
-        ],
+        "conditions": kstatus(
+            conditions,
+            ready=converged,
+            reason=ready_reason,
+            message=ready_message,
+            generation=generation,
+            now=now,
+            stalled_reason=stalled_reason,
+            stalled_message=stalled_message,
+        ),
     }
     return result
 
