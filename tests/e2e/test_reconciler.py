@@ -373,7 +373,7 @@ def test_disk_the_provider_cannot_grow_is_copied_to_a_bigger_one_with_its_data(
     store.delete_and_wait_gone(kubectl, namespace, "copy")
 
 
-def test_a_persistent_disk_made_by_hand_is_created_healthy_for_argo_cd_and_deleted(
+def test_a_persistent_disk_made_by_hand_is_created_healthy_grown_and_deleted(
     kubectl: Kubectl, namespace: str, get_object: GetObject
 ) -> None:
     from dockyard.providers import ProviderConfig, make_provider
@@ -393,8 +393,39 @@ spec: {size: 32Mi, provider: {type: local}, reclaimPolicy: Delete}
     assert record["status"]["phase"] == "Detached"
     assert health(record, "lua5.4") == ("Healthy", f"32Mi disk {disk.id}")
 
-    kubectl("delete", "dypd", "scratch", "-n", namespace, "--timeout=60s")
-    assert provider.find_disks({"disk": f"{namespace}.scratch"}) == []
+    patch = [{"op": "replace", "path": "/spec/size", "value": "64Mi"}]
+    kubectl("patch", "dypd", "scratch", "-n", namespace, "--type=json", "-p", json.dumps(patch))
+    grown = wait_for(
+        lambda: (lambda r: r if r["status"].get("capacity") == "64Mi" else None)(
+            wait_ready(get_object, "dypd", "scratch")
+        ),
+        timeout=60,
+        what="the disk grown to 64Mi",
+    )
+    assert provider.find_disks({"disk": f"{namespace}.scratch"})[0].size_mib == 64
+    assert grown["status"]["diskId"] == disk.id  # grown, not replaced
+
+    # A provider that cannot grow it in place: no VM to copy on, so it says so and keeps it.
+    stuck = manifest.replace("name: scratch", "name: stuck").replace(
+        "provider: {type: local}", 'provider: {type: local, options: {in_place_resize: "false"}}'
+    )
+    kubectl("apply", "-n", namespace, "-f", "-", input=stuck)
+    wait_ready(get_object, "dypd", "stuck")
+    kubectl("patch", "dypd", "stuck", "-n", namespace, "--type=json", "-p", json.dumps(patch))
+
+    def failed() -> dict[str, Any] | None:
+        found = get_object("dypd", "stuck")
+        return found if found["status"].get("phase") == "Failed" else None
+
+    refused = wait_for(failed, timeout=60, what="the stuck disk Failed")
+    stalled = next(c for c in refused["status"]["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and "in_place_resize" in stalled["message"], stalled
+    assert health(refused, "lua5.4")[0] == "Degraded"
+    assert refused["status"]["capacity"] == "32Mi"
+
+    for name in ("scratch", "stuck"):
+        kubectl("delete", "dypd", name, "-n", namespace, "--timeout=60s")
+        assert provider.find_disks({"disk": f"{namespace}.{name}"}) == []
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))

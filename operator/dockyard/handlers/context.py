@@ -337,18 +337,21 @@ async def build_context(
 
 
 def disk_conditions(
-    previous: list[dict[str, Any]], status: Mapping[str, Any], generation: int
+    previous: list[dict[str, Any]], status: Mapping[str, Any], generation: int, problem: str = ""
 ) -> list[dict[str, Any]]:
     """A PersistentDisk is Ready once its provider disk exists (attached or not), so GitOps
-    tools see it Healthy; the reason is its phase."""
+    tools see it Healthy; the reason is its phase. ``problem``: what only a change of its spec
+    can mend (Stalled)."""
     phase = status.get("phase") or "Pending"
     return kstatus(
         previous,
-        ready=phase in ("Attached", "Detached"),
+        ready=phase in ("Attached", "Detached") and not problem,
         reason=phase,
-        message=f"{status.get('capacity', '?')} disk {status.get('diskId', '?')}",
+        message=problem or f"{status.get('capacity', '?')} disk {status.get('diskId', '?')}",
         generation=generation,
         now=datetime.now(UTC),
+        stalled_reason=phase,
+        stalled_message=problem,
     )
 
 

@@ -3,8 +3,8 @@
 A Job records each instance's disk as a PersistentDisk named ``<job>-<index>`` (stable across VM
 resurrection); the Job's daemon creates, attaches and grows the disk itself, because only it
 knows when the disk's containers may stop. A PersistentDisk made by hand gets its provider disk
-here. With reclaimPolicy Delete the disk goes with the object; with Retain it stays, and a Job
-instance of the same name adopts it again later.
+here, grown when its ``spec.size`` grows. With reclaimPolicy Delete the disk goes with the
+object; with Retain it stays, and a Job instance of the same name adopts it again later.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dockyard.api.models import parse_persistent_disk
 from dockyard.api.quantities import format_quantity
 from dockyard.handlers import kube
 from dockyard.handlers.context import disk_conditions, provider_for
-from dockyard.providers import DiskSpec
+from dockyard.providers import DiskSpec, PermanentError, TransientError
 from dockyard.providers.base import TAG_DISK
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,9 @@ def disk_tags(namespace: str, name: str) -> dict[str, str]:
 
 @kopf.on.resume(kube.GROUP, kube.VERSION, "persistentdisks")
 @kopf.on.create(kube.GROUP, kube.VERSION, "persistentdisks")
+@kopf.on.update(kube.GROUP, kube.VERSION, "persistentdisks", field="spec.size")
 async def ensure_disk(body: kopf.Body, **_: Any) -> None:
+    """The provider disk exists, at least as big as ``spec.size`` (the CRD refuses a shrink)."""
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     if body.get("metadata", {}).get("labels", {}).get("dockyard.dev/job"):
         return  # its Job manages it
@@ -44,19 +46,30 @@ async def ensure_disk(body: kopf.Body, **_: Any) -> None:
         disk_type=disk.spec.type or "",
     )
     created = await asyncio.to_thread(provider.create_disk, spec)
+    problem = ""
+    if created.size_mib < spec.size_mib:
+        try:
+            created = await asyncio.to_thread(provider.resize_disk, created.id, spec.size_mib)
+        except TransientError as error:
+            raise kopf.TemporaryError(str(error), delay=error.retry_after) from error
+        except PermanentError as error:  # one that cannot grow in place has no VM to copy on
+            problem = f"spec.size: {error}"
     status: dict[str, Any] = {
         "diskId": created.id,
         "capacity": format_quantity(created.size_mib * MIB),
-        "phase": "Attached" if created.attached_to else "Detached",
+        "phase": "Failed" if problem else ("Attached" if created.attached_to else "Detached"),
         "observedGeneration": disk.metadata.generation or 0,
     }
     if created.attached_to:
         status["attachedTo"] = created.attached_to
     previous = (body.get("status") or {}).get("conditions") or []
-    status["conditions"] = disk_conditions(previous, status, disk.metadata.generation or 0)
+    generation = disk.metadata.generation or 0
+    status["conditions"] = disk_conditions(previous, status, generation, problem)
     current = {k: v for k, v in (body.get("status") or {}).items() if k in status}
     if current != status:
         await kube.patch_status("persistentdisks", namespace, name, status)
+        if problem:
+            kopf.warn(body, reason="ResizeDiskFailed", message=problem)
 
 
 @kopf.on.delete(kube.GROUP, kube.VERSION, "persistentdisks")
