@@ -75,6 +75,14 @@ async def reconcile_deployment(body: dict[str, Any]) -> None:
     if body["metadata"].get("deletionTimestamp"):
         return
     async with _locks.setdefault((namespace, name), asyncio.Lock()):
+        # kopf retries a failed handler with the body it had: the Deployment may be gone since
+        # (its Jobs would be made again, orphans the garbage collector deletes later).
+        live = await kube.get("deployments", namespace, name)
+        if live is None or live["metadata"].get("uid") != body["metadata"].get("uid"):
+            return
+        if live["metadata"].get("deletionTimestamp"):
+            return
+        body = live  # and act on its latest spec
         deployment = parse_deployment(body)
         generation = deployment.metadata.generation or 0
         errors = validate_dependencies(deployment.spec)
