@@ -75,14 +75,6 @@ async def reconcile_deployment(body: dict[str, Any]) -> None:
     if body["metadata"].get("deletionTimestamp"):
         return
     async with _locks.setdefault((namespace, name), asyncio.Lock()):
-        # kopf retries a failed handler with the body it had: the Deployment may be gone since
-        # (its Jobs would be made again, orphans the garbage collector deletes later).
-        live = await kube.get("deployments", namespace, name)
-        if live is None or live["metadata"].get("uid") != body["metadata"].get("uid"):
-            return
-        if live["metadata"].get("deletionTimestamp"):
-            return
-        body = live  # and act on its latest spec
         deployment = parse_deployment(body)
         generation = deployment.metadata.generation or 0
         errors = validate_dependencies(deployment.spec)
@@ -199,7 +191,11 @@ async def _publish(
 @kopf.on.create(kube.GROUP, kube.VERSION, "deployments")
 @kopf.on.update(kube.GROUP, kube.VERSION, "deployments", field="spec")
 async def deployment_changed(body: kopf.Body, **_: Any) -> None:
-    await reconcile_deployment(dict(body))
+    # kopf retries a failed handler with the body it had: the Deployment may be gone since (its
+    # Jobs would be made again, orphans the garbage collector deletes later). Act on it as it is.
+    live = await kube.get("deployments", body.metadata.namespace or "", body.metadata.name or "")
+    if live is not None and live["metadata"].get("uid") == body.metadata.uid:
+        await reconcile_deployment(live)
 
 
 @kopf.on.delete(kube.GROUP, kube.VERSION, "deployments", optional=True)
