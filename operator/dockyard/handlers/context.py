@@ -15,7 +15,6 @@ from typing import Any
 import docker
 import kopf
 
-from dockyard.api.conditions import kstatus
 from dockyard.api.models import Job, ProviderSpec, parse_job
 from dockyard.api.quantities import format_quantity, parse_duration
 from dockyard.handlers import kube
@@ -27,7 +26,7 @@ from dockyard.providers.redaction import protect, redact
 from dockyard.runtime import diskfs
 from dockyard.runtime.desired import job_desired, provider_config, secret_names
 from dockyard.runtime.reconciler import JobReconciler, JobReport, ResurrectionWant
-from dockyard.runtime.status import job_status
+from dockyard.runtime.status import disk_conditions, job_status
 from dockyard.runtime.world import JobIdentity, JobWorld
 
 log = logging.getLogger(__name__)
@@ -334,25 +333,6 @@ async def build_context(
     context = ReconcileContext(job, world, watchers)
     context.secrets = secrets
     return context
-
-
-def disk_conditions(
-    previous: list[dict[str, Any]], status: Mapping[str, Any], generation: int, problem: str = ""
-) -> list[dict[str, Any]]:
-    """A PersistentDisk is Ready once its provider disk exists (attached or not), so GitOps
-    tools see it Healthy; the reason is its phase. ``problem``: what only a change of its spec
-    can mend (Stalled)."""
-    phase = status.get("phase") or "Pending"
-    return kstatus(
-        previous,
-        ready=phase in ("Attached", "Detached") and not problem,
-        reason=phase,
-        message=problem or f"{status.get('capacity', '?')} disk {status.get('diskId', '?')}",
-        generation=generation,
-        now=datetime.now(UTC),
-        stalled_reason=phase,
-        stalled_message=problem,
-    )
 
 
 def disk_helper_image(provider_type: str) -> str:

@@ -18,9 +18,10 @@ import kopf
 from dockyard.api.models import parse_persistent_disk
 from dockyard.api.quantities import format_quantity
 from dockyard.handlers import kube
-from dockyard.handlers.context import disk_conditions, provider_for
+from dockyard.handlers.context import provider_for
 from dockyard.providers import DiskSpec, PermanentError, TransientError
 from dockyard.providers.base import TAG_DISK
+from dockyard.runtime.status import disk_conditions
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024

@@ -3,6 +3,7 @@ same status every pass and the operator makes no API writes at steady state."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -164,3 +165,22 @@ def _death_reason(observed: ObservedContainer | None) -> str:
     if observed.health == "unhealthy":
         return "Unhealthy"
     return f"Exited({observed.exit_code})" if observed.exit_code else "Restarted"
+
+
+def disk_conditions(
+    previous: list[dict[str, Any]], status: Mapping[str, Any], generation: int, problem: str = ""
+) -> list[dict[str, Any]]:
+    """A PersistentDisk is Ready once its provider disk exists (attached or not), so GitOps
+    tools see it Healthy; the reason is its phase. ``problem``: what only a change of its spec
+    can mend (Stalled)."""
+    phase = status.get("phase") or "Pending"
+    return kstatus(
+        previous,
+        ready=phase in ("Attached", "Detached") and not problem,
+        reason=phase,
+        message=problem or f"{status.get('capacity', '?')} disk {status.get('diskId', '?')}",
+        generation=generation,
+        now=datetime.now(UTC),
+        stalled_reason=phase,
+        stalled_message=problem,
+    )
