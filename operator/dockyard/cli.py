@@ -19,7 +19,10 @@ def _run(args: argparse.Namespace) -> int:
     from dockyard.handlers.main import run_operator
 
     return run_operator(
-        namespace=args.namespace, metrics_port=args.metrics_port, liveness=args.liveness
+        namespace=args.namespace,
+        metrics_port=args.metrics_port,
+        liveness=args.liveness,
+        pools=",".join(args.pool),
     )
 
 
@@ -42,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         "--liveness",
         default="http://0.0.0.0:8080/healthz",
         help="kopf liveness endpoint ('' turns it off)",
+    )
+    run.add_argument(
+        "--pool",
+        action="append",
+        default=[],
+        metavar="TYPE=N",
+        help="actions in flight at once for a provider type, e.g. local=32 (repeatable; "
+        "defaults: local=32, aws=8, gce=8; also DOCKYARD_POOL_SIZES=local=32,aws=8)",
     )
     run.set_defaults(func=_run)
 

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dockyard.observability import metrics
+from dockyard.planning import Cause
 from dockyard.observability.metrics import REGISTRY
 
 # The brief's contract with dashboards and alert rules: name -> label names.
@@ -118,9 +119,9 @@ def test_vm_and_disk_ids_do_not_become_series(ns: str) -> None:
         series("dockyard_disk_operations_total")
     )
     for i in range(50):
-        metrics.record_action(ns, "d", "web", "ResurrectedVM", f"vm-{i}", "died", True)
+        metrics.record_action(ns, "d", "web", "ResurrectedVM", f"vm-{i}", "VMUnhealthy", True)
         metrics.record_action(
-            ns, "d", "web", "ResizedDisk", f"disk-{i}", "grown", True, provider="local"
+            ns, "d", "web", "ResizedDisk", f"disk-{i}", "DiskGrown", True, provider="local"
         )
     after = len(series("dockyard_vm_resurrections_total")) + len(
         series("dockyard_disk_operations_total")
@@ -231,17 +232,17 @@ def test_record_action_maps_reconciler_actions(ns: str) -> None:
         )
 
     act = metrics.record_action
-    # The reasons as the planner words them (tests/planning pins those).
-    act(ns, "d", "web", "StartedContainer", "db", "missing", True)  # a first start, no restart
-    act(ns, "d", "web", "RestartedContainer", "app", "upstream db restarted after it", True)
-    act(ns, "d", "web", "RestartedContainer", "db", "exited (exit code 3)", True)
-    act(ns, "d", "web", "RecreatedContainer", "db", "dead (exit code 137)", True)
-    act(ns, "d", "web", "RestartedContainer", "db", "unhealthy", True)
-    act(ns, "d", "web", "RecreatedContainer", "db", "spec changed", True)
-    act(ns, "d", "web", "RestartedContainer", "db", "disk grown", True)
-    act(ns, "d", "web", "ResurrectedVM", "vm-7", "replaces vm-6", True)
-    act(ns, "d", "web", "ResurrectionFailed", "vm", "CreateVM: quota", False)
-    act(ns, "d", "web", "ResizeDiskFailed", "disk", "ResizeDisk: denied", False, provider="aws")
+    # The planner's causes (dockyard.planning.Cause values).
+    act(ns, "d", "web", "StartedContainer", "db", Cause.MISSING, True)  # a first start
+    act(ns, "d", "web", "RestartedContainer", "app", Cause.UPSTREAM, True)
+    act(ns, "d", "web", "RestartedContainer", "db", Cause.EXITED, True)
+    act(ns, "d", "web", "RecreatedContainer", "db", Cause.DEAD, True)
+    act(ns, "d", "web", "RestartedContainer", "db", Cause.UNHEALTHY, True)
+    act(ns, "d", "web", "RecreatedContainer", "db", Cause.SPEC_CHANGED, True)
+    act(ns, "d", "web", "RestartedContainer", "db", Cause.DISK_GROWN, True)
+    act(ns, "d", "web", "ResurrectedVM", "vm-7", Cause.VM_UNHEALTHY, True)
+    act(ns, "d", "web", "ResurrectionFailed", "vm", Cause.VM_UNHEALTHY, False)
+    act(ns, "d", "web", "ResizeDiskFailed", "disk", Cause.DISK_GROWN, False, provider="aws")
 
     assert sum(restarts("db", reason) for reason in metrics.RESTART_REASONS) == 5
     assert restarts("db", "crash") == 2

@@ -312,6 +312,12 @@ class ObjectMeta(ApiModel):
     deletion_timestamp: datetime | None = None
 
 
+# What the API server shows as the status of an object no operator has written to yet (CRD
+# schema defaulting applies to reads and watches too): kstatus then calls it InProgress
+# (observedGeneration 0 < generation) instead of Current in the moment after it is created.
+UNOBSERVED: dict[str, Any] = {"default": {"observedGeneration": 0}}
+
+
 class Deployment(ApiModel):
     """A BOSH-style deployment: VMs, persistent disks and the Docker containers on them."""
 
@@ -319,7 +325,7 @@ class Deployment(ApiModel):
 
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: DeploymentSpec
-    status: DeploymentStatus = Field(default_factory=DeploymentStatus)
+    status: DeploymentStatus = Field(default_factory=DeploymentStatus, json_schema_extra=UNOBSERVED)
 
 
 class Job(ApiModel):
@@ -329,7 +335,7 @@ class Job(ApiModel):
 
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: JobSpec
-    status: JobStatus = Field(default_factory=JobStatus)
+    status: JobStatus = Field(default_factory=JobStatus, json_schema_extra=UNOBSERVED)
 
     @property
     def job_name(self) -> str:
@@ -344,7 +350,9 @@ class PersistentDisk(ApiModel):
 
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: PersistentDiskSpec
-    status: PersistentDiskStatus = Field(default_factory=PersistentDiskStatus)
+    status: PersistentDiskStatus = Field(
+        default_factory=PersistentDiskStatus, json_schema_extra=UNOBSERVED
+    )
 
 
 def _body(body: Mapping[str, Any]) -> dict[str, Any]:

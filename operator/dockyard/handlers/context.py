@@ -1,5 +1,10 @@
-"""What a Job's daemon keeps between passes (provider, world, watchers), and how its results
-reach the API: status patched only when it changed, an Event per action."""
+"""What a Job's daemon keeps between passes — its reconciler, watchers, cached Secrets, status
+publisher — and how a pass's results reach the outside: Events, metrics, the board of upstream
+reports, and the status (offered to the publisher, written off the path of the actions).
+
+A pass reads nothing from the API: the Job comes from kopf's live body (the watch), Secrets from
+a cache refreshed in the background, upstreams from the fleet's board.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import asyncio
 import functools
 import logging
 import os
-import threading
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -16,76 +21,256 @@ import docker
 import kopf
 
 from dockyard.api.models import Job, ProviderSpec, parse_job
-from dockyard.api.quantities import format_quantity, parse_duration
 from dockyard.handlers import kube
+from dockyard.handlers.desired import (
+    cross_job_upstreams,
+    job_desired,
+    known_vms,
+    provider_config,
+    resurrection_policy,
+    secret_names,
+)
+from dockyard.handlers.disks import DiskRecords
+from dockyard.handlers.fleet import Fleet, Group, JobRef
+from dockyard.handlers.publisher import Publisher
+from dockyard.handlers.reporting import post_report
+from dockyard.handlers.status import job_status, starting_status
 from dockyard.monitor.watch import WatcherSet
-from dockyard.observability import metrics
-from dockyard.providers import PermanentError, Provider, ProviderError, make_provider
+from dockyard.planning import ContainerKey
+from dockyard.planning.cascade import reports_of
+from dockyard.providers import PermanentError, Provider, ProviderError
 from dockyard.providers.base import ProviderConfig
 from dockyard.providers.redaction import protect, redact
 from dockyard.runtime import diskfs
-from dockyard.runtime.desired import job_desired, provider_config, secret_names
-from dockyard.runtime.reconciler import JobReconciler, JobReport, ResurrectionWant
-from dockyard.runtime.status import disk_conditions, job_status
+from dockyard.runtime.executor import ActionPool
+from dockyard.runtime.reconciler import JobReconciler, JobReport, PassInputs, planning_job
 from dockyard.runtime.world import JobIdentity, JobWorld
 
 log = logging.getLogger(__name__)
 
-JOB_LABEL = "dockyard.dev/job"
 DEPLOYMENT_LABEL = "dockyard.dev/deployment"
-MIB = 1024 * 1024
 LOCAL_HELPER_IMAGE = "dockyard/busybox:1"  # built by hack/docker-up.sh
-
-# --- wake-ups -------------------------------------------------------------------------------------
-_events: dict[tuple[str, str], asyncio.Event] = {}
-_loop: asyncio.AbstractEventLoop | None = None
+SECRETS_REFRESH = 30.0  # seconds between background re-reads of a Job's Secrets
+MIN_REQUEUE = 0.05  # a pass that leaves work runs again at once, but never in a hot loop
 
 
-def wakeup_event(namespace: str, name: str) -> asyncio.Event:
-    global _loop
-    _loop = asyncio.get_running_loop()
-    return _events.setdefault((namespace, name), asyncio.Event())
+class JobRuntime:
+    """One Job's daemon state. Made by :meth:`start`; a pass is :meth:`run_pass`."""
+
+    def __init__(self, fleet: Fleet, job: Job, world: JobWorld, pool: ActionPool) -> None:
+        self.fleet = fleet
+        self.job = job
+        self.world = world
+        self.ref: JobRef = (job.metadata.namespace or "", job.metadata.name)
+        self.group: Group = (self.ref[0], job.metadata.labels.get(DEPLOYMENT_LABEL, ""))
+        self.reconciler = JobReconciler(world, pool)
+        self.woken = asyncio.Event()
+        self.watchers = WatcherSet(world.provider.docker_client, lambda _vm, _what: self.wake())
+        self.secrets: dict[str, dict[str, str]] = {}
+        self._secrets_read = (0.0, -1)  # (monotonic, generation) of the last read
+        self._refreshing: asyncio.Task[None] | None = None
+        stored = {
+            k: v
+            for k, v in job.status.model_dump(mode="json", by_alias=True, exclude_none=True).items()
+            if k != "kopf"
+        }
+        self.last_status: dict[str, Any] = stored
+        self.pending_reasons: dict[tuple[int, str], str] = {}
+        self.last_report: JobReport | None = None
+        self.status = Publisher(self._write_status, f"status of Job {self.ref[1]}", stored)
+        self.disks = DiskRecords(job, world.identity)
+        fleet.register(self.ref, self.woken.set)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    async def start(cls, fleet: Fleet, body: Mapping[str, Any]) -> JobRuntime:
+        job = parse_job(body)
+        secrets = await _read_secrets(job)
+        world, pool = await _world(fleet, job, secrets)
+        runtime = cls(fleet, job, world, pool)
+        runtime.secrets = secrets
+        runtime._secrets_read = (time.monotonic(), job.metadata.generation or 0)
+        if job.status.observed_generation != job.metadata.generation:
+            runtime._offer(starting_status(job, datetime.now(UTC)))
+        return runtime
+
+    def wake(self) -> None:
+        """From any thread: run a pass soon."""
+        self.fleet.wake(self.ref)
+
+    @property
+    def closed(self) -> bool:
+        return self.reconciler.closed
+
+    async def close(self) -> None:
+        self.fleet.unregister(self.ref)
+        self.watchers.stop()
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+        await self.status.flush(timeout=5.0)
+        await self.status.close()
+        await self.disks.close()
+
+    async def teardown(self) -> None:
+        """Containers and VMs go; disks go or stay per the persistent disk's reclaimPolicy. A
+        pass in flight starts nothing more; its VM and disk actions in flight finish first."""
+        policy = self.job.spec.persistent_disk
+        keep = policy is not None and policy.reclaim_policy == "Retain"
+        await self.reconciler.teardown(keep_disks=keep)
+        self.woken.set()  # the daemon sees it is closed and ends
+        name = self.job.job_name
+        self.fleet.withdraw(
+            self.group, [ContainerKey(name, c.name) for c in self.job.spec.containers]
+        )
+
+    async def provider_current(self, body: Mapping[str, Any]) -> bool:
+        """False when the spec or its credentials now name another provider configuration:
+        the daemon then starts over with a new runtime."""
+        job = parse_job(body)
+        await self._refresh_secrets(job)
+        try:
+            config = provider_config(job.spec.provider, self.secrets)
+        except PermanentError as error:
+            raise kopf.PermanentError(str(error)) from error
+        provider, _ = await _make_provider(self.fleet, config)
+        return provider is self.world.provider
+
+    # --- a pass ---------------------------------------------------------------------------------
+
+    async def run_pass(self, body: Mapping[str, Any]) -> float:
+        """One observe → decide → execute → report pass; the seconds until the next one."""
+        job = parse_job(body)
+        self.job = job
+        desired = job_desired(job, self.secrets)
+        inputs = PassInputs(
+            resurrection=resurrection_policy(job),
+            known_vms=known_vms(job),
+            upstreams=self.fleet.upstreams(self.group, self.ref, cross_job_upstreams(job)),
+        )
+        report = await self.reconciler.reconcile(desired, inputs, lambda r: self._publish(job, r))
+        self.last_report = report
+        self.watchers.sync(
+            i.vm_id for i in report.observation.instances.values() if i.vm_id and i.has_vm
+        )
+        self._publish(job, report)
+        post_report(body, job, report)
+        if report.verdict.requeue_after is None:
+            return DRIFT_INTERVAL
+        return max(report.verdict.requeue_after, MIN_REQUEUE)
+
+    def _publish(self, job: Job, report: JobReport) -> None:
+        """The board, the status and the disk records after a decision (before its actions
+        run, when ``report.acting``, and after)."""
+        planned = planning_job(job_desired(job, self.secrets))
+        self.fleet.report(
+            self.group, self.ref, reports_of(planned, report.verdict, report.upstreams_seen)
+        )
+        status = job_status(job, report, datetime.now(UTC), self.last_status, self.pending_reasons)
+        self._offer(status)
+        if not report.acting:
+            self.disks.offer(job, report)
+
+    def _offer(self, status: dict[str, Any]) -> None:
+        status = _redacted(status)
+        self.last_status = status
+        self.status.offer(status)
+
+    async def _write_status(self, status: dict[str, Any]) -> None:
+        await kube.patch_status("jobs", self.ref[0], self.ref[1], status)
+
+    # --- Secrets --------------------------------------------------------------------------------
+
+    async def _refresh_secrets(self, job: Job) -> None:
+        """A new spec may name new Secrets: read them now. Otherwise the cache serves and is
+        re-read in the background now and then (a changed value wakes the daemon)."""
+        generation = job.metadata.generation or 0
+        read_at, read_for = self._secrets_read
+        if generation != read_for or not secret_names(job) <= set(self.secrets):
+            self._set_secrets(await _read_secrets(job), generation)
+        elif time.monotonic() - read_at >= SECRETS_REFRESH and self._refreshing is None:
+            self._refreshing = asyncio.create_task(self._refresh_in_background(job))
+
+    async def _refresh_in_background(self, job: Job) -> None:
+        try:
+            fresh = await _read_secrets(job)
+        except Exception as error:  # the API is away: the cache serves on
+            log.warning("re-reading the Secrets of Job %s failed: %s", self.ref[1], error)
+            self._secrets_read = (time.monotonic(), self._secrets_read[1])
+        else:
+            changed = fresh != self.secrets
+            self._set_secrets(fresh, self._secrets_read[1])
+            if changed:
+                self.woken.set()
+        finally:
+            self._refreshing = None
+
+    def _set_secrets(self, secrets: dict[str, dict[str, str]], generation: int) -> None:
+        protect(value for secret in secrets.values() for value in secret.values())
+        self.secrets = secrets
+        self._secrets_read = (time.monotonic(), generation)
 
 
-def wake(namespace: str, name: str) -> None:
-    event = _events.get((namespace, name))
-    if event is not None:
-        event.set()
+DRIFT_INTERVAL = 15.0  # seconds between full observations when nothing else wakes the daemon
 
 
-def wake_threadsafe(namespace: str, name: str) -> None:
-    if _loop is not None and not _loop.is_closed():
-        _loop.call_soon_threadsafe(wake, namespace, name)
+async def _read_secrets(job: Job) -> dict[str, dict[str, str]]:
+    namespace = job.metadata.namespace or ""
+    secrets: dict[str, dict[str, str]] = {}
+    for name in secret_names(job):
+        try:
+            secrets[name] = await kube.read_secret(namespace, name)
+        except kube.ApiException as error:
+            if error.status != 404:
+                raise
+    protect(value for secret in secrets.values() for value in secret.values())
+    return secrets
 
 
-# --- one pass at a time per Job, and none after its teardown -----------------------------------
-_pass_locks: dict[str, threading.Lock] = {}
-_pass_locks_guard = threading.Lock()
-_torn_down: set[str] = set()  # Job uids whose world was torn down
+async def _world(
+    fleet: Fleet, job: Job, secrets: dict[str, dict[str, str]]
+) -> tuple[JobWorld, ActionPool]:
+    try:
+        config = provider_config(job.spec.provider, secrets)
+    except PermanentError as error:
+        raise kopf.PermanentError(str(error)) from error
+    provider, pool = await _make_provider(fleet, config)
+    identity = JobIdentity(
+        namespace=job.metadata.namespace or "",
+        name=job.metadata.name,
+        uid=job.metadata.uid or "",
+        deployment=job.metadata.labels.get(DEPLOYMENT_LABEL, ""),
+        job=job.job_name,
+    )
+    image_source = _host_docker() if config.type == "local" else None
+    return JobWorld(provider, identity, image_source, disk_helper_image(config.type)), pool
 
 
-def _pass_lock(uid: str) -> threading.Lock:
-    with _pass_locks_guard:
-        return _pass_locks.setdefault(uid, threading.Lock())
+async def _make_provider(fleet: Fleet, config: ProviderConfig) -> tuple[Provider, ActionPool]:
+    try:
+        return await asyncio.to_thread(fleet.provider, _freeze(config))
+    except PermanentError as error:
+        raise kopf.PermanentError(str(error)) from error
+    except ProviderError as error:
+        raise kopf.TemporaryError(str(error), delay=10) from error
 
 
-# --- providers are shared by every Job with the same configuration -----------------------------
-_providers: dict[ProviderConfig, Provider] = {}
-_providers_guard = threading.Lock()
-
-
-def _provider(config: ProviderConfig) -> Provider:
-    # One instance per configuration, even when Jobs start at once in threads (functools.cache
-    # would build two and keep one: the other Job's context then looked stale every pass and was
-    # rebuilt, losing what its reconciler remembered, e.g. back-offs).
-    with _providers_guard:
-        if config not in _providers:
-            _providers[config] = make_provider(config)
-        return _providers[config]
+async def provider_for(fleet: Fleet, spec: ProviderSpec, namespace: str) -> Provider:
+    """The provider a spec names, with credentials from its Secret."""
+    secrets: dict[str, dict[str, str]] = {}
+    ref = spec.credentials_secret_ref
+    if ref is not None:
+        secrets[ref.name] = await kube.read_secret(namespace, ref.name)
+    try:
+        config = provider_config(spec, secrets)
+    except PermanentError as error:
+        raise kopf.PermanentError(str(error)) from error
+    provider, _ = await _make_provider(fleet, config)
+    return provider
 
 
 def _freeze(config: ProviderConfig) -> ProviderConfig:
-    # ProviderConfig holds Mappings; make it hashable for the cache.
+    # ProviderConfig holds Mappings; make it hashable for the fleet's cache.
     return ProviderConfig(
         type=config.type,
         region=config.region,
@@ -106,306 +291,12 @@ def _host_docker() -> docker.DockerClient:
     return docker.from_env()
 
 
-class ReconcileContext:
-    def __init__(self, job: Job, world: JobWorld, watchers: WatcherSet) -> None:
-        self.job = job
-        self.world = world
-        self.watchers = watchers
-        self.reconciler = JobReconciler(world)
-        self.secrets: dict[str, dict[str, str]] = {}
-        self.last_status: dict[str, Any] | None = None  # what we last wrote
-        self.pending_reasons: dict[tuple[int, str], str] = {}  # restarts not yet seen
-        self.disk_records: dict[str, dict[str, Any]] | None = None  # PersistentDisk name -> body
-        self.disk_conditions: dict[str, list[dict[str, Any]]] = {}  # what its status last said
-
-    async def reconcile(self) -> JobReport:
-        desired = job_desired(self.job, self.secrets, await _upstream_starts(self.job))
-        policy = self.job.spec.resurrection
-        resurrection = ResurrectionWant(
-            enabled=policy.enabled,
-            meltdown_min_down=policy.meltdown_min_down,
-            meltdown_percent=policy.meltdown_percent,
-            unresponsive_timeout=parse_duration(policy.unresponsive_timeout),
-        )
-        known_vms = {i.index: i.vm_id for i in self.job.status.instances if i.vm_id}
-        uid = self.job.metadata.uid or ""
-
-        def one_pass() -> JobReport:
-            # A cancelled daemon cannot stop its thread: the lock makes the delete handler's
-            # teardown wait for a pass in flight, and no pass runs after the teardown.
-            with _pass_lock(uid):
-                if uid in _torn_down:
-                    return JobReport(instances={}, actions=[], updated_indices=set())
-                return self.reconciler.reconcile(desired, resurrection, known_vms)
-
-        report = await asyncio.to_thread(one_pass)
-        self.watchers.sync(i.vm.id for i in report.instances.values() if i.vm is not None)
-        await self.record_disks(report)
-        return report
-
-    async def record_disks(self, report: JobReport) -> None:
-        """Keep a PersistentDisk object per instance disk (``<job>-<index>``), so disks show in
-        ``kubectl get dypd``. Written only when what it says changed: no writes at steady state."""
-        job = self.job
-        namespace = job.metadata.namespace or ""
-        if self.disk_records is None:  # first pass: learn which records exist
-            found = await kube.list_(
-                "persistentdisks", namespace, f"{JOB_LABEL}={job.metadata.name}"
-            )
-            self.disk_records = {item["metadata"]["name"]: {} for item in found}
-            self.disk_conditions = {
-                item["metadata"]["name"]: (item.get("status") or {}).get("conditions") or []
-                for item in found
-            }
-        template = job.spec.persistent_disk
-        wanted: dict[str, dict[str, Any]] = {}
-        for index, instance in sorted(report.instances.items()):
-            disk = instance.disk
-            if disk is None or template is None:
-                continue
-            wanted[self.world.identity.disk_name(index)] = {
-                "spec": {
-                    "provider": job.spec.provider.model_dump(
-                        mode="json", by_alias=True, exclude_none=True
-                    ),
-                    "size": template.size,
-                    "reclaimPolicy": template.reclaim_policy,
-                    **({"type": template.type} if template.type else {}),
-                },
-                "status": {
-                    "diskId": disk.id,
-                    "capacity": format_quantity(disk.size_mib * MIB),
-                    "phase": "Attached" if disk.attached_to else "Detached",
-                    **({"attachedTo": disk.attached_to} if disk.attached_to else {}),
-                },
-            }
-        for name, record in wanted.items():
-            if self.disk_records.get(name) == record:
-                continue
-            metadata: dict[str, Any] = {
-                "name": name,
-                "labels": {
-                    JOB_LABEL: job.metadata.name,
-                    DEPLOYMENT_LABEL: job.metadata.labels.get(DEPLOYMENT_LABEL, ""),
-                },
-            }
-            if record["spec"]["reclaimPolicy"] == "Delete":  # Retain: the record outlives us
-                metadata["ownerReferences"] = [
-                    {
-                        "apiVersion": f"{kube.GROUP}/{kube.VERSION}",
-                        "kind": "Job",
-                        "name": job.metadata.name,
-                        "uid": job.metadata.uid,
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ]
-            body = {
-                "apiVersion": f"{kube.GROUP}/{kube.VERSION}",
-                "kind": "PersistentDisk",
-                "metadata": metadata,
-                "spec": record["spec"],
-            }
-            stored = None
-            if name not in self.disk_records:  # created, or the one already there (409)
-                stored = await kube.create("persistentdisks", namespace, body)
-            if stored is None or stored.get("spec") != body["spec"]:
-                patch = {"spec": body["spec"]}
-                stored = await kube.patch("persistentdisks", namespace, name, patch)
-            generation = stored["metadata"]["generation"]
-            status = {
-                **record["status"],
-                "observedGeneration": generation,
-                "conditions": disk_conditions(
-                    self.disk_conditions.get(name, []), record["status"], generation
-                ),
-            }
-            await kube.patch_status("persistentdisks", namespace, name, status)
-            self.disk_conditions[name] = status["conditions"]
-            self.disk_records[name] = record
-        gone = [n for n in self.disk_records if n not in wanted]
-        for name in gone:
-            # Its instance was scaled away. A Retain disk still exists: keep its record.
-            if template is None or template.reclaim_policy == "Delete":
-                await kube.delete("persistentdisks", namespace, name)
-                del self.disk_records[name]
-
-    async def teardown(self) -> None:
-        policy = self.job.spec.persistent_disk
-        keep_disks = policy is not None and policy.reclaim_policy == "Retain"
-        uid = self.job.metadata.uid or ""
-
-        def teardown() -> None:
-            with _pass_lock(uid):
-                _torn_down.add(uid)
-                self.reconciler.teardown(keep_disks)
-
-        await asyncio.to_thread(teardown)
-
-    def close(self) -> None:
-        self.watchers.stop()
-
-
-async def _read_secrets(job: Job, namespace: str) -> dict[str, dict[str, str]]:
-    secrets: dict[str, dict[str, str]] = {}
-    for name in secret_names(job):
-        try:
-            secrets[name] = await kube.read_secret(namespace, name)
-        except kube.ApiException as error:
-            if error.status != 404:
-                raise
-    return secrets
-
-
-async def _upstream_starts(job: Job) -> dict[str, float]:
-    """Latest start of every cross-job upstream container, read from its Job's status."""
-    deployment = job.metadata.labels.get("dockyard.dev/deployment")
-    namespace = job.metadata.namespace or ""
-    wanted = {d for c in job.spec.containers for d in c.depends_on if "/" in d}
-    starts: dict[str, float] = {}
-    for upstream_job in sorted({d.split("/", 1)[0] for d in wanted}):
-        name = f"{deployment}-{upstream_job}" if deployment else upstream_job
-        body = await kube.get("jobs", namespace, name)
-        if body is None:
-            continue
-        for instance in (body.get("status") or {}).get("instances", []):
-            for container in instance.get("containers", []):
-                key = f"{upstream_job}/{container['name']}"
-                started = container.get("startedAt")
-                if key in wanted and started:
-                    stamp = datetime.fromisoformat(started).timestamp()
-                    starts[key] = max(starts.get(key, 0.0), stamp)
-    return starts
-
-
-async def _make_provider(config: ProviderConfig) -> Provider:
-    try:
-        return await asyncio.to_thread(_provider, _freeze(config))
-    except PermanentError as error:
-        raise kopf.PermanentError(str(error)) from error
-    except ProviderError as error:
-        raise kopf.TemporaryError(str(error), delay=10) from error
-
-
-async def provider_for(spec: ProviderSpec, namespace: str) -> Provider:
-    """The provider a spec names, with credentials from its Secret."""
-    secrets: dict[str, dict[str, str]] = {}
-    ref = spec.credentials_secret_ref
-    if ref is not None:
-        secrets[ref.name] = await kube.read_secret(namespace, ref.name)
-    try:
-        config = provider_config(spec, secrets)
-    except PermanentError as error:
-        raise kopf.PermanentError(str(error)) from error
-    return await _make_provider(config)
-
-
-async def build_context(
-    body: Mapping[str, Any], previous: ReconcileContext | None
-) -> ReconcileContext:
-    job = parse_job(body)
-    namespace = job.metadata.namespace or ""
-    secrets = await _read_secrets(job, namespace)
-    protect(value for secret in secrets.values() for value in secret.values())
-    try:
-        config = provider_config(job.spec.provider, secrets)
-    except PermanentError as error:
-        raise kopf.PermanentError(str(error)) from error
-    provider = await _make_provider(config)
-    if previous is not None and previous.world.provider is provider:
-        previous.job, previous.secrets = job, secrets
-        return previous
-    if previous is not None:
-        previous.close()
-    identity = JobIdentity(
-        namespace=namespace,
-        name=job.metadata.name,
-        uid=job.metadata.uid or "",
-        deployment=job.metadata.labels.get("dockyard.dev/deployment", ""),
-        job=job.job_name,
-    )
-    image_source = _host_docker() if config.type == "local" else None
-    world = JobWorld(provider, identity, image_source, disk_helper_image(config.type))
-    watchers = WatcherSet(
-        provider.docker_client,
-        lambda _vm, _what: wake_threadsafe(namespace, job.metadata.name),
-    )
-    context = ReconcileContext(job, world, watchers)
-    context.secrets = secrets
-    return context
-
-
 def disk_helper_image(provider_type: str) -> str:
     """The image of the short-lived disk helper on VMs (mount, grow, migration copy): any image
     with ``sh`` and ``nsenter``. Local VMs take it from the host, which has no registry: there it
     is the busybox image the bring-up builds. Air-gapped clouds set their registry's copy."""
     default = LOCAL_HELPER_IMAGE if provider_type == "local" else diskfs.DEFAULT_HELPER_IMAGE
     return os.environ.get("DOCKYARD_DISK_HELPER_IMAGE") or default
-
-
-async def publish_job_status(body: kopf.Body, report: JobReport, context: ReconcileContext) -> None:
-    """An Event per action; the status patched only when it differs from what is stored."""
-    job = parse_job(body)
-    for action in report.actions:
-        post = kopf.info if action.ok else kopf.warn
-        detail = f" ({action.message})" if action.message else ""
-        post(
-            body,
-            reason=action.kind,
-            message=redact(f"instance {action.index}: {action.target}: {action.reason}{detail}"),
-        )
-    namespace = job.metadata.namespace or ""
-    deployment = job.metadata.labels.get("dockyard.dev/deployment", "")
-    for (index, container), (count, oom) in sorted(report.engine_restarts.items()):
-        why = "OOM-killed" if oom else "exited"
-        times = "once" if count == 1 else f"{count} times"
-        kopf.warn(
-            body,
-            reason="ContainerCrashed",
-            message=f"instance {index}: {container}: {why}; the engine restarted it {times}",
-        )
-        metrics.record_engine_restarts(namespace, deployment, job.job_name, container, count, oom)
-    for action in report.actions:
-        metrics.record_action(
-            namespace,
-            deployment,
-            job.job_name,
-            action.kind,
-            action.target,
-            action.reason,
-            action.ok,
-            provider=job.spec.provider.type,
-        )
-    metrics.set_crash_looping(
-        namespace,
-        deployment,
-        job.job_name,
-        containers=[c.name for c in job.spec.containers],
-        looping={name for _, name in report.crash_looping},
-    )
-    status = job_status(
-        job,
-        report,
-        now=datetime.now(UTC),
-        previous=context.last_status,
-        pending_reasons=context.pending_reasons,
-    )
-    metrics.set_job_state(
-        namespace,
-        deployment,
-        job.job_name,
-        ready=status["readyInstances"],
-        total=job.spec.instances,
-        halted=bool(report.stalled),
-        meltdown=bool(report.meltdown),
-    )
-    current = context.last_status or {
-        k: v for k, v in (body.get("status") or {}).items() if k != "kopf"
-    }
-    status = _redacted(status)
-    if status != current:
-        await kube.patch_status("jobs", job.metadata.namespace or "", job.metadata.name, status)
-    context.last_status = status
 
 
 def _redacted(value: Any) -> Any:

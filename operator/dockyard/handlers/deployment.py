@@ -17,7 +17,6 @@ from dockyard.api.conditions import kstatus
 from dockyard.api.models import Deployment, parse_deployment
 from dockyard.api.validation import validate_dependencies
 from dockyard.handlers import kube
-from dockyard.handlers.context import wake
 from dockyard.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -165,6 +164,8 @@ async def _publish(
     total = sum(c["instances"] for c in counts)
     ready_instances = sum(c["ready"] for c in counts)
     progress = f"{ready_instances}/{total} instances ready"
+    if not ready and not stalled:
+        progress = "; ".join([progress, *_not_ready(deployment, by_job)])
     status = {
         "observedGeneration": generation,
         "jobs": counts,
@@ -187,6 +188,26 @@ async def _publish(
         await kube.patch_status("deployments", meta.namespace or "", meta.name, status)
 
 
+def _not_ready(deployment: Deployment, by_job: dict[str | None, dict[str, Any]]) -> list[str]:
+    """Per job that is not Ready at its generation: what its own Ready condition says."""
+    waiting = []
+    for job in deployment.spec.jobs:
+        child = by_job.get(job.name)
+        if child is None:
+            waiting.append(f"job {job.name}: not created yet")
+        elif not _ready_at_generation(child):
+            status = child.get("status") or {}
+            generation = child.get("metadata", {}).get("generation")
+            ready = next(
+                (c for c in status.get("conditions", []) if c.get("type") == "Ready"), None
+            )
+            if status.get("observedGeneration") != generation or ready is None:
+                waiting.append(f"job {job.name}: generation {generation} not observed yet")
+            else:
+                waiting.append(f"job {job.name}: {ready.get('reason')}: {ready.get('message', '')}")
+    return waiting
+
+
 @kopf.on.resume(kube.GROUP, kube.VERSION, "deployments")
 @kopf.on.create(kube.GROUP, kube.VERSION, "deployments")
 @kopf.on.update(kube.GROUP, kube.VERSION, "deployments", field="spec")
@@ -207,16 +228,14 @@ def deployment_deleted(body: kopf.Body, **_: Any) -> None:
 @kopf.on.event(kube.GROUP, kube.VERSION, "jobs")
 async def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     """A child changed (kopf keeps no diff of status, so this follows raw watch events): roll
-    its status up, continue a serial rollout, wake its cross-job dependents."""
+    its status up, continue a serial rollout. (Its cross-job dependents learn of its containers
+    from the fleet's board, not from here.)"""
     if type is None:  # the initial listing; resume handlers cover it
         return
     namespace = body.metadata.namespace or ""
     deployment_name = body.get("metadata", {}).get("labels", {}).get(DEPLOYMENT_LABEL)
     if not deployment_name:
         return
-    for sibling in await kube.list_("jobs", namespace, f"{DEPLOYMENT_LABEL}={deployment_name}"):
-        if sibling["metadata"]["name"] != body["metadata"]["name"]:
-            wake(namespace, sibling["metadata"]["name"])
     parent = await kube.get("deployments", namespace, deployment_name)
     if parent is not None:
         await reconcile_deployment(parent)

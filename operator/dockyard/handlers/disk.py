@@ -19,9 +19,10 @@ from dockyard.api.models import parse_persistent_disk
 from dockyard.api.quantities import format_quantity
 from dockyard.handlers import kube
 from dockyard.handlers.context import provider_for
+from dockyard.handlers.job import fleet_of
+from dockyard.handlers.status import disk_conditions
 from dockyard.providers import DiskSpec, PermanentError, TransientError
 from dockyard.providers.base import TAG_DISK
-from dockyard.runtime.status import disk_conditions
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -34,13 +35,13 @@ def disk_tags(namespace: str, name: str) -> dict[str, str]:
 @kopf.on.resume(kube.GROUP, kube.VERSION, "persistentdisks")
 @kopf.on.create(kube.GROUP, kube.VERSION, "persistentdisks")
 @kopf.on.update(kube.GROUP, kube.VERSION, "persistentdisks", field="spec.size")
-async def ensure_disk(body: kopf.Body, **_: Any) -> None:
+async def ensure_disk(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The provider disk exists, at least as big as ``spec.size`` (the CRD refuses a shrink)."""
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     if body.get("metadata", {}).get("labels", {}).get("dockyard.dev/job"):
         return  # its Job manages it
     disk = parse_persistent_disk(body)
-    provider = await provider_for(disk.spec.provider, namespace)
+    provider = await provider_for(fleet_of(memo), disk.spec.provider, namespace)
     spec = DiskSpec(
         tags=disk_tags(namespace, name),
         size_mib=-(-disk.spec.size_bytes // MIB),
@@ -74,7 +75,7 @@ async def ensure_disk(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.delete(kube.GROUP, kube.VERSION, "persistentdisks")
-async def delete_disk(body: kopf.Body, **_: Any) -> None:
+async def delete_disk(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     if body.get("metadata", {}).get("labels", {}).get("dockyard.dev/job"):
         return  # a Job's record: the Job deletes its disks itself (scale-down, teardown)
@@ -82,7 +83,7 @@ async def delete_disk(body: kopf.Body, **_: Any) -> None:
     if disk.spec.reclaim_policy != "Delete":
         kopf.info(body, reason="DiskRetained", message="reclaimPolicy Retain: the disk stays")
         return
-    provider = await provider_for(disk.spec.provider, namespace)
+    provider = await provider_for(fleet_of(memo), disk.spec.provider, namespace)
 
     def remove() -> None:
         for found in provider.find_disks(disk_tags(namespace, name)):

@@ -1,8 +1,9 @@
 """kopf glue for Jobs: one daemon per Job keeps its instances converged, forever.
 
 The daemon wakes on a spec change, on any Docker event from the Job's VMs (the monitor's
-watchers), on an upstream Job's container restarts, and on a drift timer; each wake is one
-observe → plan → act → report pass of the runtime.
+watchers), when an upstream in another job changes (the fleet's board), and on a drift timer;
+each wake is one observe → decide → execute → report pass (``context.JobRuntime``). Its state
+lives in kopf's per-object memo; what Jobs share lives in the fleet (the operator's memo).
 """
 
 from __future__ import annotations
@@ -16,72 +17,99 @@ from typing import Any
 import kopf
 
 from dockyard.handlers import kube
-from dockyard.handlers.context import (
-    ReconcileContext,
-    build_context,
-    publish_job_status,
-    wake,
-    wakeup_event,
-)
+from dockyard.handlers.context import DRIFT_INTERVAL, JobRuntime
+from dockyard.handlers.fleet import Fleet
 from dockyard.observability import metrics
 from dockyard.providers.redaction import redact
-from dockyard.runtime.reconciler import FAILURE_KINDS
 
 log = logging.getLogger(__name__)
 
-DRIFT_INTERVAL = 15.0  # seconds between full observations when nothing else wakes the daemon
+RUNTIME = "job_runtime"  # the key of a Job's runtime in its kopf memo
+
+
+def fleet_of(memo: kopf.Memo) -> Fleet:
+    fleet = memo.get("fleet")
+    if not isinstance(fleet, Fleet):  # an operator started without our startup handler
+        fleet = memo["fleet"] = Fleet()
+    return fleet
 
 
 @kopf.on.update(kube.GROUP, kube.VERSION, "jobs", field="spec")
-def spec_changed(body: kopf.Body, **_: Any) -> None:
-    wake(body.metadata.namespace or "", body.metadata.name or "")
+async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    fleet_of(memo).wake((body.metadata.namespace or "", body.metadata.name or ""))
 
 
 @kopf.daemon(kube.GROUP, kube.VERSION, "jobs", cancellation_timeout=30)
-async def converge(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
-    event = wakeup_event(namespace, name)
-    context: ReconcileContext | None = None
+async def converge(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    runtime: JobRuntime | None = None
     try:
         while not stopped:
-            event.clear()
             started = time.monotonic()
+            delay = 10.0
             try:
-                context = await build_context(body, context)
-                report = await context.reconcile()
-                await publish_job_status(body, report, context)
-                failed = sorted({a.kind for a in report.actions if a.kind in FAILURE_KINDS})
-                if failed:
-                    metrics.observe_reconcile("Job", "error", started, reason=failed[0])
-                elif report.stalled:
-                    metrics.observe_reconcile("Job", "stalled", started)
-                else:
-                    metrics.observe_reconcile("Job", "success", started)
-                delay = report.requeue_after or DRIFT_INTERVAL
+                if runtime is not None and not await runtime.provider_current(body):
+                    await runtime.close()  # another provider now: start over (a new world)
+                    runtime = None
+                if runtime is None:
+                    runtime = memo[RUNTIME] = await JobRuntime.start(fleet_of(memo), body)
+                runtime.woken.clear()
+                delay = await runtime.run_pass(body)
+                _observe(runtime, started)
             except kopf.TemporaryError as error:
                 metrics.observe_reconcile("Job", "retry", started)
                 log.warning("retrying in %.0fs: %s", error.delay or 10, error)
                 delay = float(error.delay or 10)
             except Exception as error:
                 metrics.observe_reconcile("Job", "error", started)
-                log.exception("reconcile of Job %s/%s failed", namespace, name)
-                kopf.warn(body, reason="ReconcileError", message=redact(str(error))[:1000])
-                delay = 10.0
+                log.exception("reconcile of Job %s failed", body.metadata.name)
+                kopf.warn(body, reason="ReconcileError", message=redact(_describe(error))[:1000])
+            if runtime is not None and runtime.closed:
+                return  # torn down: nothing more to do for this Job
+            woken = runtime.woken if runtime is not None else asyncio.Event()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout=delay)
+                await asyncio.wait_for(woken.wait(), timeout=delay)
     finally:
-        if context is not None:
-            context.close()
+        if runtime is not None:
+            await runtime.close()
+
+
+def _observe(runtime: JobRuntime, started: float) -> None:
+    report = runtime.last_report
+    if report is None:
+        return
+    failed = sorted({r.kind for r in report.failed})
+    if failed:
+        metrics.observe_reconcile("Job", "error", started, reason=failed[0])
+    elif report.verdict.stalled:
+        metrics.observe_reconcile("Job", "stalled", started)
+    else:
+        metrics.observe_reconcile("Job", "success", started)
+
+
+def _describe(error: Exception) -> str:
+    """An error in words: an API error's reason and message, not only its status code."""
+    if isinstance(error, kube.ApiException):
+        return kube.describe(error)
+    return str(error) or repr(error)
 
 
 @kopf.on.delete(kube.GROUP, kube.VERSION, "jobs")
-async def delete_job(body: kopf.Body, **_: Any) -> None:
-    """Containers and VMs go; disks go or stay per the persistent disk's reclaimPolicy."""
-    context = await build_context(body, None)
+async def delete_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Containers and VMs go; disks go or stay per the persistent disk's reclaimPolicy. A pass
+    in flight starts nothing more, and the teardown waits only for its VM and disk actions."""
+    runtime = memo.get(RUNTIME)
+    own = not isinstance(runtime, JobRuntime) or runtime.closed
+    if own:
+        runtime = await JobRuntime.start(fleet_of(memo), body)
+    assert isinstance(runtime, JobRuntime)
     try:
-        await context.teardown()
+        await runtime.teardown()
     finally:
-        context.close()
-    job = context.job
+        if own:
+            await runtime.close()
+    job = runtime.job
     deployment = job.metadata.labels.get("dockyard.dev/deployment", "")
     metrics.forget_job(job.metadata.namespace or "", deployment, job.job_name)
+
+
+__all__ = ["DRIFT_INTERVAL", "converge", "delete_job", "fleet_of", "spec_changed"]

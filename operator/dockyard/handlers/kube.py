@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
+import json
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -19,7 +21,7 @@ import kubernetes.config
 from kubernetes.client.exceptions import ApiException
 
 GROUP = "dockyard.dev"
-__all__ = ["GROUP", "VERSION", "ApiException", "as_body"]
+__all__ = ["GROUP", "VERSION", "ApiException", "as_body", "describe"]
 VERSION = "v1alpha1"
 
 
@@ -43,6 +45,15 @@ def custom() -> kubernetes.client.CustomObjectsApi:
 
 def core() -> kubernetes.client.CoreV1Api:
     return kubernetes.client.CoreV1Api(_api_client())
+
+
+def describe(error: ApiException) -> str:
+    """What the API server said, in words: its status, reason and the Status message it sent
+    (``(422) ... spec.size: Invalid value ...``), not only the code."""
+    message = ""
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        message = json.loads(error.body or "{}").get("message", "")
+    return f"({error.status}) {error.reason}: {message or error.body or ''}".strip()
 
 
 async def get(plural: str, namespace: str, name: str) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ import kopf
 
 # Importing the handler modules registers their handlers with kopf.
 from dockyard.handlers import deployment, disk, job  # noqa: F401
+from dockyard.handlers.fleet import Fleet
 from dockyard.observability import metrics
 
 # kopf refuses to start with admission handlers but no webhook server: the admission module
@@ -21,7 +22,10 @@ log = logging.getLogger(__name__)
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # What Jobs share (providers, action pools, the board of upstreams), in the operator's
+    # memo: every object's memo is a shallow copy of it.
+    memo.setdefault("fleet", Fleet(pool_sizes(os.environ.get("DOCKYARD_POOL_SIZES", ""))))
     # Everything kopf keeps goes to annotations under our prefix; our status is ours alone.
     settings.persistence.finalizer = "dockyard.dev/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dockyard.dev")
@@ -40,10 +44,30 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         admission.configure_webhook(settings)
 
 
+@kopf.on.cleanup()
+def release(memo: kopf.Memo, **_: Any) -> None:
+    fleet = memo.get("fleet")
+    if isinstance(fleet, Fleet):
+        fleet.close()
+
+
+def pool_sizes(text: str) -> dict[str, int]:
+    """``local=32,aws=8`` -> actions in flight at once per provider type."""
+    sizes: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, number = part.partition("=")
+        try:
+            sizes[kind.strip()] = max(int(number), 1)
+        except ValueError:
+            raise SystemExit(f"--pool {part!r}: expected TYPE=NUMBER, e.g. local=32") from None
+    return sizes
+
+
 def run_operator(
     namespace: str | None = None,
     metrics_port: int = 9090,
     liveness: str = "http://0.0.0.0:8080/healthz",
+    pools: str = "",
 ) -> int:
     logging.basicConfig(
         level=os.environ.get("DOCKYARD_LOG_LEVEL", "INFO"),
@@ -57,6 +81,7 @@ def run_operator(
             clusterwide=namespace is None,
             namespaces=[namespace] if namespace else [],
             liveness_endpoint=liveness or None,
+            memo=kopf.Memo(fleet=Fleet(pool_sizes(pools))) if pools else None,
         )
     )
     return 0

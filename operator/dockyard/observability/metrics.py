@@ -475,24 +475,26 @@ _DISK_ACTIONS: dict[str, DiskOperation] = {
 }
 
 
-def restart_reason(kind: str, reason: str) -> RestartReason | None:
-    """Why the reconciler (re)started a container, as a metric reason; None for a first start.
+# Why the reconciler (re)started a container, by the planner's cause (its enum values: this
+# module imports nothing of ours).
+_RESTART_CAUSES: dict[str, RestartReason] = {
+    "Upstream": "upstream",
+    "Unhealthy": "unhealthy",
+    "Exited": "crash",
+    "Dead": "crash",
+    "SpecChanged": "spec_change",
+    "DiskGrown": "spec_change",
+    "DiskAttached": "spec_change",
+    "DiskMigrated": "spec_change",
+}
 
-    The planner's reasons: ``upstream …``, ``unhealthy``, the state a stopped container was
-    found in (``exited (exit code 1)``, ``dead …``, ``created``), ``spec changed``, and
-    ``disk grown``/``disk attached``/``disk migrated`` (stopped or removed around a disk
-    operation)."""
+
+def restart_reason(kind: str, cause: str) -> RestartReason | None:
+    """Why the reconciler (re)started a container, as a metric reason; None for a first start.
+    ``cause`` is the planner's Cause value (``Upstream``, ``Exited``, ``SpecChanged``...)."""
     if kind not in ("RestartedContainer", "RecreatedContainer"):
         return None
-    if reason.startswith("upstream"):
-        return "upstream"
-    if reason == "unhealthy":
-        return "unhealthy"
-    if reason.startswith(("exited", "dead", "created", "not running")):
-        return "crash"
-    if reason == "spec changed" or reason.startswith("disk "):
-        return "spec_change"
-    return "drift"
+    return _RESTART_CAUSES.get(cause, "drift")
 
 
 def record_action(
@@ -501,16 +503,17 @@ def record_action(
     job: str,
     kind: str,
     target: str,
-    reason: str,
+    cause: str,
     ok: bool,
     *,
     provider: str = "unknown",
 ) -> None:
-    """Count what a reconcile pass did: one call per action it reports (runtime ActionRecord).
+    """Count what a reconcile pass did: one call per action it reports (runtime ActionRecord,
+    with its planner Cause value).
 
     A first start (``StartedContainer``) is not a restart; see ``restart_reason`` for the rest.
     Failures of a pass are counted by ``observe_reconcile``, not here."""
-    why = restart_reason(kind, reason)
+    why = restart_reason(kind, cause)
     if why is not None:
         record_container_restart(namespace, deployment, job, target, why)
     elif kind in ("ResurrectedVM", "ResurrectionFailed"):

@@ -1,8 +1,15 @@
-"""Planning: pure functions from (desired, observed) to ordered actions.
+"""Planning: pure functions from (desired, observed, memory, now) to what to do.
 
-No I/O, no clock, no imports of the API models: the reconciler adapts both sides into the small
-frozen dataclasses below, calls :func:`plan`, picks :func:`next_step`, executes it, observes
-again and re-plans.
+No I/O, no clock (time is passed in), no imports of the API models: the runtime adapts both
+sides into small frozen dataclasses. Two steps:
+
+* :func:`plan` (``planner``): desired x observed → every action, in order, each with a typed
+  :class:`Cause`;
+* ``decide.decide`` (``decide``): intent x observation x memory x now → the actions to run
+  now (back-offs, meltdown, unresponsive timeouts, cross-job settling, the rollout's canaries,
+  batches and watches), the new memory (``memory``), and the verdict for status (``verdict``).
+  ``ordering.order`` turns the chosen actions into the graph the executor runs;
+  ``cascade.upstream_states`` says when an upstream in another job is settled.
 
 Inputs (``model``)
     :class:`DesiredJob` (name, instances, containers, disk, update, resurrect),
@@ -44,9 +51,11 @@ from dockyard.planning.graph import (
     parse_dependency,
 )
 from dockyard.planning.model import (
+    ROLLOUT_CAUSES,
     STARTS,
     Action,
     AttachDisk,
+    Cause,
     ContainerAction,
     ContainerKey,
     ContainerState,
@@ -88,10 +97,12 @@ from dockyard.planning.rollout import (
 )
 
 __all__ = [
+    "ROLLOUT_CAUSES",
     "STARTS",
     "Action",
     "AttachDisk",
     "Batch",
+    "Cause",
     "ContainerAction",
     "ContainerKey",
     "ContainerState",

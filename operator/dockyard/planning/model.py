@@ -6,6 +6,7 @@ observations into them), so the planning layer stays pure and easy to test.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, NamedTuple
@@ -142,6 +143,8 @@ class ObservedContainer:
     config_hash: str
     started_at: float | None = None
     exit_code: int | None = None
+    #: Its health check fails and its back-off allows a restart now (the caller decides).
+    unhealthy: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,35 @@ World = Mapping[str, Mapping[int, ObservedInstance]]
 # --- actions ------------------------------------------------------------------------------------
 
 
+class Cause(enum.StrEnum):
+    """Why an action is planned: what code branches on (an action's ``reason`` is for humans)."""
+
+    UNSPECIFIED = "Unspecified"
+    NEW_INSTANCE = "NewInstance"  # a wanted instance has no VM or disk yet
+    SCALED_DOWN = "ScaledDown"
+    JOB_REMOVED = "JobRemoved"
+    VM_UNHEALTHY = "VMUnhealthy"  # resurrection: the VM is replaced
+    DUPLICATE_VM = "DuplicateVM"
+    NOT_ON_VM = "NotOnVM"  # a disk attached elsewhere than the instance's VM
+    DISK_ATTACHED = "DiskAttached"  # its users stop while the disk is attached
+    DISK_GROWN = "DiskGrown"
+    DISK_MIGRATED = "DiskMigrated"
+    COPY_NOT_WANTED = "CopyNotWanted"  # an unfinished migration's new disk
+    NEW_VM = "NewVM"  # a container's first start on a new VM
+    MISSING = "Missing"  # a container that should exist does not
+    SPEC_CHANGED = "SpecChanged"
+    EXITED = "Exited"  # down, and its restart policy wants it up
+    DEAD = "Dead"
+    UPSTREAM = "Upstream"  # an upstream started after it
+    UNHEALTHY = "Unhealthy"  # its health check fails
+    NOT_IN_SPEC = "NotInSpec"
+
+
+#: Causes of a rollout (the spec changed): batched, watched, halted on failure. Anything else is
+#: a repair, run at once on every instance.
+ROLLOUT_CAUSES: frozenset[Cause] = frozenset({Cause.SPEC_CHANGED, Cause.DISK_GROWN})
+
+
 @dataclass(frozen=True)
 class Action:
     """Something to do to one instance. ``kind`` is the class name; ``str()`` reads well in an
@@ -170,6 +202,8 @@ class Action:
     kind: ClassVar[str] = "Action"
     job: str
     index: int
+    #: Not part of equality: the same step planned for another reason is the same step.
+    cause: Cause = field(default=Cause.UNSPECIFIED, kw_only=True, compare=False)
 
     @property
     def instance(self) -> InstanceRef:
@@ -295,9 +329,10 @@ class RecreateContainer(ContainerAction):
 
 @dataclass(frozen=True)
 class RestartContainer(ContainerAction):
-    """Restart an unchanged container because ``because_of`` (an upstream) started after it."""
+    """Restart an unchanged container: ``because_of`` (an upstream) started after it, or (None)
+    its health check fails."""
 
-    because_of: ContainerKey
+    because_of: ContainerKey | None = None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,11 @@ Order of the plan:
 3. Containers the spec no longer has are removed.
 4. Containers, key by key in topological order, each key on every instance of its job:
    created when missing, recreated when their ``config_hash`` changed, started when down and
-   their restart policy wants them running, restarted when an upstream started after them.
+   their restart policy wants them running, restarted when the caller says they are unhealthy
+   (``ObservedContainer.unhealthy``: it applies the back-off) or an upstream started after them.
+
+Every action carries a :class:`~dockyard.planning.model.Cause`: code branches on it, the
+``reason`` text is for people.
 
 The restart rule makes "restart the dependents" idempotent without memory: a running container
 is restarted when one of its upstreams started later than it did — the same instance's upstream
@@ -41,6 +45,7 @@ from dockyard.planning.model import (
     UP_STATES,
     Action,
     AttachDisk,
+    Cause,
     ContainerKey,
     CreateDisk,
     CreateVM,
@@ -52,7 +57,9 @@ from dockyard.planning.model import (
     InstanceRef,
     MigrateDisk,
     ObservedContainer,
+    ObservedDisk,
     ObservedInstance,
+    ObservedVM,
     PlanningError,
     RecreateContainer,
     RemoveContainer,
@@ -77,6 +84,15 @@ class _Start:
 
     def later_than(self, other: _Start) -> bool:
         return (self.planned, self.at) > (other.planned, other.at)
+
+
+@dataclass(frozen=True)
+class _Stopped:
+    """Containers of an instance the plan stops or removes around a disk operation."""
+
+    names: frozenset[str]
+    reason: str
+    cause: Cause
 
 
 def plan(
@@ -125,7 +141,7 @@ class _Planner:
         # Instances whose containers are managed, with the containers found there ({} on a new VM).
         self.usable: dict[InstanceRef, Mapping[str, ObservedContainer]] = {}
         self.fresh: set[InstanceRef] = set()
-        self.stopped: dict[InstanceRef, tuple[set[str], str]] = {}
+        self.stopped: dict[InstanceRef, _Stopped] = {}
         self.starts: dict[tuple[ContainerKey, int], _Start] = {}
         self.latest: dict[ContainerKey, _Start | None] = {}
 
@@ -152,25 +168,28 @@ class _Planner:
         names += sorted(name for name in self.observed if name not in self.jobs)
         for name in names:
             wanted = self.jobs[name].instances if name in self.jobs else 0
-            reason = "job removed" if name not in self.jobs else "scaled down"
+            removed = name not in self.jobs
+            reason = "job removed" if removed else "scaled down"
+            cause = Cause.JOB_REMOVED if removed else Cause.SCALED_DOWN
             for index in sorted(i for i in self._instances_of(name) if i >= wanted):
-                self._remove_instance(name, index, reason)
+                self._remove_instance(name, index, reason, cause)
 
-    def _remove_instance(self, job: str, index: int, reason: str) -> None:
+    def _remove_instance(self, job: str, index: int, reason: str, cause: Cause) -> None:
         instance = self._instances_of(job)[index]
         vm, disk = instance.vm, instance.disk
+        add = self.actions.append
         if vm is not None and vm.healthy:
             up = [n for n, c in instance.containers.items() if c.state in UP_STATES]
             for name in self._stop_order(job, up):
-                self.actions.append(StopContainer(job, index, name, reason))
+                add(StopContainer(job, index, name, reason, cause=cause))
         if disk is not None and disk.attached_to is not None:
-            self.actions.append(DetachDisk(job, index, disk.id, disk.attached_to, reason))
+            add(DetachDisk(job, index, disk.id, disk.attached_to, reason, cause=cause))
         if vm is not None:
-            self.actions.append(DeleteVM(job, index, vm.id, reason))
+            add(DeleteVM(job, index, vm.id, reason, cause=cause))
         if disk is not None and disk.migration_target is not None:
-            self.actions.append(DeleteDisk(job, index, disk.migration_target))
+            add(DeleteDisk(job, index, disk.migration_target, cause=Cause.COPY_NOT_WANTED))
         if disk is not None and self._reclaim_policy(job, instance) == "Delete":
-            self.actions.append(DeleteDisk(job, index, disk.id))
+            add(DeleteDisk(job, index, disk.id, cause=cause))
 
     def _reclaim_policy(self, job: str, instance: ObservedInstance) -> str:
         spec = self.jobs.get(job)
@@ -206,40 +225,58 @@ class _Planner:
         copy = grow and disk is not None and not disk.grows_in_place
         if job.disk is not None and kept is not None:
             if copy:  # their mounts name the old disk: run again on the new one
-                self._stop_disk_users(job, index, "disk migrated", remove=True)
+                self._stop_disk_users(job, index, "disk migrated", Cause.DISK_MIGRATED, remove=True)
             elif not on_vm:  # its users run without it: down until it is mounted
-                self._stop_disk_users(job, index, "disk attached")
+                self._stop_disk_users(job, index, "disk attached", Cause.DISK_ATTACHED)
             elif grow and self.detach_to_resize:
-                self._stop_disk_users(job, index, "disk grown")
+                self._stop_disk_users(job, index, "disk grown", Cause.DISK_GROWN)
+        name = job.name
         if disk is not None and attached is not None and not on_vm:
-            add(DetachDisk(job.name, index, disk.id, attached, "not on the instance's VM"))
+            why = "not on the instance's VM"
+            add(DetachDisk(name, index, disk.id, attached, why, cause=Cause.NOT_ON_VM))
         if vm is not None and kept is None:
-            add(DeleteVM(job.name, index, vm.id, "VM unhealthy"))
-            add(CreateVM(job.name, index, f"replaces unhealthy VM {vm.id}"))
+            add(DeleteVM(name, index, vm.id, "VM unhealthy", cause=Cause.VM_UNHEALTHY))
+            add(CreateVM(name, index, f"replaces unhealthy VM {vm.id}", cause=Cause.VM_UNHEALTHY))
         elif vm is None:
-            add(CreateVM(job.name, index, "new instance"))
-        if job.disk is None:
-            return  # a disk dropped from the spec stays where it is until the instance goes
+            add(CreateVM(name, index, "new instance", cause=Cause.NEW_INSTANCE))
+        if job.disk is not None:  # a disk dropped from the spec stays until the instance goes
+            self._disk_steps(job, index, disk, kept, on_vm=on_vm, grow=grow, copy=copy)
+
+    def _disk_steps(
+        self,
+        job: DesiredJob,
+        index: int,
+        disk: ObservedDisk | None,
+        kept: ObservedVM | None,
+        *,
+        on_vm: bool,
+        grow: bool,
+        copy: bool,
+    ) -> None:
+        """Create, copy-migrate, grow and attach the instance's disk, as needed."""
+        assert job.disk is not None
+        add, name = self.actions.append, job.name
         if disk is None:
-            add(CreateDisk(job.name, index, job.disk.size_mib, job.disk.type))
+            add(CreateDisk(name, index, job.disk.size_mib, job.disk.type, cause=Cause.NEW_INSTANCE))
             return
         if disk.migration_target is not None and not copy:
-            add(DeleteDisk(job.name, index, disk.migration_target))
+            add(DeleteDisk(name, index, disk.migration_target, cause=Cause.COPY_NOT_WANTED))
         if copy:
             if not on_vm:
-                add(AttachDisk(job.name, index, disk.id))
-            add(MigrateDisk(job.name, index, disk.id, job.disk.size_mib, job.disk.type))
+                add(AttachDisk(name, index, disk.id, cause=Cause.DISK_ATTACHED))
+            size, kind = job.disk.size_mib, job.disk.type
+            add(MigrateDisk(name, index, disk.id, size, kind, cause=Cause.DISK_GROWN))
             return
         if grow:
             if on_vm and self.detach_to_resize and kept is not None:
-                add(DetachDisk(job.name, index, disk.id, kept.id, "to grow it"))
+                add(DetachDisk(name, index, disk.id, kept.id, "to grow it", cause=Cause.DISK_GROWN))
                 on_vm = False
-            add(ResizeDisk(job.name, index, disk.id, job.disk.size_mib))
+            add(ResizeDisk(name, index, disk.id, job.disk.size_mib, cause=Cause.DISK_GROWN))
         if not on_vm:
-            add(AttachDisk(job.name, index, disk.id))
+            add(AttachDisk(name, index, disk.id, cause=Cause.DISK_ATTACHED))
 
     def _stop_disk_users(
-        self, job: DesiredJob, index: int, reason: str, *, remove: bool = False
+        self, job: DesiredJob, index: int, reason: str, cause: Cause, *, remove: bool = False
     ) -> None:
         """Stop the running containers that mount the disk (dependents first), or with
         ``remove`` remove them whatever their state; the container pass starts them again,
@@ -255,50 +292,26 @@ class _Planner:
         ]
         verb, done = (RemoveContainer, "removed") if remove else (StopContainer, "stopped")
         for name in self._stop_order(job.name, users):
-            self.actions.append(verb(job.name, index, name, f"{reason}: {done} first"))
+            self.actions.append(verb(job.name, index, name, f"{reason}: {done} first", cause=cause))
         if remove:
             self.usable[ref] = {n: c for n, c in observed.items() if n not in users}
-        self.stopped[ref] = (set(users), reason)
+        self.stopped[ref] = _Stopped(frozenset(users), reason, cause)
 
     def _remove_obsolete_containers(self) -> None:
         for ref, containers in self.usable.items():
             wanted = {c.name for c in self.jobs[ref.job].containers}
             for name in sorted(n for n in containers if n not in wanted):
                 self.actions.append(
-                    RemoveContainer(ref.job, ref.index, name, "no longer in the spec")
+                    RemoveContainer(
+                        ref.job, ref.index, name, "no longer in the spec", cause=Cause.NOT_IN_SPEC
+                    )
                 )
 
     # --- containers -------------------------------------------------------------------------
 
     def _container(self, key: ContainerKey, index: int) -> None:
-        ref = InstanceRef(key.job, index)
-        spec = self.specs[key]
-        found = self.usable[ref].get(key.container)
-        action: Action | None = None
-        if found is None:
-            reason = "new VM" if ref in self.fresh else "missing"
-            if key.container in self.stopped.get(ref, ((), ""))[0]:
-                reason = self.stopped[ref][1]
-            action = StartContainer(key.job, index, key.container, reason)
-        elif found.config_hash != spec.config_hash:
-            action = RecreateContainer(key.job, index, key.container, "spec changed")
-        elif key.container in self.stopped.get(ref, ((), ""))[0]:
-            action = StartContainer(key.job, index, key.container, self.stopped[ref][1])
-        elif found.state in DOWN_STATES and _should_run(spec, found):
-            code = "" if found.exit_code is None else f" (exit code {found.exit_code})"
-            reason = f"{found.state}{code}"
-            kind = RecreateContainer if found.state == "dead" else StartContainer
-            action = kind(key.job, index, key.container, reason)
-        elif found.state in UP_STATES and found.started_at is not None:
-            mine = _Start(planned=False, at=found.started_at)
-            latest, upstream = self._latest_upstream_start(key, index)
-            if latest is not None and upstream is not None and latest.later_than(mine):
-                reason = (
-                    f"upstream {upstream} {latest.verb} before it"
-                    if latest.planned
-                    else f"upstream {upstream} restarted after it"
-                )
-                action = RestartContainer(key.job, index, key.container, reason, upstream)
+        found = self.usable[InstanceRef(key.job, index)].get(key.container)
+        action = self._container_action(key, index, found)
         if action is not None:
             self.actions.append(action)
             verb = {
@@ -309,6 +322,42 @@ class _Planner:
             self.starts[(key, index)] = _Start(True, float(len(self.actions)), verb)
         elif found is not None and found.started_at is not None:
             self.starts[(key, index)] = _Start(False, found.started_at)
+
+    def _container_action(
+        self, key: ContainerKey, index: int, found: ObservedContainer | None
+    ) -> Action | None:
+        ref = InstanceRef(key.job, index)
+        spec = self.specs[key]
+        job, name = key
+        stopped = self.stopped.get(ref)
+        if found is None:
+            if stopped is not None and name in stopped.names:
+                return StartContainer(job, index, name, stopped.reason, cause=stopped.cause)
+            if ref in self.fresh:
+                return StartContainer(job, index, name, "new VM", cause=Cause.NEW_VM)
+            return StartContainer(job, index, name, "missing", cause=Cause.MISSING)
+        if found.config_hash != spec.config_hash:
+            return RecreateContainer(job, index, name, "spec changed", cause=Cause.SPEC_CHANGED)
+        if stopped is not None and name in stopped.names:
+            return StartContainer(job, index, name, stopped.reason, cause=stopped.cause)
+        if found.state in DOWN_STATES and _should_run(spec, found):
+            code = "" if found.exit_code is None else f" (exit code {found.exit_code})"
+            if found.state == "dead":
+                return RecreateContainer(job, index, name, f"dead{code}", cause=Cause.DEAD)
+            return StartContainer(job, index, name, f"{found.state}{code}", cause=Cause.EXITED)
+        if found.state in UP_STATES and found.unhealthy:
+            return RestartContainer(job, index, name, "unhealthy", cause=Cause.UNHEALTHY)
+        if found.state in UP_STATES and found.started_at is not None:
+            mine = _Start(planned=False, at=found.started_at)
+            latest, upstream = self._latest_upstream_start(key, index)
+            if latest is not None and upstream is not None and latest.later_than(mine):
+                reason = (
+                    f"upstream {upstream} {latest.verb} before it"
+                    if latest.planned
+                    else f"upstream {upstream} restarted after it"
+                )
+                return RestartContainer(job, index, name, reason, upstream, cause=Cause.UPSTREAM)
+        return None
 
     def _latest_upstream_start(
         self, key: ContainerKey, index: int

@@ -207,7 +207,7 @@ def _starts(actions: Sequence[Action]) -> dict[ContainerKey, set[int]]:
 
 def _premature(action: Action, starts: dict[ContainerKey, set[int]]) -> bool:
     """A restart for an upstream that ``starts`` still (re)starts."""
-    if not isinstance(action, RestartContainer):
+    if not isinstance(action, RestartContainer) or action.because_of is None:
         return False
     indices = starts.get(action.because_of, set())
     return action.index in indices if action.because_of.job == action.job else bool(indices)

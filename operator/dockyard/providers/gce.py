@@ -476,6 +476,34 @@ class GCEProvider:
             "the stemcell image URL, unless the job names one",
         )
         name = self._name("vm", spec.tags)
+        instance = self._instance_resource(spec, name, labels, image)
+
+        def lookup() -> VM:
+            found = self._zonal(f"getting VM {name}", self.instances.get, instance=name)
+            if not labels.items() <= dict(found.labels).items():
+                raise PermanentError(
+                    f"VM name {name} is taken by an instance that is not this VM "
+                    f"(labels {dict(found.labels)})"
+                )
+            return self._vm(found)
+
+        with self._lock:
+            existing = self.find_vms(spec.tags)
+            if existing:
+                return existing[0]
+            vm = self._insert(
+                f"creating VM {name}",
+                self.instances.insert_unary,
+                self._identity("vm", spec.tags),
+                lookup,
+                instance_resource=instance,
+            )
+            log.info("created GCE instance %s", name)
+            return vm
+
+    def _instance_resource(
+        self, spec: VMSpec, name: str, labels: dict[str, str], image: str
+    ) -> compute_v1.Instance:
         metadata = [
             compute_v1.Items(key=k, value=v)
             for k, v in spec.metadata.items()
@@ -506,29 +534,7 @@ class GCEProvider:
             instance.service_accounts = [
                 compute_v1.ServiceAccount(email=self.service_account_email, scopes=[COMPUTE_SCOPE])
             ]
-
-        def lookup() -> VM:
-            found = self._zonal(f"getting VM {name}", self.instances.get, instance=name)
-            if not labels.items() <= dict(found.labels).items():
-                raise PermanentError(
-                    f"VM name {name} is taken by an instance that is not this VM "
-                    f"(labels {dict(found.labels)})"
-                )
-            return self._vm(found)
-
-        with self._lock:
-            existing = self.find_vms(spec.tags)
-            if existing:
-                return existing[0]
-            vm = self._insert(
-                f"creating VM {name}",
-                self.instances.insert_unary,
-                self._identity("vm", spec.tags),
-                lookup,
-                instance_resource=instance,
-            )
-            log.info("created GCE instance %s", name)
-            return vm
+        return instance
 
     def delete_vm(self, vm_id: str) -> None:
         with self._lock:

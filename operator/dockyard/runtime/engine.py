@@ -17,7 +17,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from dockyard.providers import TransientError
+from dockyard.providers import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,18 @@ LABEL_JOB = LABEL + "job"
 LABEL_INDEX = LABEL + "index"
 
 _ENGINE_RESTART = {"Always": "always", "OnFailure": "on-failure", "Never": "no"}
+
+
+class EngineRefusedError(PermanentError):
+    """The engine refused the request (a 4xx answer, an image it cannot have): trying again
+    the same way will not help until someone changes the spec or the image."""
+
+
+def _start_error(name: str, error: docker.errors.APIError) -> Exception:
+    message = f"starting container {name}: {error.explanation or error}"
+    if error.is_client_error() and error.status_code != 409:  # 409: a name still in use
+        return EngineRefusedError(message)
+    return TransientError(message)
 
 
 @dataclass(frozen=True)
@@ -132,15 +144,17 @@ class Engine:
             try:
                 source = self.image_source.images.get(image)
             except docker.errors.ImageNotFound as error:
-                raise TransientError(
+                raise EngineRefusedError(
                     f"image {image!r} is on neither the VM nor the host"
                 ) from error
             self.client.images.load(b"".join(source.save(named=True)))
             return
         try:
             self.client.images.pull(image)
+        except docker.errors.NotFound as error:
+            raise EngineRefusedError(f"pulling {image}: {error.explanation or error}") from error
         except docker.errors.APIError as error:
-            raise TransientError(f"pulling {image}: {error}") from error
+            raise TransientError(f"pulling {image}: {error.explanation or error}") from error
 
     def run(self, config: ContainerConfig, labels: Mapping[str, str]) -> ObservedContainer:
         """(Re)create the container from ``config``: an existing one of that name is replaced."""
@@ -188,7 +202,7 @@ class Engine:
                 detach=True,
             )
         except docker.errors.APIError as error:
-            raise TransientError(f"starting container {config.name}: {error}") from error
+            raise _start_error(config.name, error) from error
         container.reload()
         return observe(container)
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import docker
 import docker.errors
+import requests
 
 from dockyard.providers import (
     VM,
@@ -45,7 +48,17 @@ from dockyard.runtime.engine import (
 
 log = logging.getLogger(__name__)
 
+ConcurrentMap = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+
+
+def _serial_map(call: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    return [call(item) for item in items]
+
+
 DATA_ROOT_IN_VM = "/var/vcap/data"
+# What a call to a VM's engine raises when the engine is not there (the SDK lets requests'
+# connection errors through unwrapped).
+ENGINE_ERRORS = (ProviderError, docker.errors.DockerException, requests.RequestException, OSError)
 
 
 @dataclass(frozen=True)
@@ -135,12 +148,17 @@ class JobWorld:
         self.image_source = image_source
         self.disk_helper_image = disk_helper_image
         self._engines: dict[str, Engine] = {}
+        self._engines_lock = threading.Lock()  # actions and looks run in threads
         self.duplicates: list[VM] = []  # extra VMs for an index, seen by the last observe()
 
     # --- observe ---------------------------------------------------------------------------
 
-    def observe(self, indices: Sequence[int]) -> dict[int, InstanceWorld]:
-        """What exists: every VM of this job (whatever its index) and the disks of ``indices``."""
+    def observe(
+        self, indices: Sequence[int], map_: ConcurrentMap | None = None
+    ) -> dict[int, InstanceWorld]:
+        """What exists: every VM of this job (whatever its index) and the disks of ``indices``.
+        ``map_`` runs the per-VM and per-disk lookups (at once, given a pool's map)."""
+        run_all: ConcurrentMap = map_ or _serial_map
         world: dict[int, InstanceWorld] = {}
         self.duplicates = []
         # A running VM wins when two claim one index (creates are idempotent, so this takes a
@@ -165,26 +183,36 @@ class JobWorld:
                 self.duplicates.append(vm)
                 continue
             instance.vm = vm
-            if vm.state is VMState.RUNNING:
-                try:
-                    instance.containers = self.engine(vm.id).containers(
-                        {LABEL_JOB: self.identity.name}
-                    )
-                    instance.engine_ok = True
-                except (ProviderError, docker.errors.DockerException) as error:
-                    log.info("engine of VM %s does not answer: %s", vm.id, error)
-                    self._engines.pop(vm.id, None)
-        for index in set(indices) | set(world):
-            disks = self.provider.find_disks(self.identity.disk_tags(index))
+        running = [i for i in world.values() if i.vm is not None and i.vm.state is VMState.RUNNING]
+        run_all(self._look_inside, running)
+        wanted = sorted(set(indices) | set(world))
+        for index, disks in zip(wanted, run_all(self._disks_of, wanted), strict=True):
             if disks:
                 instance = world.setdefault(index, InstanceWorld(index))
                 instance.disk, instance.migration_target = _current_disk(disks)
         return world
 
+    def _look_inside(self, instance: InstanceWorld) -> None:
+        assert instance.vm is not None
+        try:
+            engine = self.engine(instance.vm.id)
+            instance.containers = engine.containers({LABEL_JOB: self.identity.name})
+            instance.engine_ok = True
+        except ENGINE_ERRORS as error:  # dying, or gone between the listing and this look
+            log.info("engine of VM %s does not answer: %s", instance.vm.id, error)
+            self._engines.pop(instance.vm.id, None)
+
+    def _disks_of(self, index: int) -> list[Disk]:
+        return self.provider.find_disks(self.identity.disk_tags(index))
+
     def engine(self, vm_id: str) -> Engine:
-        if vm_id not in self._engines:
-            self._engines[vm_id] = Engine(self.provider.docker_client(vm_id), self.image_source)
-        return self._engines[vm_id]
+        with self._engines_lock:
+            known = self._engines.get(vm_id)
+        if known is not None:
+            return known
+        made = Engine(self.provider.docker_client(vm_id), self.image_source)
+        with self._engines_lock:
+            return self._engines.setdefault(vm_id, made)
 
     # --- act -------------------------------------------------------------------------------
 
@@ -237,7 +265,7 @@ class JobWorld:
                 diskfs.unmount(engine.client, self.disk_helper_image, disk_id)
             except diskfs.DiskHelperFailed:
                 raise  # the VM answered and could not unmount it (in use): detaching loses data
-            except (ProviderError, docker.errors.DockerException) as error:
+            except ENGINE_ERRORS as error:
                 log.warning("detaching %s without unmounting it: %s", disk_id, error)
         self.provider.detach_disk(vm_id, disk_id)
 

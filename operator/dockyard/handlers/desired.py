@@ -1,4 +1,5 @@
-"""From a Job object (the API model) to what the runtime converges on."""
+"""From a Job object (the API model) to what the runtime converges on: the runtime never sees
+the API models."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from dockyard.api.quantities import (
     parse_watch_time,
     resolve_max_in_flight,
 )
+from dockyard.planning import ContainerKey, parse_dependency
+from dockyard.planning.decide import ResurrectionPolicy
 from dockyard.providers import PermanentError, ProviderConfig
 from dockyard.runtime.engine import ContainerConfig
 from dockyard.runtime.reconciler import DiskWant, JobDesired
@@ -144,9 +147,7 @@ def container_want(container: Container, field: str, secrets: Secrets) -> Contai
     )
 
 
-def job_desired(
-    job: Job, secrets: Secrets, external_upstream_starts: Mapping[str, float] | None = None
-) -> JobDesired:
+def job_desired(job: Job, secrets: Secrets) -> JobDesired:
     spec = job.spec
     disk = None
     if spec.persistent_disk is not None:
@@ -171,6 +172,28 @@ def job_desired(
         watch_time=parse_watch_time(watch),
         canary_watch_time=parse_watch_time(update.canary_watch_time),
         generation=job.metadata.generation or 0,
-        external_upstream_starts=dict(external_upstream_starts or {}),
         name=job.job_name,
     )
+
+
+def resurrection_policy(job: Job) -> ResurrectionPolicy:
+    policy = job.spec.resurrection
+    return ResurrectionPolicy(
+        enabled=policy.enabled,
+        meltdown_min_down=policy.meltdown_min_down,
+        meltdown_percent=policy.meltdown_percent,
+        unresponsive_timeout=parse_duration(policy.unresponsive_timeout),
+    )
+
+
+def known_vms(job: Job) -> dict[int, str]:
+    """The VM each instance had when this Job's status was last written."""
+    return {i.index: i.vm_id for i in job.status.instances if i.vm_id}
+
+
+def cross_job_upstreams(job: Job) -> set[ContainerKey]:
+    """The ``job/name`` containers of other jobs this Job's containers depend on."""
+    keys = {
+        parse_dependency(ref, job.job_name) for c in job.spec.containers for ref in c.depends_on
+    }
+    return {key for key in keys if key.job != job.job_name}

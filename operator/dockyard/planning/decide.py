@@ -1,0 +1,663 @@
+"""The decision step: (intent, observation, memory, now) -> the actions to run now, the memory
+to keep, and what it all means for status. Pure: no I/O, and ``now`` is passed in.
+
+One decision, in order:
+
+1. **Forget** what no longer applies: failures of instances scaled away or of a spec since
+   changed (a new spec is tried at once), a halt or a watch of an older generation.
+2. **Health**: instances *down* (their VM gone or stopped, or its engine silent for longer than
+   the unresponsive timeout) and *deaf* (silent for less: left alone); a **meltdown** (too many
+   down at once) pauses resurrection, as BOSH's resurrector does.
+3. **Plan** (:func:`~dockyard.planning.plan`) on the observation, with the memory folded in:
+   a container failing its health check is restarted when its back-off allows, a grow that
+   failed lately waits, a disk its provider would not grow in place is copy-migrated.
+4. **Gates**, each a typed cause: a failed action waits out its :class:`Backoff` (with what
+   depends on it); a container whose upstream in another job is not settled waits for it, so a
+   dependent restarts once per cascade; the **rollout** (spec changes) goes batch by batch —
+   canaries first, ``maxInFlight`` at a time, each batch watched for its watch time before the
+   next, the whole rollout halted (Stalled) when a batch fails. Repairs run at once everywhere.
+5. **Verdict**: the phase (Ready reason), whether it is stalled, the message, when to look
+   again, and which of this Job's containers are not settled (for its dependents).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from dockyard.planning.backoff import HEALTHY_RESET, Backoff
+from dockyard.planning.graph import DependencyGraph, build_graph, external_upstreams
+from dockyard.planning.memory import (
+    Halt,
+    JobMemory,
+    RolloutStep,
+    Slot,
+    Watch,
+)
+from dockyard.planning.model import (
+    ROLLOUT_CAUSES,
+    STARTS,
+    Action,
+    Cause,
+    ContainerAction,
+    ContainerKey,
+    DeleteVM,
+    DesiredJob,
+    ObservedContainer,
+    ObservedDisk,
+    ObservedInstance,
+    ObservedVM,
+    PlanningError,
+)
+from dockyard.planning.observation import (
+    ContainerObservation,
+    InstanceObservation,
+    JobObservation,
+    VMPhase,
+)
+from dockyard.planning.planner import plan
+from dockyard.planning.rollout import next_step
+from dockyard.planning.summary import describe_actions, describe_waits, ready_instances
+from dockyard.planning.verdict import Phase, UpstreamState, Verdict
+
+_PLANNER_STATES = frozenset({"running", "restarting", "paused", "created", "exited"})
+UPSTREAM_RECHECK = 5.0  # a Job waiting for an upstream is woken when it settles; this is a net
+PAUSED_RECHECK = 5.0  # meltdown, resurrection disabled: look again this often
+WATCH_POLL = 0.25
+
+
+@dataclass(frozen=True)
+class ResurrectionPolicy:
+    enabled: bool = True
+    meltdown_min_down: int = 5
+    meltdown_percent: int = 20
+    unresponsive_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class JobIntent:
+    """What the Job wants, and what it needs to know from outside it."""
+
+    job: DesiredJob
+    generation: int = 0
+    watch_time: tuple[float, float] = (1.0, 30.0)
+    canary_watch_time: tuple[float, float] = (1.0, 30.0)
+    resurrection: ResurrectionPolicy = field(default_factory=ResurrectionPolicy)
+    #: index -> the VM this Job last reported (a VM gone from the IaaS is then resurrected).
+    known_vms: Mapping[int, str] = field(default_factory=dict)
+    #: Containers of other jobs this one depends on ("job/name"), as their Jobs report them.
+    upstreams: Mapping[ContainerKey, UpstreamState] = field(default_factory=dict)
+    #: The provider cannot grow an attached disk: its users stop and it is detached first.
+    detach_to_resize: bool = False
+
+
+class NoticeKind(enum.StrEnum):
+    MELTDOWN = "Meltdown"
+    RESURRECTION_DISABLED = "ResurrectionDisabled"
+    ROLLOUT_HALTED = "RolloutHalted"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something to tell once (an Event), not an action."""
+
+    kind: NoticeKind
+    index: int
+    message: str
+
+
+class Hold(enum.StrEnum):
+    """Why a planned action does not run now."""
+
+    BACKOFF = "BackOff"  # it (or what it depends on) failed lately
+    STEP_BACKOFF = "StepBackOff"  # a VM or disk action of its instance failed lately
+    UPSTREAM = "Upstream"  # an upstream in another job is not settled
+    WATCHED = "Watched"  # its instance is in the rollout batch being watched
+    ROLLOUT = "Rollout"  # its instance waits for a later rollout batch
+    HALTED = "Halted"  # the rollout of this generation halted
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: tuple[Action, ...]  # to run now, in plan order
+    memory: JobMemory
+    verdict: Verdict
+    rollout: RolloutStep | None = None  # the batch these actions update, to watch after
+    notices: tuple[Notice, ...] = ()
+    held: Mapping[Action, Hold] = field(default_factory=dict)
+    #: Restarts the engine made on its own since the last look: slot -> (count, OOM-killed).
+    engine_restarts: Mapping[Slot, tuple[int, bool]] = field(default_factory=dict)
+    crash_looping: Mapping[Slot, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Health:
+    down: frozenset[int]
+    deaf: frozenset[int]
+    meltdown: bool
+    paused: str  # why resurrection is paused, "" when it is not
+
+
+def decide(intent: JobIntent, observed: JobObservation, memory: JobMemory, now: float) -> Decision:
+    """See the module doc."""
+    memory = _forget(memory, intent)
+    health, memory, notices = _health(intent, observed, memory, now)
+    memory, restarts = _engine_restarts(observed, memory)
+    looping = _crash_looping(observed, intent.job.instances)
+    try:
+        planned, memory = _plan(intent, observed, memory, health, now)
+    except PlanningError as error:
+        verdict = Verdict(Phase.INVALID_SPEC, f"invalid spec: {error}", 0)
+        return Decision((), memory, verdict, engine_restarts=restarts, crash_looping=looping)
+    held = _gates(intent, planned, memory, now)
+    memory, rollout, held, notices = _rollout(intent, observed, planned, memory, held, now, notices)
+    actions = tuple(a for a in planned if a not in held)
+    verdict = _verdict(intent, observed, memory, health, planned, actions, held, looping, now)
+    return Decision(actions, memory, verdict, rollout, notices, held, restarts, looping)
+
+
+# --- 1. forget --------------------------------------------------------------------------------
+
+
+def _forget(memory: JobMemory, intent: JobIntent) -> JobMemory:
+    job, generation = intent.job, intent.generation
+    hashes = {c.name: c.config_hash for c in job.containers}
+    wanted = job.instances
+    return replace(
+        memory,
+        start_failures={
+            slot: failure
+            for slot, failure in memory.start_failures.items()
+            if slot[0] < wanted and failure.spec_hash == hashes.get(slot[1])
+        },
+        step_failures={i: f for i, f in memory.step_failures.items() if i < wanted},
+        health_restarts={slot: b for slot, b in memory.health_restarts.items() if slot[0] < wanted},
+        halted=memory.halted if memory.halted and memory.halted.generation == generation else None,
+        watch=memory.watch if memory.watch and memory.watch.generation == generation else None,
+    )
+
+
+# --- 2. health --------------------------------------------------------------------------------
+
+
+def _health(
+    intent: JobIntent, observed: JobObservation, memory: JobMemory, now: float
+) -> tuple[_Health, JobMemory, tuple[Notice, ...]]:
+    policy = intent.resurrection
+    wanted = intent.job.instances
+    down: set[int] = set()
+    deaf: set[int] = set()
+    seen = {i.vm_id for i in observed.instances.values() if i.vm_id}
+    since = {vm: t for vm, t in memory.unresponsive_since.items() if vm in seen}
+    for index in range(wanted):
+        instance = observed.get(index)
+        if not instance.has_vm or instance.vm_phase is VMPhase.STOPPED:
+            if index in intent.known_vms or instance.vm_id is not None:
+                down.add(index)
+        elif instance.vm_phase is VMPhase.RUNNING and not instance.engine_ok:
+            assert instance.vm_id is not None
+            first = since.setdefault(instance.vm_id, now)
+            (down if now - first >= policy.unresponsive_timeout else deaf).add(index)
+        elif instance.vm_id is not None:
+            since.pop(instance.vm_id, None)
+    meltdown = bool(down) and (
+        len(down) >= policy.meltdown_min_down
+        and len(down) * 100 >= policy.meltdown_percent * max(wanted, 1)
+    )
+    which = ", ".join(map(str, sorted(down)))
+    paused = ""
+    if meltdown:
+        paused = f"{len(down)} of {wanted} instances down at once (instances {which}): "
+        paused += "resurrection paused"
+    elif down and not policy.enabled:
+        paused = f"instances {which} down; resurrection is disabled"
+    notices: tuple[Notice, ...] = ()
+    if paused and paused != memory.paused:  # one Event when it starts, not one per pass
+        kind = NoticeKind.MELTDOWN if meltdown else NoticeKind.RESURRECTION_DISABLED
+        notices = (Notice(kind, min(down), paused),)
+    health = _Health(frozenset(down), frozenset(deaf), meltdown, paused)
+    return health, replace(memory, unresponsive_since=since, paused=paused), notices
+
+
+def _engine_restarts(
+    observed: JobObservation, memory: JobMemory
+) -> tuple[JobMemory, dict[Slot, tuple[int, bool]]]:
+    """Restarts the engine made since the last look, from each container's restart count. A
+    container first seen counts from what it shows then; silent engines keep their counts."""
+    silent = {i for i, instance in observed.instances.items() if not instance.engine_ok}
+    counts = {key: n for key, n in memory.restart_counts.items() if key[0] in silent}
+    restarts: dict[Slot, tuple[int, bool]] = {}
+    for index, instance in observed.instances.items():
+        if index in silent:
+            continue
+        for name, found in instance.containers.items():
+            before = memory.restart_counts.get((index, found.id))
+            if before is not None and found.restart_count > before:
+                restarts[(index, name)] = (found.restart_count - before, found.oom_killed)
+            counts[(index, found.id)] = found.restart_count
+    return replace(memory, restart_counts=counts), restarts
+
+
+def _crash_looping(observed: JobObservation, wanted: int) -> dict[Slot, str]:
+    """Containers the engine keeps restarting: Docker holds a crashing container in
+    "restarting" while it backs off (doubling from 100 ms, capped at 1 min)."""
+    looping: dict[Slot, str] = {}
+    for index in range(wanted):
+        instance = observed.get(index)
+        for name, found in instance.containers.items() if instance.engine_ok else ():
+            if found.state == "restarting" and found.restart_count >= 2:
+                why = "OOM-killed" if found.oom_killed else f"exit code {found.exit_code}"
+                looping[(index, name)] = (
+                    f"instance {index}: container {name} is crash-looping "
+                    f"({found.restart_count} restarts, {why}); the engine backs off"
+                )
+    return looping
+
+
+# --- 3. plan ----------------------------------------------------------------------------------
+
+
+def _plan(
+    intent: JobIntent,
+    observed: JobObservation,
+    memory: JobMemory,
+    health: _Health,
+    now: float,
+) -> tuple[list[Action], JobMemory]:
+    job = replace(intent.job, resurrect=intent.resurrection.enabled and not health.meltdown)
+    restarts = dict(memory.health_restarts)
+    world: dict[int, ObservedInstance] = {}
+    for index, instance in observed.instances.items():
+        vm: ObservedVM | None = None
+        if instance.has_vm:
+            assert instance.vm_id is not None
+            vm = ObservedVM(instance.vm_id, healthy=index not in health.down)
+        elif index in intent.known_vms and index in health.down:
+            # Gone from the IaaS although we made it: resurrected, not created anew.
+            vm = ObservedVM(intent.known_vms[index], healthy=False)
+        containers = {
+            name: _planner_container((index, name), found, restarts, now)
+            for name, found in (instance.containers.items() if instance.engine_ok else ())
+        }
+        disk = _planner_disk(index, instance, job, memory, now)
+        world[index] = ObservedInstance(vm, disk, containers)
+    for index in health.down - set(world):
+        if index in intent.known_vms:
+            world[index] = ObservedInstance(ObservedVM(intent.known_vms[index], healthy=False))
+    external = {
+        key: intent.upstreams[key].latest_start if key in intent.upstreams else None
+        for key in external_upstreams([job])
+    }
+    actions = plan(
+        [job],
+        {job.name: world},
+        external_starts=external,
+        detach_to_resize=intent.detach_to_resize,
+    )
+    duplicates: list[Action] = [
+        DeleteVM(job.name, index, vm_id, "duplicate VM for its index", cause=Cause.DUPLICATE_VM)
+        for index, vm_id in observed.duplicates
+    ]
+    kept = [a for a in actions if a.index not in health.deaf]
+    return duplicates + kept, replace(memory, health_restarts=restarts)
+
+
+def _planner_container(
+    slot: Slot, found: ContainerObservation, restarts: dict[Slot, Backoff], now: float
+) -> ObservedContainer:
+    state = found.state if found.state in _PLANNER_STATES else "dead"  # removing, dead...
+    unhealthy = False
+    if found.state == "running" and found.health == "unhealthy":
+        unhealthy = not restarts.get(slot, Backoff()).waiting(now)
+    elif (
+        found.health == "healthy"
+        and now - restarts.get(slot, Backoff(last=now)).last >= HEALTHY_RESET
+    ):
+        del restarts[slot]
+    return ObservedContainer(
+        state,  # type: ignore[arg-type]
+        found.config_hash,
+        found.started_at,
+        found.exit_code,
+        unhealthy=unhealthy,
+    )
+
+
+def _planner_disk(
+    index: int, instance: InstanceObservation, job: DesiredJob, memory: JobMemory, now: float
+) -> ObservedDisk | None:
+    disk = instance.disk
+    if disk is None:
+        return None
+    failure = memory.step_failures.get(index)
+    return ObservedDisk(
+        id=disk.id,
+        size_mib=disk.size_mib,
+        attached_to=disk.attached_to,
+        # An unfinished copy says so even to an operator that just restarted.
+        grows_in_place=disk.id not in memory.copy_grow and disk.migration_target is None,
+        migration_target=disk.migration_target,
+        # Growing it failed lately: its users run on it as it is while the back-off runs.
+        grow_waits=failure is not None
+        and job.disk is not None
+        and failure.holds_grow(disk.id, job.disk.size_mib, now),
+    )
+
+
+# --- 4. gates ---------------------------------------------------------------------------------
+
+
+def _graph(job: DesiredJob) -> DependencyGraph:
+    return build_graph([job], external=external_upstreams([job]))
+
+
+def _gates(
+    intent: JobIntent, actions: Sequence[Action], memory: JobMemory, now: float
+) -> dict[Action, Hold]:
+    """Actions held by a back-off or by an upstream of another job that is not settled."""
+    job = intent.job
+    graph = _graph(job)
+    failing = {s for s, f in memory.start_failures.items() if f.backoff.waiting(now)}
+    behind_failing = {
+        (index, key.container)
+        for index, name in failing
+        for key in graph.dependents_of(ContainerKey(job.name, name))
+        if key.job == job.name
+    }
+    unsettled = {key for key, state in intent.upstreams.items() if not state.settled}
+    waiting = {
+        key
+        for key in graph.keys
+        if any(up in unsettled for up in graph.upstreams_of(key, transitive=True))
+    }
+    disk_held: set[int] = set()
+    held: dict[Action, Hold] = {}
+    for action in actions:
+        failure = memory.step_failures.get(action.index)
+        if failure and failure.action == action and failure.backoff.waiting(now):
+            disk_held.add(action.index)  # it, and the rest of its instance, wait
+        if action.index in disk_held:
+            held[action] = Hold.STEP_BACKOFF
+            continue
+        if not isinstance(action, ContainerAction):
+            continue
+        slot = (action.index, action.container)
+        starts = isinstance(action, STARTS)
+        if slot in failing or (starts and slot in behind_failing):
+            held[action] = Hold.BACKOFF
+        elif starts and action.key in waiting:
+            held[action] = Hold.UPSTREAM
+    return held
+
+
+def _rollout(
+    intent: JobIntent,
+    observed: JobObservation,
+    actions: Sequence[Action],
+    memory: JobMemory,
+    held: dict[Action, Hold],
+    now: float,
+    notices: tuple[Notice, ...],
+) -> tuple[JobMemory, RolloutStep | None, dict[Action, Hold], tuple[Notice, ...]]:
+    """Which spec changes run now: none while a batch is watched or after a halt; else the
+    next batch (:func:`~dockyard.planning.next_step`) of the instances whose actions all may run.
+    """
+    updating = {a.index for a in actions if a.cause in ROLLOUT_CAUSES}
+    watch = memory.watch
+    if watch is not None:
+        failure = _watch_failure(intent, observed, watch, now)
+        if failure is None:
+            watch = None  # watched long enough, and well: the next batch
+        elif now >= watch.since + watch.window[1]:
+            kind = "canary" if watch.canary else "batch"
+            reason = f"rollout halted: {kind} {failure}"
+            memory = replace(memory, halted=Halt(intent.generation, reason), watch=None)
+            notices += (Notice(NoticeKind.ROLLOUT_HALTED, watch.indices[0], reason),)
+            watch = None
+        else:
+            for action in actions:
+                if action.index in watch.indices or action.index in updating:
+                    held.setdefault(action, Hold.WATCHED)
+            return replace(memory, watch=watch), None, held, notices
+    memory = replace(memory, watch=None)
+    if memory.halted is not None:
+        for action in actions:
+            if action.index in updating:
+                held[action] = Hold.HALTED
+        return memory, None, held, notices
+    blocked = {a.index for a in held if a.index in updating}
+    candidates = [a for a in actions if a.index in updating and a.index not in blocked]
+    step = next_step(candidates, [intent.job])
+    chosen = set(step.actions)
+    for action in actions:
+        if action.index in updating and action not in chosen:
+            held.setdefault(action, Hold.ROLLOUT)
+    if step.done:
+        return memory, None, held, notices
+    indices = tuple(dict.fromkeys(ref.index for ref in step.instances))
+    window = intent.canary_watch_time if step.canary else intent.watch_time
+    baseline = {
+        (index, name): (found.id, found.restart_count)
+        for index in indices
+        for name, found in observed.get(index).containers.items()
+    }
+    step_memory = RolloutStep(intent.generation, indices, step.canary, window, baseline)
+    return memory, step_memory, held, notices
+
+
+def _watch_failure(
+    intent: JobIntent, observed: JobObservation, watch: Watch, now: float
+) -> str | None:
+    """Why the watched batch is not well yet ("" while its low watch time runs), or None."""
+    if now < watch.since + watch.window[0]:
+        return ""
+    for index in watch.indices:
+        instance = observed.get(index)
+        if not instance.has_vm:
+            return f"instance {index}: VM is gone"
+        if not instance.engine_ok:
+            return f"instance {index}: its engine does not answer"
+        for spec in intent.job.containers:
+            found = instance.containers.get(spec.name)
+            if found is None or found.config_hash != spec.config_hash:
+                return f"instance {index}: container {spec.name} was not updated"
+            completed = found.state == "exited" and found.exit_code == 0
+            if completed and spec.restart_policy != "Always":
+                continue  # a one-shot container that did its work
+            if found.state != "running" or found.health in ("unhealthy", "starting"):
+                health = f" ({found.health})" if found.health else ""
+                return (
+                    f"instance {index}: container {spec.name} is {found.state}{health}, "
+                    f"exit code {found.exit_code}, restarts {found.restart_count}"
+                )
+            before_id, before = watch.baseline.get((index, spec.name), (found.id, 0))
+            restarts = found.restart_count - (before if before_id == found.id else 0)
+            if restarts > 0:
+                return (
+                    f"instance {index}: container {spec.name} restarted {restarts} times, "
+                    f"exit code {found.exit_code}"
+                )
+    return None
+
+
+# --- 5. verdict -------------------------------------------------------------------------------
+
+
+def _verdict(
+    intent: JobIntent,
+    observed: JobObservation,
+    memory: JobMemory,
+    health: _Health,
+    planned: Sequence[Action],
+    actions: Sequence[Action],
+    held: Mapping[Action, Hold],
+    looping: Mapping[Slot, str],
+    now: float,
+) -> Verdict:
+    job = intent.job
+    ready = ready_instances(job, observed)
+    progress = f"{ready}/{job.instances} instances ready"
+    waits = describe_waits(memory, now)
+    refused = _refused(memory)
+    outstanding = [a for a in planned if held.get(a) is not Hold.HALTED]
+    converged = not outstanding and not waits and memory.watch is None
+    converged = converged and not memory.halted and _matches(job, observed)
+    phase, message = _phase(memory, health, refused, converged, looping, waits, actions, held)
+    if phase in (Phase.RECONCILING, Phase.ROLLING_OUT, Phase.CONVERGED):
+        message = f"{progress}; {message}" if message else progress
+    return Verdict(
+        phase=phase,
+        message=message,
+        ready_instances=ready,
+        converged=converged and not actions,
+        requeue_after=_requeue(intent, memory, health, actions, held, converged, now),
+        unsettled=_unsettled(planned, held),
+        latest_starts=_latest_starts(job, observed),
+    )
+
+
+def _phase(
+    memory: JobMemory,
+    health: _Health,
+    refused: str,
+    converged: bool,
+    looping: Mapping[Slot, str],
+    waits: str,
+    actions: Sequence[Action],
+    held: Mapping[Action, Hold],
+) -> tuple[Phase, str]:
+    """The Ready reason, most specific first: stalled causes, then what runs or waits."""
+    if memory.halted is not None:
+        return Phase.ROLLOUT_HALTED, memory.halted.reason
+    if health.meltdown:
+        return Phase.MELTDOWN, health.paused
+    if health.paused:
+        return Phase.RESURRECTION_DISABLED, health.paused
+    if refused:
+        return Phase.REFUSED, refused
+    if actions:
+        return Phase.RECONCILING, describe_actions(actions)
+    if converged:
+        return Phase.CONVERGED, ""
+    if looping:
+        return Phase.CRASH_LOOP, "; ".join(looping[slot] for slot in sorted(looping))
+    if waits:
+        return Phase.BACK_OFF, waits
+    if memory.watch is not None:
+        kind = "canary" if memory.watch.canary else "batch"
+        watched = ", ".join(map(str, memory.watch.indices))
+        return Phase.ROLLING_OUT, f"rollout: {kind} (instances {watched}) watched"
+    upstream = sorted(
+        {
+            str(a.key)
+            for a, why in held.items()
+            if why is Hold.UPSTREAM and isinstance(a, ContainerAction)
+        }
+    )
+    if upstream:
+        return Phase.RECONCILING, f"waiting for an upstream to settle before {', '.join(upstream)}"
+    return Phase.RECONCILING, ""
+
+
+def _refused(memory: JobMemory) -> str:
+    """What the engine or IaaS refused, every time, a few times in a row: it will not heal by
+    itself (a missing image, a name or value the engine does not take). Still retried."""
+    parts = [
+        f"instance {index}: container {name}: the engine refused it {failure.refusals} times "
+        f"in a row ({failure.message}); tried again {failure.backoff.delay:.0f} s after the "
+        "last refusal"
+        for (index, name), failure in sorted(memory.start_failures.items())
+        if failure.refused
+    ]
+    parts += [
+        f"instance {index}: {failure.action.kind} refused {failure.refusals} times in a row "
+        f"({failure.message}); tried again {failure.backoff.delay:.0f} s after the last refusal"
+        for index, failure in sorted(memory.step_failures.items())
+        if failure.refused
+    ]
+    return "; ".join(parts)
+
+
+def _matches(job: DesiredJob, observed: JobObservation) -> bool:
+    """Every wanted instance runs every container with its spec; nothing beyond them."""
+    if any(i >= job.instances and o.has_vm for i, o in observed.instances.items()):
+        return False
+    for index in range(job.instances):
+        instance = observed.get(index)
+        if not instance.has_vm or not instance.engine_ok:
+            return False
+        for spec in job.containers:
+            found = instance.containers.get(spec.name)
+            if found is None or found.config_hash != spec.config_hash:
+                return False
+            if found.state not in ("running", "exited"):
+                return False
+    return True
+
+
+def _requeue(
+    intent: JobIntent,
+    memory: JobMemory,
+    health: _Health,
+    actions: Sequence[Action],
+    held: Mapping[Action, Hold],
+    converged: bool,
+    now: float,
+) -> float | None:
+    """When something may change without an event: the end of a back-off, of a watch time,
+    of an unresponsive timeout. None: nothing to wait for (converged, or stalled for good)."""
+    if actions:
+        return 0.0
+    if converged or memory.halted is not None:
+        return None
+    waits: list[float] = [1.0]
+    if health.paused:
+        waits = [PAUSED_RECHECK]
+    backoffs = [f.backoff for f in memory.start_failures.values()]
+    backoffs += [f.backoff for f in memory.step_failures.values()]
+    pending = [b.remaining(now) for b in backoffs if b.waiting(now)]
+    reasons = set(held.values())
+    if pending and reasons <= {Hold.BACKOFF, Hold.STEP_BACKOFF}:
+        waits = [min(pending)]
+    if Hold.UPSTREAM in reasons:
+        waits.append(UPSTREAM_RECHECK)
+    if memory.watch is not None:
+        low = memory.watch.since + memory.watch.window[0] - now
+        waits = [max(low, WATCH_POLL)]
+    if health.deaf:
+        timeout = intent.resurrection.unresponsive_timeout
+        silent = [now - t for t in memory.unresponsive_since.values()]
+        waits.append(max(min((timeout - s for s in silent), default=timeout), WATCH_POLL))
+    return min(waits)
+
+
+def _unsettled(planned: Sequence[Action], held: Mapping[Action, Hold]) -> frozenset[ContainerKey]:
+    """Containers this Job (re)starts now or will once what it waits for is done. One whose
+    start waits for a back-off is not: its dependents need not wait minutes for it."""
+    failed = {Hold.BACKOFF, Hold.STEP_BACKOFF, Hold.HALTED}
+    return frozenset(a.key for a in planned if isinstance(a, STARTS) and held.get(a) not in failed)
+
+
+def _latest_starts(job: DesiredJob, observed: JobObservation) -> dict[ContainerKey, float | None]:
+    latest: dict[ContainerKey, float | None] = {}
+    for spec in job.containers:
+        starts = [
+            found.started_at
+            for index in range(job.instances)
+            if (found := observed.get(index).containers.get(spec.name)) is not None
+            and found.started_at is not None
+        ]
+        latest[ContainerKey(job.name, spec.name)] = max(starts, default=None)
+    return latest
+
+
+__all__ = [
+    "Decision",
+    "Hold",
+    "JobIntent",
+    "Notice",
+    "NoticeKind",
+    "ResurrectionPolicy",
+    "decide",
+]
