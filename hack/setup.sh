@@ -17,3 +17,4 @@ if [[ ! -f $stamp ]]; then
   rm -f "$VENV"/.dockyard-installed-* && touch "$stamp"
 fi
 bash "$HACK_DIR/controlplane/build.sh" >/dev/null
+bash "$HACK_DIR/kstatus/build.sh" >/dev/null

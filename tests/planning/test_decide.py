@@ -278,3 +278,21 @@ def test_duplicate_vms_are_deleted() -> None:
     assert brief(decision.actions) == ["DeleteVM web/0"]
     assert decision.actions[0].cause is Cause.DUPLICATE_VM
 
+
+
+def test_a_job_whose_upstream_elsewhere_is_not_settled_is_not_ready_before_it_has_a_plan() -> None:
+    """The upstream's Job is restarting it and has not reported a new start yet: nothing is
+    planned here, but the Job is not Ready either (its dependents will restart)."""
+    web = job("web", c("api", "cache/cache"))
+    cache = ContainerKey("cache", "cache")
+    quiet = decide(
+        intent(web, upstreams={cache: UpstreamState(1.0, settled=False)}),
+        world(web),
+        JobMemory(),
+        now=0.0,
+    )
+    assert quiet.actions == () and quiet.held == {}
+    assert not quiet.verdict.converged
+    assert quiet.verdict.phase is Phase.RECONCILING
+    assert "waiting for upstream cache/cache to settle" in quiet.verdict.message
+    assert quiet.verdict.requeue_after == 5.0

@@ -103,14 +103,14 @@ class JobRuntime:
     def closed(self) -> bool:
         return self.reconciler.closed
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        """Instant (kopf cancels a Job's daemon when the Job is deleted, and waits for it)."""
         self.fleet.unregister(self.ref)
         self.watchers.stop()
         if self._refreshing is not None:
             self._refreshing.cancel()
-        await self.status.flush(timeout=5.0)
-        await self.status.close()
-        await self.disks.close()
+        self.status.close()
+        self.disks.close()
 
     async def teardown(self) -> None:
         """Containers and VMs go; disks go or stay per the persistent disk's reclaimPolicy. A

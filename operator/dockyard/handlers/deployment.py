@@ -17,6 +17,8 @@ from dockyard.api.conditions import kstatus
 from dockyard.api.models import Deployment, parse_deployment
 from dockyard.api.validation import validate_dependencies
 from dockyard.handlers import kube
+from dockyard.handlers.fleet import Fleet
+from dockyard.handlers.job import fleet_of
 from dockyard.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,9 @@ def _ready_at_generation(job: dict[str, Any]) -> bool:
     )
 
 
-async def reconcile_deployment(body: dict[str, Any]) -> None:
+async def reconcile_deployment(body: dict[str, Any], fleet: Fleet | None = None) -> None:
+    """``fleet``: this operator's board of upstream reports; a Deployment is not Ready while a
+    container of one of its jobs is not settled (a cascade runs, or is about to)."""
     namespace = body["metadata"]["namespace"]
     name = body["metadata"]["name"]
     if body["metadata"].get("deletionTimestamp"):
@@ -84,7 +88,7 @@ async def reconcile_deployment(body: dict[str, Any]) -> None:
         if errors:
             message = "; ".join(str(e) for e in errors)
             kopf.warn(kube.as_body(body), reason="InvalidSpec", message=message)
-            await _publish(deployment, body, list(existing.values()), stalled=message)
+            await _publish(deployment, body, list(existing.values()), stalled=message, fleet=fleet)
             return
 
         wanted = {job.name for job in deployment.spec.jobs}
@@ -113,7 +117,7 @@ async def reconcile_deployment(body: dict[str, Any]) -> None:
             if deployment.spec.update.serial and not _ready_at_generation(current):
                 break  # later jobs wait for this one (the Job's status change wakes us)
         children = await kube.list_("jobs", namespace, f"{DEPLOYMENT_LABEL}={name}")
-        await _publish(deployment, body, children, stalled="")
+        await _publish(deployment, body, children, stalled="", fleet=fleet)
         metrics.set_deployment_ready(namespace, name, _all_ready(deployment, children))
         del generation
 
@@ -143,7 +147,11 @@ def _all_ready(deployment: Deployment, children: list[dict[str, Any]]) -> bool:
 
 
 async def _publish(
-    deployment: Deployment, body: dict[str, Any], children: list[dict[str, Any]], stalled: str
+    deployment: Deployment,
+    body: dict[str, Any],
+    children: list[dict[str, Any]],
+    stalled: str,
+    fleet: Fleet | None = None,
 ) -> None:
     by_job = {c["metadata"]["labels"].get(JOB_LABEL): c for c in children}
     counts = []
@@ -157,7 +165,9 @@ async def _publish(
             if c.get("type") == "Stalled" and c.get("status") == "True":
                 halted.append(f"job {job.name}: {c.get('message', '')}")
     stalled = stalled or "; ".join(halted)
-    ready = not stalled and _all_ready(deployment, children)
+    group = (deployment.metadata.namespace or "", deployment.metadata.name)
+    unsettled = sorted(str(key) for key in fleet.unsettled(group)) if fleet else []
+    ready = not stalled and not unsettled and _all_ready(deployment, children)
     previous = (body.get("status") or {}).get("conditions", [])
     generation = deployment.metadata.generation or 0
     now = datetime.now(UTC)
@@ -165,7 +175,8 @@ async def _publish(
     ready_instances = sum(c["ready"] for c in counts)
     progress = f"{ready_instances}/{total} instances ready"
     if not ready and not stalled:
-        progress = "; ".join([progress, *_not_ready(deployment, by_job)])
+        settling = [f"a cascade runs: {', '.join(unsettled)} not settled"] if unsettled else []
+        progress = "; ".join([progress, *settling, *_not_ready(deployment, by_job)])
     status = {
         "observedGeneration": generation,
         "jobs": counts,
@@ -208,15 +219,28 @@ def _not_ready(deployment: Deployment, by_job: dict[str | None, dict[str, Any]])
     return waiting
 
 
+async def _roll_up(fleet: Fleet, group: tuple[str, str]) -> None:
+    """The board settled again: the Deployment may be Ready now (no Job event may follow)."""
+    parent = await kube.get("deployments", *group)
+    if parent is not None:
+        await reconcile_deployment(parent, fleet)
+
+
+def _fleet(memo: kopf.Memo) -> Fleet:
+    fleet = fleet_of(memo)
+    fleet.on_settled(_roll_up)
+    return fleet
+
+
 @kopf.on.resume(kube.GROUP, kube.VERSION, "deployments")
 @kopf.on.create(kube.GROUP, kube.VERSION, "deployments")
 @kopf.on.update(kube.GROUP, kube.VERSION, "deployments", field="spec")
-async def deployment_changed(body: kopf.Body, **_: Any) -> None:
+async def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     # kopf retries a failed handler with the body it had: the Deployment may be gone since (its
     # Jobs would be made again, orphans the garbage collector deletes later). Act on it as it is.
     live = await kube.get("deployments", body.metadata.namespace or "", body.metadata.name or "")
     if live is not None and live["metadata"].get("uid") == body.metadata.uid:
-        await reconcile_deployment(live)
+        await reconcile_deployment(live, _fleet(memo))
 
 
 @kopf.on.delete(kube.GROUP, kube.VERSION, "deployments", optional=True)
@@ -226,7 +250,7 @@ def deployment_deleted(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.event(kube.GROUP, kube.VERSION, "jobs")
-async def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+async def job_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
     """A child changed (kopf keeps no diff of status, so this follows raw watch events): roll
     its status up, continue a serial rollout. (Its cross-job dependents learn of its containers
     from the fleet's board, not from here.)"""
@@ -238,4 +262,4 @@ async def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
         return
     parent = await kube.get("deployments", namespace, deployment_name)
     if parent is not None:
-        await reconcile_deployment(parent)
+        await reconcile_deployment(parent, _fleet(memo))

@@ -35,9 +35,8 @@ class DiskRecords:
         self.job = job
         self.publisher.offer(self._wanted(report))
 
-    async def close(self) -> None:
-        await self.publisher.flush(timeout=5.0)
-        await self.publisher.close()
+    def close(self) -> None:
+        self.publisher.close()
 
     def _wanted(self, report: JobReport) -> dict[str, Any]:
         job = self.job

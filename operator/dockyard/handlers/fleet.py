@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import Any
 
 from dockyard.planning import ContainerKey
 from dockyard.planning.cascade import ContainerReport, upstream_states
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 Group = tuple[str, str]  # (namespace, deployment): the jobs that may depend on each other
 JobRef = tuple[str, str]  # (namespace, Job object name)
+SettledListener = Callable[["Fleet", Group], Coroutine[Any, Any, None]]
 
 
 class Fleet:
@@ -38,6 +40,8 @@ class Fleet:
         self._boards: dict[Group, dict[ContainerKey, ContainerReport]] = {}
         self._interest: dict[Group, dict[JobRef, frozenset[ContainerKey]]] = {}
         self._wakers: dict[JobRef, Callable[[], None]] = {}
+        self._settled_listeners: list[SettledListener] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- providers ------------------------------------------------------------------------------
 
@@ -115,6 +119,23 @@ class Fleet:
         for other, keys in self._interest.get(group, {}).items():
             if other != job and keys & moved:
                 self._wake_now(other)
+        was_settled = all(state.settled for state in before.values())
+        if not was_settled and all(state.settled for state in after.values()):
+            for listener in self._settled_listeners:
+                task = asyncio.create_task(listener(self, group), name=f"settled {group}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def on_settled(self, listener: SettledListener) -> None:
+        """``await listener(fleet, group)`` whenever every container of a group is settled
+        again (the Deployment's roll-up may say Ready now)."""
+        if listener not in self._settled_listeners:
+            self._settled_listeners.append(listener)
+
+    def unsettled(self, group: Group) -> list[ContainerKey]:
+        """Containers of the group's jobs that (re)start now or are about to."""
+        board = self._boards.get(group, {})
+        return [key for key, state in upstream_states(board, board).items() if not state.settled]
 
     def withdraw(self, group: Group, keys: Iterable[ContainerKey]) -> None:
         """A Job is gone: its containers leave the board (its dependents stop waiting)."""

@@ -48,7 +48,7 @@ async def converge(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped
             delay = 10.0
             try:
                 if runtime is not None and not await runtime.provider_current(body):
-                    await runtime.close()  # another provider now: start over (a new world)
+                    runtime.close()  # another provider now: start over (a new world)
                     runtime = None
                 if runtime is None:
                     runtime = memo[RUNTIME] = await JobRuntime.start(fleet_of(memo), body)
@@ -70,7 +70,7 @@ async def converge(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped
                 await asyncio.wait_for(woken.wait(), timeout=delay)
     finally:
         if runtime is not None:
-            await runtime.close()
+            runtime.close()
 
 
 def _observe(runtime: JobRuntime, started: float) -> None:
@@ -106,7 +106,7 @@ async def delete_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         await runtime.teardown()
     finally:
         if own:
-            await runtime.close()
+            runtime.close()
     job = runtime.job
     deployment = job.metadata.labels.get("dockyard.dev/deployment", "")
     metrics.forget_job(job.metadata.namespace or "", deployment, job.job_name)

@@ -73,7 +73,7 @@ class Publisher:
                 self._latest = None
                 self._idle.set()
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        """Stop at once (a daemon must exit instantly when kopf cancels it): what was not
+        written yet is written by the next pass or the next operator."""
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task

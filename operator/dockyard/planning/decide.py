@@ -501,9 +501,11 @@ def _verdict(
     waits = describe_waits(memory, now)
     refused = _refused(memory)
     outstanding = [a for a in planned if held.get(a) is not Hold.HALTED]
-    converged = not outstanding and not waits and memory.watch is None
+    # An upstream in another job that (re)starts may restart containers here: not Ready yet.
+    upstreams = sorted(str(key) for key, state in intent.upstreams.items() if not state.settled)
+    converged = not outstanding and not waits and memory.watch is None and not upstreams
     converged = converged and not memory.halted and _matches(job, observed)
-    phase, message = _phase(memory, health, refused, converged, looping, waits, actions, held)
+    phase, message = _phase(memory, health, refused, converged, looping, waits, actions, upstreams)
     if phase in (Phase.RECONCILING, Phase.ROLLING_OUT, Phase.CONVERGED):
         message = f"{progress}; {message}" if message else progress
     return Verdict(
@@ -511,7 +513,7 @@ def _verdict(
         message=message,
         ready_instances=ready,
         converged=converged and not actions,
-        requeue_after=_requeue(intent, memory, health, actions, held, converged, now),
+        requeue_after=_requeue(intent, memory, health, actions, held, converged, now, upstreams),
         unsettled=_unsettled(planned, held),
         latest_starts=_latest_starts(job, observed),
     )
@@ -525,7 +527,7 @@ def _phase(
     looping: Mapping[Slot, str],
     waits: str,
     actions: Sequence[Action],
-    held: Mapping[Action, Hold],
+    upstreams: Sequence[str],
 ) -> tuple[Phase, str]:
     """The Ready reason, most specific first: stalled causes, then what runs or waits."""
     if memory.halted is not None:
@@ -548,15 +550,8 @@ def _phase(
         kind = "canary" if memory.watch.canary else "batch"
         watched = ", ".join(map(str, memory.watch.indices))
         return Phase.ROLLING_OUT, f"rollout: {kind} (instances {watched}) watched"
-    upstream = sorted(
-        {
-            str(a.key)
-            for a, why in held.items()
-            if why is Hold.UPSTREAM and isinstance(a, ContainerAction)
-        }
-    )
-    if upstream:
-        return Phase.RECONCILING, f"waiting for an upstream to settle before {', '.join(upstream)}"
+    if upstreams:
+        return Phase.RECONCILING, f"waiting for upstream {', '.join(upstreams)} to settle"
     return Phase.RECONCILING, ""
 
 
@@ -604,6 +599,7 @@ def _requeue(
     held: Mapping[Action, Hold],
     converged: bool,
     now: float,
+    upstreams: Sequence[str],
 ) -> float | None:
     """When something may change without an event: the end of a back-off, of a watch time,
     of an unresponsive timeout. None: nothing to wait for (converged, or stalled for good)."""
@@ -620,8 +616,8 @@ def _requeue(
     reasons = set(held.values())
     if pending and reasons <= {Hold.BACKOFF, Hold.STEP_BACKOFF}:
         waits = [min(pending)]
-    if Hold.UPSTREAM in reasons:
-        waits.append(UPSTREAM_RECHECK)
+    if upstreams and reasons <= {Hold.UPSTREAM}:
+        waits = [UPSTREAM_RECHECK]  # the board wakes this Job when they settle
     if memory.watch is not None:
         low = memory.watch.since + memory.watch.window[0] - now
         waits = [max(low, WATCH_POLL)]

@@ -78,9 +78,18 @@ class Execution:
     async def run(self) -> list[Outcome]:
         """Every action's outcome, in plan order; those never started (after a failure of what
         they wait for, or a cancel) are CANCELLED."""
-        actions, after = self.graph.actions, self.graph.after
+        actions = self.graph.actions
         outcomes: dict[int, Outcome] = {}
         todo = set(range(len(actions)))
+        try:
+            await self._walk(todo, outcomes)
+        except asyncio.CancelledError:
+            self.cancel()  # what is in flight goes on in its thread; settle() waits for it
+            raise
+        return [outcomes[p] for p in range(len(actions))]
+
+    async def _walk(self, todo: set[int], outcomes: dict[int, Outcome]) -> None:
+        actions, after = self.graph.actions, self.graph.after
         while todo or self._running:
             for position in sorted(todo):
                 waits = after.get(position, frozenset())
@@ -99,7 +108,6 @@ class Execution:
                 if task in done:
                     del self._running[position]
                     outcomes[position] = task.result()
-        return [outcomes[p] for p in range(len(actions))]
 
     def _start(self, position: int) -> None:
         action = self.graph.actions[position]
@@ -118,6 +126,10 @@ class Execution:
         ]
         if waiting:
             await asyncio.wait(waiting)
+
+    @property
+    def busy(self) -> bool:
+        return any(not task.done() for task in self._running.values())
 
 
 async def run_graph(

@@ -365,10 +365,13 @@ class LocalProvider:
     def create_vm(self, spec: VMSpec) -> VM:
         tags = _check_tags(spec.tags)
         stemcell = spec.stemcell or self.default_stemcell
-        with self._lock.held():
+        with self._lock.held():  # only the naming and addressing: VMs boot side by side
             same = [vm for vm in self.find_vms(tags) if dict(vm.tags) == tags]
             vm_id = same[0].id if same else self._create_vm(tags, stemcell, spec.metadata)
         summary = self._inspect(vm_id)
+        if summary.status == "created" and not same:
+            self._boot(vm_id)
+            summary = self._inspect(vm_id)
         if summary.status == "running":
             self._wait_for_engine(vm_id)
             summary = self._inspect(vm_id)
@@ -449,7 +452,19 @@ class LocalProvider:
                 {self.network: api.create_endpoint_config(ipv4_address=address)}
             ),
         )
-        api.start(created["Id"])
+        del created  # started by _boot, outside the root's lock
+
+    def _boot(self, vm_id: str) -> None:
+        try:
+            with _docker_call(f"starting VM {vm_id}"):
+                self.client.api.start(vm_id)
+        except BaseException:
+            self._remove_container(vm_id)
+            self._remove_volume(vm_id)
+            shutil.rmtree(self._vm_dir(vm_id), ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (self.shared / vm_id).rmdir()
+            raise
 
     def _remove_container(self, vm_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound), _docker_call(f"removing VM {vm_id}"):
