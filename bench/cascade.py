@@ -72,7 +72,11 @@ def manifest(root: str, instances: int, cache_env: str = "1") -> str:
             "persistentDisk": {"size": "64Mi"},
             "containers": [{**box("store"), "volumes": [{"name": "data", "mountPath": "/data"}]}],
         },
-        {"name": "cache", "instances": instances, "containers": [box("cache", "db/store", env=cache_env)]},
+        {
+            "name": "cache",
+            "instances": instances,
+            "containers": [box("cache", "db/store", env=cache_env)],
+        },
         {
             "name": "web",
             "instances": instances,
@@ -109,7 +113,7 @@ class Fleet:
 
     def starts(self, job: str, container: str, after_ns: int) -> list[int]:
         found = []
-        for (name, index), vm_id in self.vms.items():
+        for (name, _), vm_id in self.vms.items():
             if name == job:
                 found += [
                     e.at_ns
@@ -225,7 +229,9 @@ def resurrection(host: docker.DockerClient, world: World, fleet: Fleet, kill: in
         host.containers.get(fleet.vms[("cache", index)]).kill()
 
     def back() -> float | None:
-        instances = {i["index"]: i for i in get("dyj", name, world.namespace)["status"]["instances"]}
+        instances = {
+            i["index"]: i for i in get("dyj", name, world.namespace)["status"]["instances"]
+        }
         latest = 0.0
         for index in indices:
             instance = instances.get(index, {})
@@ -250,7 +256,13 @@ def big_job(world: World, instances: int) -> float:
         "metadata": {"name": "big"},
         "spec": {
             "provider": {"type": "local", "options": {"root": world.root}},
-            "jobs": [{"name": "many", "instances": instances, "containers": [{"name": "app", "image": IMAGE, "command": SLEEP}]}],
+            "jobs": [
+                {
+                    "name": "many",
+                    "instances": instances,
+                    "containers": [{"name": "app", "image": IMAGE, "command": SLEEP}],
+                }
+            ],
         },
     }
     started = time.monotonic()
@@ -258,7 +270,12 @@ def big_job(world: World, instances: int) -> float:
     wait_until(lambda: ready(get("dyd", "big", world.namespace)), 900, "the big Job Ready", 0.5)
     took = time.monotonic() - started
     kubectl("delete", "dyd", "big", "-n", world.namespace, "--timeout=600s")
-    wait_until(lambda: not kubectl("get", "dyj", "-n", world.namespace, "-o", "name").strip(), 600, "big torn down", 1.0)
+    wait_until(
+        lambda: not kubectl("get", "dyj", "-n", world.namespace, "-o", "name").strip(),
+        600,
+        "big torn down",
+        1.0,
+    )
     return took
 
 
@@ -291,10 +308,16 @@ def run(world: World, sizes: list[int], kills: int, big: int) -> dict[str, Any]:
             if n == max(sizes):
                 extra["resurrect_1_vm_s"] = round(resurrection(host, world, fleet, 1), 3)
                 extra["resurrect_4_vms_s"] = round(resurrection(host, world, fleet, 4), 3)
-                log(f"resurrection: 1 VM {extra['resurrect_1_vm_s']}s, 4 VMs {extra['resurrect_4_vms_s']}s")
+                one, four = extra["resurrect_1_vm_s"], extra["resurrect_4_vms_s"]
+                log(f"resurrection: 1 VM {one}s, 4 VMs {four}s")
             fleet.close()
         kubectl("delete", "dyd", DEPLOYMENT, "-n", world.namespace, "--timeout=600s")
-        wait_until(lambda: not kubectl("get", "dyj", "-n", world.namespace, "-o", "name").strip(), 600, "torn down", 1.0)
+        wait_until(
+            lambda: not kubectl("get", "dyj", "-n", world.namespace, "-o", "name").strip(),
+            600,
+            "torn down",
+            1.0,
+        )
         if big:
             log(f"one Job of {big} instances")
             extra[f"job_of_{big}_ready_s"] = round(big_job(world, big), 3)
@@ -317,11 +340,16 @@ def targets(result: dict[str, Any], sizes: list[int], big: int) -> dict[str, Any
         "no_unrelated_restarts": all(v["unrelated_restarts"] == 0 for v in by.values()),
         "no_order_violations": all(v["order_violations"] == 0 for v in by.values()),
     }
-    small, large = result.get(f"rollout_100pct_s_at_{min(sizes)}"), result.get(f"rollout_100pct_s_at_{max(sizes)}")
+    small, large = (
+        result.get(f"rollout_100pct_s_at_{min(sizes)}"),
+        result.get(f"rollout_100pct_s_at_{max(sizes)}"),
+    )
     if small and large:
         checks["rollout_100pct_largest_N_within_2x_N1"] = large <= 2 * small
     if "resurrect_4_vms_s" in result:
-        checks["4_vms_within_1.5x_one"] = result["resurrect_4_vms_s"] <= 1.5 * result["resurrect_1_vm_s"]
+        checks["4_vms_within_1.5x_one"] = (
+            result["resurrect_4_vms_s"] <= 1.5 * result["resurrect_1_vm_s"]
+        )
     if big:
         checks[f"job_of_{big}_ready_within_40s"] = result[f"job_of_{big}_ready_s"] <= 40
     return checks

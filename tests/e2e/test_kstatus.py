@@ -103,7 +103,9 @@ def test_kstatus_is_never_current_early_through_create_and_change(
             api = [
                 c for i in web["status"]["instances"] for c in i["containers"] if c["name"] == "api"
             ]
-            return web if all(c["startedAt"] != changed_at and c.get("ready") for c in api) else None
+            return (
+                web if all(c["startedAt"] != changed_at and c.get("ready") for c in api) else None
+            )
 
         wait_for(cascaded, timeout=120, what="api restarted after the new store")
         wait_ready(get_object, "dyd", "gitops")

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dockyard.observability import metrics
-from dockyard.planning import Cause
 from dockyard.observability.metrics import REGISTRY
+from dockyard.planning import Cause
 
 # The brief's contract with dashboards and alert rules: name -> label names.
 EXPECTED = {

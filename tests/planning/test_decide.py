@@ -54,10 +54,19 @@ def world(
 
 
 def intent(desired: DesiredJob, **changes: object) -> JobIntent:
-    return replace(JobIntent(desired, generation=1, watch_time=(1.0, 3.0), canary_watch_time=(1.0, 3.0)), **changes)  # type: ignore[arg-type]
+    return replace(
+        JobIntent(desired, generation=1, watch_time=(1.0, 3.0), canary_watch_time=(1.0, 3.0)),
+        **changes,
+    )  # type: ignore[arg-type]
 
 
-def ran(decision: Decision, memory: JobMemory, desired: DesiredJob, now: float, fail: Failure | None = None) -> JobMemory:
+def ran(
+    decision: Decision,
+    memory: JobMemory,
+    desired: DesiredJob,
+    now: float,
+    fail: Failure | None = None,
+) -> JobMemory:
     """The memory after ``decision``'s actions ran at ``now`` (all failing with ``fail``)."""
     outcomes = [Outcome(a, fail, "boom" if fail else "") for a in decision.actions]
     return record(memory, desired, outcomes, decision.rollout, now)
@@ -243,7 +252,9 @@ def test_an_upstream_in_another_job_that_is_not_settled_holds_its_dependents() -
         "RestartContainer web/0 proxy",
         "RestartContainer web/1 proxy",
     ]
-    assert all(isinstance(a, ContainerAction) and a.cause is Cause.UPSTREAM for a in settled.actions)
+    assert all(
+        isinstance(a, ContainerAction) and a.cause is Cause.UPSTREAM for a in settled.actions
+    )
 
 
 def test_an_unhealthy_container_is_restarted_then_waits_its_back_off() -> None:
@@ -277,7 +288,6 @@ def test_duplicate_vms_are_deleted() -> None:
     decision = decide(intent(web), observed, JobMemory(), now=0.0)
     assert brief(decision.actions) == ["DeleteVM web/0"]
     assert decision.actions[0].cause is Cause.DUPLICATE_VM
-
 
 
 def test_a_job_whose_upstream_elsewhere_is_not_settled_is_not_ready_before_it_has_a_plan() -> None:

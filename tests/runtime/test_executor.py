@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -14,6 +14,7 @@ from dockyard.planning.memory import Failure, Outcome
 from dockyard.planning.ordering import ActionGraph, order
 from dockyard.runtime.executor import ActionPool, Execution
 from tests.planning.builders import c, job
+from tests.waiting import async_wait_for
 
 
 class Recorder:
@@ -118,7 +119,8 @@ async def test_a_teardown_does_not_wait_for_a_container_stop_in_flight(pool: Act
     assert [o.failure for o in outcomes[1:]] == [Failure.CANCELLED, Failure.CANCELLED]
 
 
-async def _until(probe: object) -> None:
-    assert callable(probe)
-    while not probe():
-        await asyncio.sleep(0.01)
+async def _until(probe: Callable[[], bool]) -> None:
+    async def check() -> bool:
+        return probe()
+
+    await async_wait_for(check, timeout=10, interval=0.01, what="the actions in flight")
