@@ -215,7 +215,8 @@ class Operator:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": KUBECONFIG, "DOCKYARD_LOG_LEVEL": "INFO"}
+        level = os.environ.get("DOCKYARD_BENCH_LOG_LEVEL", "INFO")
+        env = {**os.environ, "KUBECONFIG": KUBECONFIG, "DOCKYARD_LOG_LEVEL": level}
         command = [
             str(REPO / ".venv" / "bin" / "dockyard"),
             "run",
@@ -344,8 +345,8 @@ def bench_world(what: str) -> Iterator[World]:
     finally:
         world.cleanup()
         signal.signal(signal.SIGTERM, previous)
-        if failed:
-            log(f"failed; the operator's log stays in {world.scratch}")
+        if failed or os.environ.get("DOCKYARD_BENCH_KEEP_LOG"):
+            log(f"{'failed; ' if failed else ''}the operator's log stays in {world.scratch}")
         else:
             shutil.rmtree(world.scratch, ignore_errors=True)
 

@@ -25,6 +25,7 @@ at the largest N (kill → the new VMs' ``cache`` running, from the Job's status
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import time
 from dataclasses import dataclass, field
@@ -48,12 +49,16 @@ from _harness import (
     summary,
     wait_until,
 )
+from dockyard.providers.base import VMSpec
+from dockyard.runtime.engine import ContainerConfig, Engine
 
 DEPLOYMENT = "cascade"
 MIN_UPTIME = 12.0
 QUIET = 1.0
 SETTLE_TIMEOUT = 120.0
 DEPTH = 4  # store -> cache -> api -> proxy
+POOL = 32  # as the operator's default pool for the local provider
+ROLES = {"cache": ("cache",), "web": ("api", "proxy")}
 
 
 def manifest(root: str, instances: int, cache_env: str = "1") -> str:
@@ -145,10 +150,73 @@ class Fleet:
 class Cascades:
     all_dependents: list[float] = field(default_factory=list)
     docker_restart: list[float] = field(default_factory=list)
+    # death -> the last start of each level (where the time goes)
+    levels: dict[str, list[float]] = field(default_factory=dict)
     max_restarts: int = 0
     unrelated: int = 0
     order_violations: int = 0
     failures: list[str] = field(default_factory=list)
+
+
+class Floor:
+    """The same containers on VMs of the benchmark's own (no operator), restarted by hand
+    level by level, each level's N restarts at once: what the machine can do at best. A
+    restart costs the engine and the kernel CPU (cgroups, namespaces), so on 2 cores N
+    restarts at once take about N times longer than one: this is the floor to compare with."""
+
+    def __init__(self, world: World, n: int) -> None:
+        self.world, self.n = world, n
+        self.pool = concurrent.futures.ThreadPoolExecutor(POOL)
+        host = docker.from_env()
+        token = world.root[-8:]
+
+        self.tag = f"floor-{token}-{n}"
+
+        def make(spec: tuple[str, int]) -> tuple[str, Engine]:
+            role, index = spec
+            vm = world.provider.create_vm(
+                VMSpec(tags={"owner-uid": self.tag, "index": f"{role}-{index}"})
+            )
+            engine = Engine(world.provider.docker_client(vm.id), image_source=host)
+            for name in ROLES[role]:
+                engine.run(ContainerConfig(name=name, image=IMAGE, command=tuple(SLEEP)), {})
+            return role, engine
+
+        specs = [(role, i) for role in ROLES for i in range(n)]
+        self.engines = list(self.pool.map(make, specs))
+
+    def level_by_level(self) -> float:
+        started = time.monotonic()
+        for role, name in (("cache", "cache"), ("web", "api"), ("web", "proxy")):
+            engines = [e for r, e in self.engines if r == role]
+            list(self.pool.map(lambda e, name=name: e.restart(name, timeout=10), engines))
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        for _, engine in self.engines:
+            engine.client.close()
+        self.pool.shutdown()
+        for vm in self.world.provider.find_vms({"owner-uid": self.tag}):
+            self.world.provider.delete_vm(vm.id)
+
+
+def boot_floor(world: World, count: int, tag: str) -> float:
+    """``count`` VMs made at once straight through the provider, one container on each."""
+    host = docker.from_env()
+
+    def make(index: int) -> None:
+        vm = world.provider.create_vm(VMSpec(tags={"owner-uid": tag, "index": str(index)}))
+        engine = Engine(world.provider.docker_client(vm.id), image_source=host)
+        engine.run(ContainerConfig(name="app", image=IMAGE, command=tuple(SLEEP)), {})
+        engine.client.close()
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(POOL) as pool:
+        list(pool.map(make, range(count)))
+    took = time.monotonic() - started
+    for vm in world.provider.find_vms({"owner-uid": tag}):
+        world.provider.delete_vm(vm.id)
+    return took
 
 
 def store_pid(host: docker.DockerClient, fleet: Fleet) -> tuple[str, int, float]:
@@ -195,11 +263,16 @@ def one_cascade(host: docker.DockerClient, fleet: Fleet, n: int, result: Cascade
     violations += sum(min(proxy[i]) < max(api[i]) for i in proxy)
     result.order_violations += violations
     everyone = max(max(s) for s in dependents)
+    for level, starts in (("cache", cache), ("api", api), ("proxy", proxy)):
+        last = max(max(s) for s in starts.values())
+        result.levels.setdefault(level, []).append((last - die.at_ns) / 1e9)
     result.all_dependents.append((everyone - die.at_ns) / 1e9)
     result.docker_restart.append((up.at_ns - die.at_ns) / 1e9)
     log(
         f"N={n}: store back in {result.docker_restart[-1]:.3f}s, all {3 * n} dependents in "
-        f"{result.all_dependents[-1]:.3f}s, violations {violations}"
+        f"{result.all_dependents[-1]:.3f}s (levels "
+        + ", ".join(f"{k} {v[-1]:.3f}" for k, v in result.levels.items())
+        + f"), violations {violations}"
     )
 
 
@@ -290,14 +363,21 @@ def run(world: World, sizes: list[int], kills: int, big: int) -> dict[str, Any]:
             fleet = Fleet(world)
             fleet.refresh()
             result = Cascades()
+            floor = Floor(world, n)
+            floors: list[float] = []
             for number in range(kills + 1):  # the first is a warm-up
                 one_cascade(host, fleet, n, result if number else Cascades())
+                floors.append(floor.level_by_level())
+            floor.close()
             by_instances[str(n)] = {
                 "vms": 1 + 2 * n,
                 "dependents": 3 * n,
                 "deploy_s": round(took, 3),
                 "all_dependents_running_s": summary(result.all_dependents),
                 "docker_restart_s": summary(result.docker_restart),
+                "level_done_s": {k: summary(v) for k, v in result.levels.items()},
+                # the same 3N restarts by hand, level by level, each level at once
+                "docker_level_by_level_s": summary(floors[1:]),
                 "max_restarts_per_dependent": result.max_restarts,
                 "unrelated_restarts": result.unrelated,
                 "order_violations": result.order_violations,
@@ -307,7 +387,10 @@ def run(world: World, sizes: list[int], kills: int, big: int) -> dict[str, Any]:
             log(f"N={n}: env change of cache, 100% in flight: {extra[f'rollout_100pct_s_at_{n}']}s")
             if n == max(sizes):
                 extra["resurrect_1_vm_s"] = round(resurrection(host, world, fleet, 1), 3)
-                extra["resurrect_4_vms_s"] = round(resurrection(host, world, fleet, 4), 3)
+                extra["resurrect_4_vms_s"] = round(resurrection(host, world, fleet, min(4, n)), 3)
+                tag = f"floor-{world.root[-8:]}-boot"
+                extra["docker_boot_1_vm_s"] = round(boot_floor(world, 1, tag), 3)
+                extra["docker_boot_4_vms_s"] = round(boot_floor(world, min(4, n), tag), 3)
                 one, four = extra["resurrect_1_vm_s"], extra["resurrect_4_vms_s"]
                 log(f"resurrection: 1 VM {one}s, 4 VMs {four}s")
             fleet.close()
@@ -321,6 +404,8 @@ def run(world: World, sizes: list[int], kills: int, big: int) -> dict[str, Any]:
         if big:
             log(f"one Job of {big} instances")
             extra[f"job_of_{big}_ready_s"] = round(big_job(world, big), 3)
+            tag = f"floor-{world.root[-8:]}-big"
+            extra[f"docker_boot_{big}_vms_s"] = round(boot_floor(world, big, tag), 3)
             log(f"{big} instances Ready in {extra[f'job_of_{big}_ready_s']}s")
     finally:
         host.close()
@@ -355,6 +440,27 @@ def targets(result: dict[str, Any], sizes: list[int], big: int) -> dict[str, Any
     return checks
 
 
+def against_the_floor(result: dict[str, Any], big: int) -> dict[str, Any]:
+    """Each figure over what Docker itself needs for the same work on this machine, measured
+    in the same run (1.0: no time lost to the operator)."""
+    ratios: dict[str, Any] = {}
+    for n, figures in result["by_instances"].items():
+        floor = figures["docker_restart_s"]["p50"] + figures["docker_level_by_level_s"]["p50"]
+        ratios[f"cascade_p50_at_{n}"] = round(figures["all_dependents_running_s"]["p50"] / floor, 2)
+    if "docker_boot_4_vms_s" in result:
+        ratios["resurrect_1_vm"] = round(
+            result["resurrect_1_vm_s"] / result["docker_boot_1_vm_s"], 2
+        )
+        ratios["resurrect_4_vms"] = round(
+            result["resurrect_4_vms_s"] / result["docker_boot_4_vms_s"], 2
+        )
+    if big:
+        ratios[f"job_of_{big}"] = round(
+            result[f"job_of_{big}_ready_s"] / result[f"docker_boot_{big}_vms_s"], 2
+        )
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", default="1,4,16", help="N values, comma-separated")
@@ -366,6 +472,7 @@ def main() -> None:
     with bench_world("cascade") as world:
         result = run(world, sizes, args.kills, args.big)
     result["targets_met"] = targets(result, sizes, args.big)
+    result["over_docker_floor"] = against_the_floor(result, args.big)
     result["method"] = __doc__.split("\n\n", 2)[2].strip()
     result["machine"] = facts
     print(json.dumps(result, indent=2))

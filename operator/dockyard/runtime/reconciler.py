@@ -116,7 +116,9 @@ class JobReconciler:
         self, desired: JobDesired, inputs: PassInputs, announce: Announce | None = None
     ) -> JobReport:
         intent = job_intent(desired, inputs, not self.world.provider.resizes_attached_disks)
+        began = self.clock()
         seen, observation = await self._observe(desired)
+        looked = self.clock()
         decision = self._decide(intent, observation)
         report = _report(observation, decision, intent)
         if not decision.actions or self.closed:
@@ -130,16 +132,25 @@ class JobReconciler:
             desired.stemcell,
             desired.machine_type,
         )
-        self.execution = Execution(
-            order(decision.actions, intent.job), performer.perform, self.pool
-        )
-        try:
-            outcomes = await self.execution.run()
-        finally:
-            self.execution = None
-        self.memory = record(self.memory, intent.job, outcomes, decision.rollout, self.clock())
+        graph = order(decision.actions, intent.job)
+        self.execution = Execution(graph, performer.perform, self.pool)  # kept: cancel() finds it
+        decided = self.clock()
+        outcomes = await self.execution.run()
+        executed = self.clock()
+        self.memory = record(self.memory, intent.job, outcomes, decision.rollout, executed)
         _, observation = await self._observe(desired)
         after = self._decide(intent, observation)
+        log.debug(
+            "pass of %s: observe %.3fs, decide %.3fs, execute %.3fs (%d actions, depth %d), "
+            "observe and decide again %.3fs",
+            desired.name,
+            looked - began,
+            decided - looked,
+            executed - decided,
+            len(graph.actions),
+            graph.depth(),
+            self.clock() - executed,
+        )
         final = _report(observation, after, intent)
         final.records = report.records + performer.records + final.records
         for slot, (count, oom) in report.engine_restarts.items():
