@@ -124,3 +124,21 @@ async def _until(probe: Callable[[], bool]) -> None:
         return probe()
 
     await async_wait_for(check, timeout=10, interval=0.01, what="the actions in flight")
+
+
+async def test_an_interrupted_run_ends_without_waiting_for_a_container_action_in_flight(
+    pool: ActionPool,
+) -> None:
+    graph, _ = chain(1)
+    recorder = Recorder()
+    recorder.gate.clear()  # the db start hangs, as a stop with a 5-minute grace would
+    execution = Execution(graph, recorder, pool)
+    task = asyncio.create_task(execution.run())
+    await _until(lambda: recorder.running == 1)
+    execution.interrupt()  # a new spec
+    outcomes = await asyncio.wait_for(task, timeout=1)
+    assert [o.failure for o in outcomes] == [Failure.CANCELLED] * 3
+    assert execution.busy  # its thread goes on; a teardown could still wait for it
+    recorder.gate.set()
+    await asyncio.wait_for(execution.settle(), timeout=10)
+    assert not execution.busy

@@ -6,7 +6,6 @@ previous is Ready at its new generation (BOSH's serial instance groups).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +24,6 @@ log = logging.getLogger(__name__)
 
 DEPLOYMENT_LABEL = "dockyard.dev/deployment"
 JOB_LABEL = "dockyard.dev/job"
-_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
 
 def job_object_name(deployment: str, job: str) -> str:
@@ -70,14 +68,14 @@ def _ready_at_generation(job: dict[str, Any]) -> bool:
     )
 
 
-async def reconcile_deployment(body: dict[str, Any], fleet: Fleet | None = None) -> None:
+async def reconcile_deployment(body: dict[str, Any], fleet: Fleet) -> None:
     """``fleet``: this operator's board of upstream reports; a Deployment is not Ready while a
     container of one of its jobs is not settled (a cascade runs, or is about to)."""
     namespace = body["metadata"]["namespace"]
     name = body["metadata"]["name"]
     if body["metadata"].get("deletionTimestamp"):
         return
-    async with _locks.setdefault((namespace, name), asyncio.Lock()):
+    async with fleet.lock(("deployment", namespace, name)):
         deployment = parse_deployment(body)
         generation = deployment.metadata.generation or 0
         errors = validate_dependencies(deployment.spec)
@@ -151,7 +149,7 @@ async def _publish(
     body: dict[str, Any],
     children: list[dict[str, Any]],
     stalled: str,
-    fleet: Fleet | None = None,
+    fleet: Fleet,
 ) -> None:
     by_job = {c["metadata"]["labels"].get(JOB_LABEL): c for c in children}
     counts = []
@@ -166,7 +164,7 @@ async def _publish(
                 halted.append(f"job {job.name}: {c.get('message', '')}")
     stalled = stalled or "; ".join(halted)
     group = (deployment.metadata.namespace or "", deployment.metadata.name)
-    unsettled = sorted(str(key) for key in fleet.unsettled(group)) if fleet else []
+    unsettled = sorted(str(key) for key in fleet.unsettled(group))
     ready = not stalled and not unsettled and _all_ready(deployment, children)
     previous = (body.get("status") or {}).get("conditions", [])
     generation = deployment.metadata.generation or 0

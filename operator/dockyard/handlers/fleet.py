@@ -42,6 +42,7 @@ class Fleet:
         self._wakers: dict[JobRef, Callable[[], None]] = {}
         self._settled_listeners: list[SettledListener] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
 
     # --- providers ------------------------------------------------------------------------------
 
@@ -61,6 +62,10 @@ class Fleet:
                 pool.close()
                 provider.close()
             self._providers.clear()
+
+    def lock(self, key: tuple[str, ...]) -> asyncio.Lock:
+        """One coroutine at a time for ``key`` (e.g. a Deployment's roll-up)."""
+        return self._locks.setdefault(key, asyncio.Lock())
 
     # --- wake-ups -------------------------------------------------------------------------------
 

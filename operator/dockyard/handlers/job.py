@@ -36,6 +36,11 @@ def fleet_of(memo: kopf.Memo) -> Fleet:
 
 @kopf.on.update(kube.GROUP, kube.VERSION, "jobs", field="spec")
 async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A new spec never waits behind a long pass: the pass in flight is interrupted (it starts
+    nothing more, nor waits for a container stop in flight) and the next one runs at once."""
+    runtime = memo.get(RUNTIME)
+    if isinstance(runtime, JobRuntime):
+        runtime.reconciler.interrupt()
     fleet_of(memo).wake((body.metadata.namespace or "", body.metadata.name or ""))
 
 

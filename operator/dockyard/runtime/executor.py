@@ -65,6 +65,8 @@ class Execution:
         self._perform = perform
         self._pool = pool
         self._cancelled = False
+        self._abandoned = False  # container actions in flight are no longer waited for
+        self._interrupted = asyncio.Event()
         self._running: dict[int, asyncio.Task[Outcome]] = {}
 
     @property
@@ -75,22 +77,37 @@ class Execution:
         """Start nothing more; what is in flight finishes."""
         self._cancelled = True
 
+    def interrupt(self) -> None:
+        """For a new spec: start nothing more, and return as soon as the VM and disk actions
+        in flight are done — a container stop in flight (its grace period may be minutes)
+        goes on in its thread without the run waiting for it."""
+        self._cancelled = self._abandoned = True
+        self._interrupted.set()
+
     async def run(self) -> list[Outcome]:
         """Every action's outcome, in plan order; those never started (after a failure of what
-        they wait for, or a cancel) are CANCELLED."""
+        they wait for, or a cancel), or abandoned in flight, are CANCELLED."""
         actions = self.graph.actions
         outcomes: dict[int, Outcome] = {}
-        todo = set(range(len(actions)))
         try:
-            await self._walk(todo, outcomes)
+            await self._walk(set(range(len(actions))), outcomes)
         except asyncio.CancelledError:
             self.cancel()  # what is in flight goes on in its thread; settle() waits for it
             raise
+        for position in self._running:  # abandoned: its thread finishes on its own
+            outcomes.setdefault(position, Outcome(actions[position], Failure.CANCELLED))
         return [outcomes[p] for p in range(len(actions))]
+
+    def _awaited(self) -> list[asyncio.Task[Outcome]]:
+        return [
+            task
+            for position, task in self._running.items()
+            if not (self._abandoned and isinstance(self.graph.actions[position], ContainerAction))
+        ]
 
     async def _walk(self, todo: set[int], outcomes: dict[int, Outcome]) -> None:
         actions, after = self.graph.actions, self.graph.after
-        while todo or self._running:
+        while todo or self._awaited():
             for position in sorted(todo):
                 waits = after.get(position, frozenset())
                 if self._cancelled or any(p in outcomes and not outcomes[p].ok for p in waits):
@@ -99,13 +116,14 @@ class Execution:
                 elif all(p in outcomes for p in waits):
                     todo.discard(position)
                     self._start(position)
-            if not self._running:
+            awaited = self._awaited()
+            if not awaited:
                 continue
-            done, _ = await asyncio.wait(
-                self._running.values(), return_when=asyncio.FIRST_COMPLETED
-            )
+            interrupted = asyncio.create_task(self._interrupted.wait())
+            await asyncio.wait([*awaited, interrupted], return_when=asyncio.FIRST_COMPLETED)
+            interrupted.cancel()
             for position, task in list(self._running.items()):
-                if task in done:
+                if task.done():
                     del self._running[position]
                     outcomes[position] = task.result()
 
@@ -130,10 +148,3 @@ class Execution:
     @property
     def busy(self) -> bool:
         return any(not task.done() for task in self._running.values())
-
-
-async def run_graph(
-    graph: ActionGraph, perform: Callable[[Action], Outcome], pool: ActionPool
-) -> list[Outcome]:
-    """Run ``graph`` to the end (no cancellation): for callers that need no handle."""
-    return await Execution(graph, perform, pool).run()

@@ -173,6 +173,12 @@ class JobReconciler:
         )
         return seen, observation_of(seen, duplicates)
 
+    def interrupt(self) -> None:
+        """A new spec: the pass in flight starts nothing more and ends without waiting for its
+        container actions in flight (the next pass plans against the new spec)."""
+        if self.execution is not None:
+            self.execution.interrupt()
+
     async def cancel(self, containers_too: bool = True) -> None:
         """Start nothing more; wait for what is in flight (VM and disk actions only, unless
         ``containers_too``: a container stop may take its whole grace period)."""
