@@ -61,9 +61,16 @@ POOL = 32  # as the operator's default pool for the local provider
 ROLES = {"cache": ("cache",), "web": ("api", "proxy")}
 
 
-def manifest(root: str, instances: int, cache_env: str = "1") -> str:
+# PID 1 that ignores SIGTERM (a plain sleep, as many real images): each restart waits the stop
+# grace period (Docker's default 10 s) before SIGKILL.
+DEAF = ["sleep", "100000"]
+GRACE = 10.0
+
+
+def manifest(root: str, instances: int, cache_env: str = "1", deaf: bool = False) -> str:
     def box(name: str, *after: str, env: str = "") -> dict[str, Any]:
-        spec: dict[str, Any] = {"name": name, "image": IMAGE, "command": SLEEP}
+        command = DEAF if deaf and name != "store" else SLEEP
+        spec: dict[str, Any] = {"name": name, "image": IMAGE, "command": command}
         if after:
             spec["dependsOn"] = list(after)
         if env:
@@ -276,9 +283,10 @@ def one_cascade(host: docker.DockerClient, fleet: Fleet, n: int, result: Cascade
     )
 
 
-def deploy(world: World, n: int, cache_env: str = "1") -> float:
+def deploy(world: World, n: int, cache_env: str = "1", deaf: bool = False) -> float:
     started = time.monotonic()
-    kubectl("apply", "-n", world.namespace, "-f", "-", stdin=manifest(world.root, n, cache_env))
+    body = manifest(world.root, n, cache_env, deaf)
+    kubectl("apply", "-n", world.namespace, "-f", "-", stdin=body)
 
     def done() -> bool:
         body = get("dyd", DEPLOYMENT, world.namespace)
@@ -352,6 +360,28 @@ def big_job(world: World, instances: int) -> float:
     return took
 
 
+def deaf_cascades(host: docker.DockerClient, world: World, n: int, kills: int) -> dict[str, Any]:
+    """The same cascade with dependents whose PID 1 ignores SIGTERM: every restart waits its
+    grace period, so instances side by side is what counts (one after the other: 3N graces)."""
+    log(f"N={n}, dependents ignoring SIGTERM")
+    deploy(world, n, cache_env="deaf", deaf=True)
+    fleet = Fleet(world)
+    fleet.refresh()
+    result = Cascades()
+    for number in range(kills + 1):
+        one_cascade(host, fleet, n, result if number else Cascades())
+    fleet.close()
+    return {
+        "instances": n,
+        "grace_s": GRACE,
+        "all_dependents_running_s": summary(result.all_dependents),
+        "one_after_the_other_would_take_s": 3 * n * GRACE,
+        "one_grace_per_level_would_take_s": 3 * GRACE,
+        "max_restarts_per_dependent": result.max_restarts,
+        "order_violations": result.order_violations,
+    }
+
+
 def run(world: World, sizes: list[int], kills: int, big: int) -> dict[str, Any]:
     host = docker.from_env()
     by_instances: dict[str, Any] = {}
@@ -394,6 +424,7 @@ def run(world: World, sizes: list[int], kills: int, big: int) -> dict[str, Any]:
                 one, four = extra["resurrect_1_vm_s"], extra["resurrect_4_vms_s"]
                 log(f"resurrection: 1 VM {one}s, 4 VMs {four}s")
             fleet.close()
+        extra["ignoring_sigterm"] = deaf_cascades(host, world, min(4, max(sizes)), kills=2)
         kubectl("delete", "dyd", DEPLOYMENT, "-n", world.namespace, "--timeout=600s")
         wait_until(
             lambda: not kubectl("get", "dyj", "-n", world.namespace, "-o", "name").strip(),
