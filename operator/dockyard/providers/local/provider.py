@@ -416,23 +416,19 @@ class LocalProvider:
         try:
             with _docker_call(f"creating VM {vm_id}"):
                 try:
-                    self._run_container(vm_id, stemcell, labels, host_config, address)
+                    self._create_container(vm_id, stemcell, labels, host_config, address)
                 except docker.errors.APIError as error:
                     if address is None or "user specified IP address" not in str(error):
                         raise
                     # A network made without a configured subnet (older Dockyard): dynamic IPs.
                     self._remove_container(vm_id)
-                    self._run_container(vm_id, stemcell, labels, host_config, None)
+                    self._create_container(vm_id, stemcell, labels, host_config, None)
         except BaseException:
-            self._remove_container(vm_id)
-            self._remove_volume(vm_id)
-            shutil.rmtree(self._vm_dir(vm_id), ignore_errors=True)
-            with contextlib.suppress(OSError):
-                (self.shared / vm_id).rmdir()
+            self._discard(vm_id)
             raise
         return vm_id
 
-    def _run_container(
+    def _create_container(
         self,
         vm_id: str,
         stemcell: str,
@@ -441,7 +437,7 @@ class LocalProvider:
         address: str | None,
     ) -> None:
         api = self.client.api
-        created = api.create_container(
+        api.create_container(
             stemcell,
             name=vm_id,
             hostname=vm_id,
@@ -451,20 +447,23 @@ class LocalProvider:
             networking_config=api.create_networking_config(
                 {self.network: api.create_endpoint_config(ipv4_address=address)}
             ),
-        )
-        del created  # started by _boot, outside the root's lock
+        )  # started by _boot, outside the root's lock: VMs boot side by side
 
     def _boot(self, vm_id: str) -> None:
         try:
             with _docker_call(f"starting VM {vm_id}"):
                 self.client.api.start(vm_id)
         except BaseException:
-            self._remove_container(vm_id)
-            self._remove_volume(vm_id)
-            shutil.rmtree(self._vm_dir(vm_id), ignore_errors=True)
-            with contextlib.suppress(OSError):
-                (self.shared / vm_id).rmdir()
+            self._discard(vm_id)
             raise
+
+    def _discard(self, vm_id: str) -> None:
+        """What a create cut short left: the container, its engine's volume, its folders."""
+        self._remove_container(vm_id)
+        self._remove_volume(vm_id)
+        shutil.rmtree(self._vm_dir(vm_id), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.shared / vm_id).rmdir()
 
     def _remove_container(self, vm_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound), _docker_call(f"removing VM {vm_id}"):
