@@ -51,6 +51,7 @@ async def test_a_deployment_hears_when_its_jobs_are_all_settled_again() -> None:
     fleet.on_settled(listener)  # idempotent
     fleet.report(GROUP, ("ns", "shop-db"), {DB: ContainerReport(1.0, settled=False)})
     fleet.report(GROUP, ("ns", "shop-db"), {DB: ContainerReport(2.0, settled=True)})
+
     async def told() -> bool:
         return heard == [GROUP]  # the listener runs as a task of the loop
 

@@ -119,6 +119,8 @@ class JobRuntime:
         keep = policy is not None and policy.reclaim_policy == "Retain"
         await self.reconciler.teardown(keep_disks=keep)
         self.woken.set()  # the daemon sees it is closed and ends
+        if keep:
+            await self.disks.detached()
         name = self.job.job_name
         self.fleet.withdraw(
             self.group, [ContainerKey(name, c.name) for c in self.job.spec.containers]

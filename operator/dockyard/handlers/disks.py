@@ -38,6 +38,22 @@ class DiskRecords:
     def close(self) -> None:
         self.publisher.close()
 
+    async def detached(self) -> None:
+        """After a teardown that kept the disks (Retain): their records say Detached, not
+        attached to a VM that is gone."""
+        found = await kube.list_(
+            "persistentdisks", self.namespace, f"{JOB_LABEL}={self.job.metadata.name}"
+        )
+        for item in found:
+            status = item.get("status") or {}
+            if status.get("phase") == "Attached" or status.get("attachedTo"):
+                name, generation = item["metadata"]["name"], item["metadata"]["generation"]
+                fixed = {**status, "phase": "Detached", "attachedTo": None}
+                fixed["conditions"] = disk_conditions(
+                    status.get("conditions") or [], fixed, generation
+                )
+                await kube.patch_status("persistentdisks", self.namespace, name, fixed)
+
     def _wanted(self, report: JobReport) -> dict[str, Any]:
         job = self.job
         template = job.spec.persistent_disk
@@ -46,18 +62,22 @@ class DiskRecords:
             disk = instance.disk
             if disk is None or template is None:
                 continue
+            capacity = disk.size_mib * MIB
+            # A disk larger than asked (git holds an older size) is kept as it is: its record
+            # says its real size, never a smaller one (the CRD refuses a shrink).
+            size = template.size if template.size_bytes >= capacity else format_quantity(capacity)
             wanted[self.identity.disk_name(index)] = {
                 "spec": {
                     "provider": job.spec.provider.model_dump(
                         mode="json", by_alias=True, exclude_none=True
                     ),
-                    "size": template.size,
+                    "size": size,
                     "reclaimPolicy": template.reclaim_policy,
                     **({"type": template.type} if template.type else {}),
                 },
                 "status": {
                     "diskId": disk.id,
-                    "capacity": format_quantity(disk.size_mib * MIB),
+                    "capacity": format_quantity(capacity),
                     "phase": "Attached" if disk.attached_to else "Detached",
                     **({"attachedTo": disk.attached_to} if disk.attached_to else {}),
                 },

@@ -96,6 +96,7 @@ class NoticeKind(enum.StrEnum):
     MELTDOWN = "Meltdown"
     RESURRECTION_DISABLED = "ResurrectionDisabled"
     ROLLOUT_HALTED = "RolloutHalted"
+    DISK_LARGER = "DiskLargerThanAsked"
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ def decide(intent: JobIntent, observed: JobObservation, memory: JobMemory, now: 
     except PlanningError as error:
         verdict = Verdict(Phase.INVALID_SPEC, f"invalid spec: {error}", 0)
         return Decision((), memory, verdict, engine_restarts=restarts, crash_looping=looping)
+    memory, notices = _larger_disks(intent, observed, memory, notices)
     held = _gates(intent, planned, memory, now)
     memory, rollout, held, notices = _rollout(intent, observed, planned, memory, held, now, notices)
     actions = tuple(a for a in planned if a not in held)
@@ -253,6 +255,27 @@ def _crash_looping(observed: JobObservation, wanted: int) -> dict[Slot, str]:
                     f"({found.restart_count} restarts, {why}); the engine backs off"
                 )
     return looping
+
+
+def _larger_disks(
+    intent: JobIntent, observed: JobObservation, memory: JobMemory, notices: tuple[Notice, ...]
+) -> tuple[JobMemory, tuple[Notice, ...]]:
+    """A disk larger than the spec asks (git holds an older size) is kept as it is: said once."""
+    want = intent.job.disk
+    said: set[tuple[object, ...]] = set()
+    for index in range(intent.job.instances):
+        disk = observed.get(index).disk
+        if want is None or disk is None or disk.size_mib <= want.size_mib:
+            continue
+        key = (NoticeKind.DISK_LARGER, index, disk.id, disk.size_mib, want.size_mib)
+        said.add(key)
+        if key not in memory.told:
+            message = (
+                f"disk {disk.id} is {disk.size_mib} MiB, more than the {want.size_mib} MiB asked: "
+                "kept as it is (disks never shrink)"
+            )
+            notices += (Notice(NoticeKind.DISK_LARGER, index, message),)
+    return replace(memory, told=frozenset(said)), notices
 
 
 # --- 3. plan ----------------------------------------------------------------------------------

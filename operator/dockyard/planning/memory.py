@@ -125,6 +125,7 @@ class JobMemory:
     paused: str = ""  # the meltdown / resurrection-disabled message last reported
     copy_grow: frozenset[str] = frozenset()  # disks their provider would not grow in place
     restart_counts: Mapping[tuple[int, str], int] = field(default_factory=dict)  # (index, id)
+    told: frozenset[tuple[object, ...]] = frozenset()  # what was said once (an Event), by key
 
 
 @dataclass(frozen=True)

@@ -221,9 +221,14 @@ def _report(observation: JobObservation, decision: Decision, intent: JobIntent) 
     )
 
 
+_NOTICE_TARGETS = {NoticeKind.ROLLOUT_HALTED: "rollout", NoticeKind.DISK_LARGER: "disk"}
+_NOTICES_OK = frozenset({NoticeKind.DISK_LARGER})  # said as Normal Events, not Warnings
+
+
 def _notice_record(notice: Notice) -> ActionRecord:
-    target = "rollout" if notice.kind is NoticeKind.ROLLOUT_HALTED else "resurrection"
-    return ActionRecord(notice.kind.value, notice.index, target, notice.message, ok=False)
+    target = _NOTICE_TARGETS.get(notice.kind, "resurrection")
+    ok = notice.kind in _NOTICES_OK
+    return ActionRecord(notice.kind.value, notice.index, target, notice.message, ok=ok)
 
 
 # --- adapters -----------------------------------------------------------------------------------

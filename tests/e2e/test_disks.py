@@ -1,0 +1,89 @@
+"""Disks are never lost, and their records tell the truth (issue 14), end to end on the local
+provider with the real operator."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import Kubectl
+from tests.e2e.conftest import GetObject
+from tests.e2e.test_monitor import events
+from tests.e2e.test_reconciler import STORE, Store, deployment, wait_ready
+from tests.waiting import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator", "dockyard_cleanup")]
+
+RETAINED = STORE.replace("reclaimPolicy: Delete", "reclaimPolicy: Retain")
+
+
+def record(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any] | None:
+    found = kubectl("get", "dypd", name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(found.stdout) if found.returncode == 0 else None
+
+
+def test_a_grown_retained_disk_survives_the_old_manifest_applied_again(
+    kubectl: Kubectl, namespace: str, get_object: GetObject
+) -> None:
+    """GitOps: the Deployment is deleted and the manifest in git (the old, smaller size) is
+    applied again. The disk comes back with its data at the size it has; nothing shrinks."""
+    original_manifest = deployment("again", RETAINED)
+    kubectl("apply", "-n", namespace, "-f", "-", input=original_manifest)
+    wait_ready(get_object, "dyd", "again")
+    store = Store(namespace, "again", get_object)
+    data = wait_for(store.checksum, timeout=30, what="data written")
+    store.grow(kubectl, namespace, "again")
+    wait_for(
+        lambda: store.provider.find_disks(store.disk_tags)[0].size_mib >= 128,
+        timeout=180,
+        what="the disk grown",
+    )
+    wait_ready(get_object, "dyd", "again")
+
+    kubectl("delete", "dyd", "again", "-n", namespace, "--timeout=120s")
+    wait_for(
+        lambda: not kubectl("get", "dyj", "-n", namespace, "-o", "name").stdout.strip(),
+        timeout=120,
+        what="the Job torn down",
+    )
+    kept = record(kubectl, namespace, "again-store-0")
+    assert kept is not None, "a Retain disk's record outlives its Job"
+    assert kept["status"]["phase"] == "Detached", kept["status"]
+    assert "attachedTo" not in kept["status"], kept["status"]
+
+    try:
+        kubectl("apply", "-n", namespace, "-f", "-", input=original_manifest)  # 64Mi again
+        wait_ready(get_object, "dyd", "again")
+        again = Store(namespace, "again", get_object)
+        assert wait_for(again.checksum, timeout=60, what="the data back") == data
+        (disk,) = again.provider.find_disks(again.disk_tags)
+        assert disk.size_mib == 128, "the disk was shrunk or replaced"
+
+        def truthful() -> dict[str, Any] | None:
+            found = record(kubectl, namespace, "again-store-0")
+            status = (found or {}).get("status") or {}
+            good = status.get("phase") == "Attached" and status.get("capacity") == "128Mi"
+            return found if good else None
+
+        now = wait_for(truthful, timeout=60, what="the record says Attached, 128Mi")
+        assert now["spec"]["size"] == "128Mi", "the record's size went down"
+        assert now["status"]["diskId"] == disk.id
+        said = [
+            e
+            for e in events(kubectl, namespace, "DiskLargerThanAsked")
+            if e["involvedObject"]["name"] == "again-store"
+        ]
+        assert said and "more than the 64 MiB asked" in said[0]["message"], said
+        assert not events(kubectl, namespace, "ReconcileError")
+    finally:
+        kubectl("delete", "dyd", "again", "-n", namespace, "--timeout=120s", check=False)
+        wait_for(
+            lambda: not kubectl("get", "dyj", "-n", namespace, "-o", "name").stdout.strip(),
+            timeout=120,
+            what="the Job torn down",
+        )
+        for disk in store.provider.find_disks(store.disk_tags):  # Retain: the test's to remove
+            store.provider.delete_disk(disk.id)
+        kubectl("delete", "dypd", "again-store-0", "-n", namespace, check=False)
