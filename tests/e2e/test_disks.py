@@ -87,3 +87,50 @@ def test_a_grown_retained_disk_survives_the_old_manifest_applied_again(
         for disk in store.provider.find_disks(store.disk_tags):  # Retain: the test's to remove
             store.provider.delete_disk(disk.id)
         kubectl("delete", "dypd", "again-store-0", "-n", namespace, check=False)
+
+
+def test_a_vanished_disk_stalls_its_instance_until_the_loss_is_accepted(
+    kubectl: Kubectl, namespace: str, get_object: GetObject, docker_client: Any
+) -> None:
+    """The disk is deleted out of band while its VM is gone: the instance is not started on a
+    blank disk (no CreatedDisk, db not started); the Job is Stalled, DiskMissing, naming it;
+    once the user accepts the loss, a blank disk is made and the Job converges."""
+    kubectl("apply", "-n", namespace, "-f", "-", input=deployment("lost", STORE))
+    wait_ready(get_object, "dyd", "lost")
+    store = Store(namespace, "lost", get_object)
+    wait_for(store.checksum, timeout=30, what="data written")
+    (disk,) = store.provider.find_disks(store.disk_tags)
+    created_before = len(events(kubectl, namespace, "CreatedDisk"))
+    vm_id = get_object("dyj", "lost-store")["status"]["instances"][0]["vmId"]
+    docker_client.containers.get(vm_id).remove(force=True)  # the VM dies...
+    store.provider.detach_disk(vm_id, disk.id)
+    store.provider.delete_disk(disk.id)  # ...and its disk is deleted behind our back
+
+    def stalled() -> dict[str, Any] | None:
+        job = get_object("dyj", "lost-store")
+        conditions = {c["type"]: c for c in (job.get("status") or {}).get("conditions", [])}
+        stall = conditions.get("Stalled", {})
+        return stall if stall.get("status") == "True" and stall["reason"] == "DiskMissing" else None
+
+    stall = wait_for(stalled, timeout=120, what="the Job Stalled, DiskMissing")
+    assert disk.id in stall["message"] and "instance 0" in stall["message"], stall
+    assert events(kubectl, namespace, "DiskMissing"), "no DiskMissing Event"
+    assert len(events(kubectl, namespace, "CreatedDisk")) == created_before, "a blank disk"
+    assert not store.provider.find_disks(store.disk_tags)
+    instance = get_object("dyj", "lost-store")["status"]["instances"][0]
+    db = next(c for c in instance["containers"] if c["name"] == "db")
+    assert db["state"] == "missing", db  # not started without its data
+
+    kubectl("annotate", "dyj", "lost-store", "-n", namespace, "dockyard.dev/accept-disk-loss=0")
+    wait_ready(get_object, "dyd", "lost")
+    (blank,) = store.provider.find_disks(store.disk_tags)
+    assert blank.id != disk.id
+    assert len(events(kubectl, namespace, "CreatedDisk")) == created_before + 1
+    wait_for(  # accepted once: should the new disk vanish too, it is missing again
+        lambda: (
+            "dockyard.dev/accept-disk-loss"
+            not in get_object("dyj", "lost-store")["metadata"].get("annotations", {})
+        ),
+        timeout=30,
+        what="the accepted loss consumed",
+    )

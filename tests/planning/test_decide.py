@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from dockyard.planning import Cause, ContainerAction, ContainerKey, DesiredJob
+from dockyard.planning import STARTS, Cause, ContainerAction, ContainerKey, DesiredDisk, DesiredJob
 from dockyard.planning.decide import (
     Decision,
     Hold,
@@ -306,3 +306,27 @@ def test_a_job_whose_upstream_elsewhere_is_not_settled_is_not_ready_before_it_ha
     assert quiet.verdict.phase is Phase.RECONCILING
     assert "waiting for upstream cache/cache to settle" in quiet.verdict.message
     assert quiet.verdict.requeue_after == 5.0
+
+
+def test_a_recorded_disk_gone_from_the_iaas_is_not_replaced_by_a_blank_one() -> None:
+    web = job("web", c("db", disk=True), c("side"), disk=DesiredDisk(64))
+    observed = world(web)  # the VM and its containers, but no disk at all
+    lost = decide(intent(web, known_disks={0: "disk-7"}), observed, JobMemory(), now=0.0)
+    assert "CreateDisk web/0" not in brief(lost.actions)
+    assert not any(isinstance(a, STARTS) and a.container == "db" for a in lost.actions)
+    assert lost.verdict.phase is Phase.DISK_MISSING and lost.verdict.stalled
+    assert "its disk disk-7 is gone from the IaaS" in lost.verdict.message
+    assert [n.kind for n in lost.notices] == [NoticeKind.DISK_MISSING]
+    again = decide(intent(web, known_disks={0: "disk-7"}), observed, lost.memory, now=1.0)
+    assert again.notices == () and again.verdict.phase is Phase.DISK_MISSING
+
+    accepted = decide(intent(web), observed, again.memory, now=2.0)  # the loss accepted
+    assert "CreateDisk web/0" in brief(accepted.actions)
+    assert accepted.verdict.phase is Phase.RECONCILING
+
+
+def test_a_disk_the_job_deleted_itself_is_not_missing() -> None:
+    web = job("web", c("db", disk=True), disk=DesiredDisk(64))
+    memory = replace(JobMemory(), deleted_disks=frozenset({"disk-7"}))
+    decision = decide(intent(web, known_disks={0: "disk-7"}), world(web), memory, now=0.0)
+    assert "CreateDisk web/0" in brief(decision.actions)

@@ -23,8 +23,10 @@ import kopf
 from dockyard.api.models import Job, ProviderSpec, parse_job
 from dockyard.handlers import kube
 from dockyard.handlers.desired import (
+    ACCEPT_DISK_LOSS,
     cross_job_upstreams,
     job_desired,
+    known_disks,
     known_vms,
     provider_config,
     resurrection_policy,
@@ -140,8 +142,9 @@ class JobRuntime:
 
     # --- a pass ---------------------------------------------------------------------------------
 
-    async def run_pass(self, body: Mapping[str, Any]) -> float:
-        """One observe → decide → execute → report pass; the seconds until the next one."""
+    async def run_pass(self, body: Mapping[str, Any], disk_records: Mapping[str, str]) -> float:
+        """One observe → decide → execute → report pass; the seconds until the next one.
+        ``disk_records``: this Job's PersistentDisk records (name -> disk id), from the watch."""
         job = parse_job(body)
         self.job = job
         desired = job_desired(job, self.secrets)
@@ -149,9 +152,11 @@ class JobRuntime:
             resurrection=resurrection_policy(job),
             known_vms=known_vms(job),
             upstreams=self.fleet.upstreams(self.group, self.ref, cross_job_upstreams(job)),
+            known_disks=known_disks(job, disk_records),
         )
         report = await self.reconciler.reconcile(desired, inputs, lambda r: self._publish(job, r))
         self.last_report = report
+        await self._consume_accepted_losses(job, report)
         self.watchers.sync(
             i.vm_id for i in report.observation.instances.values() if i.vm_id and i.has_vm
         )
@@ -172,6 +177,22 @@ class JobRuntime:
         self._offer(status)
         if not report.acting:
             self.disks.offer(job, report)
+
+    async def _consume_accepted_losses(self, job: Job, report: JobReport) -> None:
+        """An accepted disk loss is accepted once: the blank disk made, the index leaves the
+        annotation (should that disk vanish too, it is missing again, not silently replaced)."""
+        accepted = job.metadata.annotations.get(ACCEPT_DISK_LOSS)
+        made = {str(r.index) for r in report.records if r.kind == "CreatedDisk" and r.ok}
+        if not accepted or not made & {p.strip() for p in accepted.split(",")}:
+            return
+        rest = ",".join(p.strip() for p in accepted.split(",") if p.strip() not in made)
+        patch = {"metadata": {"annotations": {ACCEPT_DISK_LOSS: rest or None}}}
+        try:
+            await kube.patch("jobs", self.ref[0], self.ref[1], patch)
+        except kube.ApiException as error:
+            log.warning(
+                "clearing %s of Job %s: %s", ACCEPT_DISK_LOSS, self.ref[1], kube.describe(error)
+            )
 
     def _offer(self, status: dict[str, Any]) -> None:
         status = _redacted(status)

@@ -197,3 +197,21 @@ def cross_job_upstreams(job: Job) -> set[ContainerKey]:
         parse_dependency(ref, job.job_name) for c in job.spec.containers for ref in c.depends_on
     }
     return {key for key in keys if key.job != job.job_name}
+
+
+ACCEPT_DISK_LOSS = "dockyard.dev/accept-disk-loss"  # "0,2": make blank disks for these indices
+
+
+def known_disks(job: Job, records: Mapping[str, str]) -> dict[int, str]:
+    """index -> the disk id its PersistentDisk record (``<job>-<index>``) names, minus the
+    instances whose loss the user accepted (the Job's ``dockyard.dev/accept-disk-loss``)."""
+    accepted = {
+        part.strip() for part in job.metadata.annotations.get(ACCEPT_DISK_LOSS, "").split(",")
+    }
+    prefix = f"{job.metadata.name}-"
+    known: dict[int, str] = {}
+    for name, disk_id in records.items():
+        index = name[len(prefix) :]
+        if name.startswith(prefix) and index.isdigit() and index not in accepted and disk_id:
+            known[int(index)] = disk_id
+    return known

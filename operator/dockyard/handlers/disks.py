@@ -83,7 +83,8 @@ class DiskRecords:
                 },
             }
         retain = template is not None and template.reclaim_policy == "Retain"
-        return {"retain": retain, "disks": wanted}
+        kept = [self.identity.disk_name(i) for i in range(job.spec.instances)]
+        return {"retain": retain, "disks": wanted, "instances": kept}
 
     async def _write(self, offer: dict[str, Any]) -> None:
         if self.records is None:  # first time: learn which records exist
@@ -100,8 +101,9 @@ class DiskRecords:
             if self.records.get(name) != record:
                 await self._write_one(name, record)
         for name in [n for n in self.records if n not in wanted]:
-            # Its instance was scaled away. A Retain disk still exists: keep its record.
-            if not offer["retain"]:
+            # Its instance was scaled away (a Retain disk still exists: keep its record). The
+            # record of a wanted instance whose disk is missing stays: it is what says so.
+            if not offer["retain"] and name not in offer["instances"]:
                 await kube.delete("persistentdisks", self.namespace, name)
                 del self.records[name]
 
@@ -136,9 +138,14 @@ class DiskRecords:
         if name not in self.records:  # created, or the one already there (409)
             stored = await kube.create("persistentdisks", self.namespace, body)
         if stored is None or stored.get("spec") != body["spec"]:
-            stored = await kube.patch(
-                "persistentdisks", self.namespace, name, {"spec": body["spec"]}
-            )
+            try:
+                stored = await kube.patch(
+                    "persistentdisks", self.namespace, name, {"spec": body["spec"]}
+                )
+            except kube.ApiException as error:
+                if error.status != 404:
+                    raise
+                stored = await kube.create("persistentdisks", self.namespace, body)  # deleted
         generation = stored["metadata"]["generation"]
         status = {
             **record["status"],

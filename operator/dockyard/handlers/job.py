@@ -25,6 +25,8 @@ from dockyard.providers.redaction import redact
 log = logging.getLogger(__name__)
 
 RUNTIME = "job_runtime"  # the key of a Job's runtime in its kopf memo
+DiskIndex = kopf.Index[tuple[str, str], tuple[str, str]]
+JOB_LABEL = "dockyard.dev/job"
 
 
 def fleet_of(memo: kopf.Memo) -> Fleet:
@@ -44,8 +46,30 @@ async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     fleet_of(memo).wake((body.metadata.namespace or "", body.metadata.name or ""))
 
 
+@kopf.index(kube.GROUP, kube.VERSION, "persistentdisks")
+def disk_records(
+    name: str, namespace: str | None, labels: kopf.Labels, status: kopf.Status, **_: Any
+) -> dict[tuple[str, str], tuple[str, str]] | None:
+    """The disk each Job's instance had, from its PersistentDisk records (the watch cache): a
+    recorded disk gone from the IaaS is missing, not replaced by a blank one."""
+    job = labels.get(JOB_LABEL)
+    if not job:
+        return None
+    return {(namespace or "", job): (name, str(status.get("diskId") or ""))}
+
+
+def _records_of(
+    index: kopf.Index[tuple[str, str], tuple[str, str]], body: kopf.Body
+) -> dict[str, str]:
+    key = (body.metadata.namespace or "", body.metadata.name or "")
+    return dict(index.get(key, []))
+
+
 @kopf.daemon(kube.GROUP, kube.VERSION, "jobs", cancellation_timeout=30)
-async def converge(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def converge(
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any
+) -> None:
+    records: DiskIndex = kwargs["disk_records"]  # kopf passes each index by its name
     runtime: JobRuntime | None = None
     try:
         while not stopped:
@@ -58,7 +82,7 @@ async def converge(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped
                 if runtime is None:
                     runtime = memo[RUNTIME] = await JobRuntime.start(fleet_of(memo), body)
                 runtime.woken.clear()
-                delay = await runtime.run_pass(body)
+                delay = await runtime.run_pass(body, _records_of(records, body))
                 _observe(runtime, started)
             except kopf.TemporaryError as error:
                 metrics.observe_reconcile("Job", "retry", started)
@@ -117,4 +141,4 @@ async def delete_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     metrics.forget_job(job.metadata.namespace or "", deployment, job.job_name)
 
 
-__all__ = ["DRIFT_INTERVAL", "converge", "delete_job", "fleet_of", "spec_changed"]
+__all__ = ["DRIFT_INTERVAL", "converge", "delete_job", "disk_records", "fleet_of", "spec_changed"]

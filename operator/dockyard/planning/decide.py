@@ -90,6 +90,9 @@ class JobIntent:
     upstreams: Mapping[ContainerKey, UpstreamState] = field(default_factory=dict)
     #: The provider cannot grow an attached disk: its users stop and it is detached first.
     detach_to_resize: bool = False
+    #: index -> the disk its PersistentDisk record names: one gone from the IaaS is *missing*,
+    #: never replaced by a blank disk (the user restores it or accepts the loss).
+    known_disks: Mapping[int, str] = field(default_factory=dict)
 
 
 class NoticeKind(enum.StrEnum):
@@ -97,6 +100,7 @@ class NoticeKind(enum.StrEnum):
     RESURRECTION_DISABLED = "ResurrectionDisabled"
     ROLLOUT_HALTED = "RolloutHalted"
     DISK_LARGER = "DiskLargerThanAsked"
+    DISK_MISSING = "DiskMissing"
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ class Hold(enum.StrEnum):
     WATCHED = "Watched"  # its instance is in the rollout batch being watched
     ROLLOUT = "Rollout"  # its instance waits for a later rollout batch
     HALTED = "Halted"  # the rollout of this generation halted
+    DISK_MISSING = "DiskMissing"  # its recorded disk is gone: no blank one, no users started
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,9 @@ def decide(intent: JobIntent, observed: JobObservation, memory: JobMemory, now: 
         verdict = Verdict(Phase.INVALID_SPEC, f"invalid spec: {error}", 0)
         return Decision((), memory, verdict, engine_restarts=restarts, crash_looping=looping)
     memory, notices = _larger_disks(intent, observed, memory, notices)
-    held = _gates(intent, planned, memory, now)
+    missing = _missing_disks(intent, observed, memory)
+    memory, notices = _tell_missing(missing, memory, notices)
+    held = _gates(intent, planned, memory, now, missing)
     memory, rollout, held, notices = _rollout(intent, observed, planned, memory, held, now, notices)
     actions = tuple(a for a in planned if a not in held)
     verdict = _verdict(intent, observed, memory, health, planned, actions, held, looping, now)
@@ -275,7 +282,45 @@ def _larger_disks(
                 "kept as it is (disks never shrink)"
             )
             notices += (Notice(NoticeKind.DISK_LARGER, index, message),)
-    return replace(memory, told=frozenset(said)), notices
+    others = {key for key in memory.told if key[0] is not NoticeKind.DISK_LARGER}
+    return replace(memory, told=frozenset(others | said)), notices
+
+
+def _missing_disks(
+    intent: JobIntent, observed: JobObservation, memory: JobMemory
+) -> dict[int, str]:
+    """Wanted instances whose recorded disk is gone from the IaaS (deleted out of band): BOSH's
+    cloud check ``missing_disk``. A disk this Job deleted itself is not missing."""
+    if intent.job.disk is None:
+        return {}
+    return {
+        index: disk_id
+        for index, disk_id in intent.known_disks.items()
+        if index < intent.job.instances
+        and observed.get(index).disk is None
+        and disk_id not in memory.deleted_disks
+    }
+
+
+def _tell_missing(
+    missing: Mapping[int, str], memory: JobMemory, notices: tuple[Notice, ...]
+) -> tuple[JobMemory, tuple[Notice, ...]]:
+    told = {key for key in memory.told if key[0] is not NoticeKind.DISK_MISSING}
+    for index, disk_id in sorted(missing.items()):
+        key = (NoticeKind.DISK_MISSING, index, disk_id)
+        if key not in memory.told:
+            notices += (Notice(NoticeKind.DISK_MISSING, index, missing_message(index, disk_id)),)
+        told.add(key)
+    return replace(memory, told=frozenset(told)), notices
+
+
+def missing_message(index: int, disk_id: str) -> str:
+    return (
+        f"instance {index}: its disk {disk_id} is gone from the IaaS; it is not replaced by a "
+        "blank disk and the containers that use it do not start. Restore it from a snapshot, "
+        f"or accept the loss: annotate the Job dockyard.dev/accept-disk-loss={index} (or "
+        "delete its PersistentDisk record)"
+    )
 
 
 # --- 3. plan ----------------------------------------------------------------------------------
@@ -376,10 +421,16 @@ def _graph(job: DesiredJob) -> DependencyGraph:
 
 
 def _gates(
-    intent: JobIntent, actions: Sequence[Action], memory: JobMemory, now: float
+    intent: JobIntent,
+    actions: Sequence[Action],
+    memory: JobMemory,
+    now: float,
+    missing: Mapping[int, str],
 ) -> dict[Action, Hold]:
-    """Actions held by a back-off or by an upstream of another job that is not settled."""
+    """Actions held by a back-off, a missing disk, or an upstream of another job that is not
+    settled."""
     job = intent.job
+    users = {c.name for c in job.containers if c.uses_disk}
     graph = _graph(job)
     failing = {s for s, f in memory.start_failures.items() if f.backoff.waiting(now)}
     behind_failing = {
@@ -403,6 +454,9 @@ def _gates(
         if action.index in disk_held:
             held[action] = Hold.STEP_BACKOFF
             continue
+        if action.index in missing and _needs_the_disk(action, users):
+            held[action] = Hold.DISK_MISSING
+            continue
         if not isinstance(action, ContainerAction):
             continue
         slot = (action.index, action.container)
@@ -412,6 +466,12 @@ def _gates(
         elif starts and action.key in waiting:
             held[action] = Hold.UPSTREAM
     return held
+
+
+def _needs_the_disk(action: Action, users: set[str]) -> bool:
+    if isinstance(action, ContainerAction):
+        return isinstance(action, STARTS) and action.container in users
+    return action.kind in ("CreateDisk", "AttachDisk", "ResizeDisk", "MigrateDisk")
 
 
 def _rollout(
@@ -561,6 +621,11 @@ def _phase(
         return Phase.RESURRECTION_DISABLED, health.paused
     if refused:
         return Phase.REFUSED, refused
+    missing = [key for key in memory.told if key[0] is NoticeKind.DISK_MISSING]
+    if missing:
+        return Phase.DISK_MISSING, "; ".join(
+            missing_message(int(str(k[1])), str(k[2])) for k in sorted(missing, key=str)
+        )
     if actions:
         return Phase.RECONCILING, describe_actions(actions)
     if converged:
@@ -639,6 +704,8 @@ def _requeue(
     reasons = set(held.values())
     if pending and reasons <= {Hold.BACKOFF, Hold.STEP_BACKOFF}:
         waits = [min(pending)]
+    if reasons and reasons <= {Hold.DISK_MISSING, Hold.UPSTREAM}:
+        waits = [PAUSED_RECHECK]  # someone has to act (restore, accept the loss)
     if upstreams and reasons <= {Hold.UPSTREAM}:
         waits = [UPSTREAM_RECHECK]  # the board wakes this Job when they settle
     if memory.watch is not None:
@@ -654,7 +721,7 @@ def _requeue(
 def _unsettled(planned: Sequence[Action], held: Mapping[Action, Hold]) -> frozenset[ContainerKey]:
     """Containers this Job (re)starts now or will once what it waits for is done. One whose
     start waits for a back-off is not: its dependents need not wait minutes for it."""
-    failed = {Hold.BACKOFF, Hold.STEP_BACKOFF, Hold.HALTED}
+    failed = {Hold.BACKOFF, Hold.STEP_BACKOFF, Hold.HALTED, Hold.DISK_MISSING}
     return frozenset(a.key for a in planned if isinstance(a, STARTS) and held.get(a) not in failed)
 
 

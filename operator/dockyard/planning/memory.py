@@ -17,6 +17,7 @@ from dockyard.planning.model import (
     Action,
     Cause,
     ContainerAction,
+    DeleteDisk,
     DesiredJob,
     MigrateDisk,
     ResizeDisk,
@@ -126,6 +127,7 @@ class JobMemory:
     copy_grow: frozenset[str] = frozenset()  # disks their provider would not grow in place
     restart_counts: Mapping[tuple[int, str], int] = field(default_factory=dict)  # (index, id)
     told: frozenset[tuple[object, ...]] = frozenset()  # what was said once (an Event), by key
+    deleted_disks: frozenset[str] = frozenset()  # disks this Job deleted (not missing, gone)
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ def record(
     steps = dict(memory.step_failures)
     health = dict(memory.health_restarts)
     copy_grow = set(memory.copy_grow)
+    deleted = set(memory.deleted_disks)
     for outcome in outcomes:
         action = outcome.action
         if outcome.failure is Failure.CANCELLED:
@@ -168,6 +171,8 @@ def record(
             else:
                 starts[slot] = _start_failed(starts.get(slot), outcome, hashes, now)
         elif outcome.ok:
+            if isinstance(action, DeleteDisk):
+                deleted.add(action.disk_id)
             before = steps.get(action.index)
             if before is not None and before.action == action:
                 del steps[action.index]  # what failed works now
@@ -179,6 +184,7 @@ def record(
         step_failures=steps,
         health_restarts=health,
         copy_grow=frozenset(copy_grow),
+        deleted_disks=frozenset(deleted),
         watch=_watch_after(rollout, outcomes, now) if rollout else memory.watch,
     )
 

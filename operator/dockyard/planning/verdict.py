@@ -25,6 +25,7 @@ class Phase(enum.StrEnum):
     MELTDOWN = "Meltdown"
     RESURRECTION_DISABLED = "ResurrectionDisabled"
     REFUSED = "Refused"  # the engine or IaaS refuses an action, every time
+    DISK_MISSING = "DiskMissing"  # a recorded disk is gone: restore it or accept the loss
 
     @property
     def stalled(self) -> bool:
@@ -38,6 +39,7 @@ STALLED = frozenset(
         Phase.MELTDOWN,
         Phase.RESURRECTION_DISABLED,
         Phase.REFUSED,
+        Phase.DISK_MISSING,
     }
 )
 

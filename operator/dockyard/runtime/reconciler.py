@@ -77,6 +77,7 @@ class PassInputs:
     resurrection: ResurrectionPolicy = field(default_factory=ResurrectionPolicy)
     known_vms: Mapping[int, str] = field(default_factory=dict)
     upstreams: Mapping[planning.ContainerKey, UpstreamState] = field(default_factory=dict)
+    known_disks: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -221,7 +222,11 @@ def _report(observation: JobObservation, decision: Decision, intent: JobIntent) 
     )
 
 
-_NOTICE_TARGETS = {NoticeKind.ROLLOUT_HALTED: "rollout", NoticeKind.DISK_LARGER: "disk"}
+_NOTICE_TARGETS = {
+    NoticeKind.ROLLOUT_HALTED: "rollout",
+    NoticeKind.DISK_LARGER: "disk",
+    NoticeKind.DISK_MISSING: "disk",
+}
 _NOTICES_OK = frozenset({NoticeKind.DISK_LARGER})  # said as Normal Events, not Warnings
 
 
@@ -244,6 +249,7 @@ def job_intent(desired: JobDesired, inputs: PassInputs, detach_to_resize: bool) 
         known_vms=dict(inputs.known_vms),
         upstreams=dict(inputs.upstreams),
         detach_to_resize=detach_to_resize,
+        known_disks=dict(inputs.known_disks),
     )
 
 
