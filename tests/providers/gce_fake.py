@@ -364,6 +364,9 @@ class GCEFake:
                         zone, prefix, name, query.get("deviceName", "")
                     ),
                     ("disks", "resize"): lambda: self._resize(zone, prefix, name, body or {}),
+                    ("disks", "setLabels"): lambda: self._set_labels(
+                        zone, prefix, name, body or {}
+                    ),
                 }
                 if (collection, verb or "") in handlers:
                     return self._deduplicated(query, handlers[(collection, verb or "")])
@@ -634,6 +637,30 @@ class GCEFake:
             }
 
         return self._new_operation(prefix, "setMetadata", link, instance["id"], apply)
+
+    def _set_labels(
+        self, zone: Zone, prefix: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        link = f"{prefix}/disks/{name}"
+        disk = zone.disks.get(name)
+        if disk is None:
+            raise _not_found("disk", link)
+        if body.get("labelFingerprint") != disk["labelFingerprint"]:
+            raise ApiError(
+                412,
+                "conditionNotMet",
+                "Labels fingerprint either invalid or resource labels have changed",
+            )
+        labels = body.get("labels", {})
+        self._check_labels(labels)
+
+        def apply() -> None:
+            disk["labels"] = dict(labels)
+            disk["labelFingerprint"] = _fingerprint()
+            if not labels:
+                del disk["labels"]
+
+        return self._new_operation(prefix, "setLabels", link, disk["id"], apply)
 
     def _attach(self, zone: Zone, prefix: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         link = f"{prefix}/instances/{name}"

@@ -103,6 +103,30 @@ def test_vm_metadata_is_set_and_merged(harness: Harness) -> None:
         provider.delete_vm(vm.id)
 
 
+def test_disk_metadata_is_set_and_removed_and_found_by(harness: Harness) -> None:
+    """How a disk is orphaned and adopted again: tags set and removed in place."""
+    provider = harness.provider
+    tags = {"disk": f"ns.{uuid.uuid4().hex[:8]}-0"}
+    disk = provider.create_disk(DiskSpec(tags=tags, size_mib=1024))
+    try:
+        marked = provider.set_disk_metadata(disk.id, {"orphaned-at": "1796320000"})
+        assert (
+            marked.id == disk.id
+            and marked.tags.items() >= {**tags, "orphaned-at": "1796320000"}.items()
+        )
+        (found,) = provider.find_disks({**tags, "orphaned-at": "1796320000"})
+        assert found.id == disk.id
+        adopted = provider.set_disk_metadata(disk.id, {"orphaned-at": None})
+        assert "orphaned-at" not in adopted.tags and adopted.tags.items() >= tags.items()
+        (found,) = provider.find_disks(tags)
+        assert "orphaned-at" not in found.tags
+        assert not provider.find_disks({**tags, "orphaned-at": "1796320000"})
+        with pytest.raises(NotFoundError):
+            provider.set_disk_metadata(harness.unknown_disk_id, {"orphaned-at": "1"})
+    finally:
+        provider.delete_disk(disk.id)
+
+
 def test_disk_lifecycle_keeps_data_through_detach_and_grow(harness: Harness) -> None:
     provider = harness.provider
     vm = provider.create_vm(VMSpec(tags=identity(), stemcell=harness.stemcell))

@@ -486,6 +486,17 @@ class AWSProvider:
         matching.sort(key=lambda v: (v.get("CreateTime", _EPOCH), v["VolumeId"]))
         return [self._disk(v) for v in matching]
 
+    def set_disk_metadata(self, disk_id: str, tags: Mapping[str, str | None]) -> Disk:
+        self._volume(disk_id)  # ours, and there
+        kept = self._tag_dict({k: v for k, v in tags.items() if v is not None})
+        gone = set(self._tag_dict({k: "" for k, v in tags.items() if v is None})) - {SCOPE_TAG}
+        with _translated(f"tagging disk {disk_id}"):
+            if kept:
+                self.ec2.create_tags(Resources=[disk_id], Tags=self._tag_list(kept))
+            if gone:
+                self.ec2.delete_tags(Resources=[disk_id], Tags=[{"Key": k} for k in gone])
+        return self._disk(self._volume(disk_id))
+
     def create_disk(self, spec: DiskSpec) -> Disk:
         request: dict[str, Any] = {
             "AvailabilityZone": self.zone,

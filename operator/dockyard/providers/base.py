@@ -26,6 +26,9 @@ TAG_DISK = "disk"
 # On the new disk of a copy-migration: the id of the disk it replaces. While that disk exists it
 # is still the instance's disk, and this one an unfinished copy.
 TAG_REPLACES = "replaces"
+# On a disk no longer wanted (reclaim policy Delete, a retention): when it was orphaned (epoch
+# seconds). It is deleted once the retention has passed; a scale-up before that adopts it again.
+TAG_ORPHANED_AT = "orphaned-at"
 
 
 class ProviderError(Exception):
@@ -178,6 +181,11 @@ class Provider(Protocol):
     def delete_disk(self, disk_id: str) -> None: ...
 
     def find_disks(self, tags: Mapping[str, str]) -> list[Disk]: ...
+
+    def set_disk_metadata(self, disk_id: str, tags: Mapping[str, str | None]) -> Disk:
+        """Set these tags on a disk (None removes one), as BOSH's CPI ``set_disk_metadata``:
+        how a disk is orphaned and adopted again. Returns the disk as it is then."""
+        ...
 
     def docker_client(self, vm_id: str) -> docker.DockerClient:
         """A client for the Docker engine inside the VM."""

@@ -592,10 +592,17 @@ class GCEProvider:
         return max(self.min_disk_gb, math.ceil(size_mib / 1024))
 
     def _disk(self, disk: compute_v1.Disk) -> Disk:
+        # Tags as created (the description keeps them exactly), with what set_disk_metadata
+        # changed since (labels only: a disk's description cannot change).
+        created = self._tags_from(disk.description, disk.labels)
+        now = self._tags_from("", disk.labels)
+        labelled = {key for key in created if LABEL_PREFIX + encode_label(key) in disk.labels}
+        tags = {k: now.get(k, v) for k, v in created.items() if k in labelled}
+        tags |= {k: v for k, v in now.items() if k not in created}
         return Disk(
             id=disk.name,
             size_mib=int(disk.size_gb) * 1024,
-            tags=self._tags_from(disk.description, disk.labels),
+            tags=tags,
             attached_to=_last(disk.users[0]) if disk.users else None,
             disk_type=_last(disk.type_),
         )
@@ -605,6 +612,34 @@ class GCEProvider:
         if not self._ours(disk.labels):
             raise NotFoundError(f"disk {disk_id} does not exist (not one of ours)")
         return disk
+
+    def set_disk_metadata(self, disk_id: str, tags: Mapping[str, str | None]) -> Disk:
+        for attempt in range(3):
+            disk = self._get_disk(disk_id)
+            labels = dict(disk.labels)
+            for key, value in tags.items():
+                label = LABEL_PREFIX + encode_label(key)
+                if value is None:
+                    labels.pop(label, None)
+                else:
+                    labels.update(
+                        {k: v for k, v in self._labels({key: value}).items() if k == label}
+                    )
+            body = compute_v1.ZoneSetLabelsRequest(
+                label_fingerprint=disk.label_fingerprint, labels=labels
+            )
+            try:
+                self._mutate(
+                    f"labelling disk {disk_id}",
+                    self.disks.set_labels_unary,
+                    resource=disk_id,
+                    zone_set_labels_request_resource=body,
+                )
+                break
+            except TransientError:
+                if attempt == 2:  # a concurrent change moved the fingerprint (412)
+                    raise
+        return self._disk(self._get_disk(disk_id))
 
     def find_disks(self, tags: Mapping[str, str]) -> list[Disk]:
         pages = self._zonal("listing disks", self.disks.list, filter=self._filter(tags))

@@ -594,6 +594,14 @@ class LocalProvider:
     def find_disks(self, tags: Mapping[str, str]) -> list[Disk]:
         return [self._disk(r) for r in self.disks.find(tags)]
 
+    def set_disk_metadata(self, disk_id: str, tags: Mapping[str, str | None]) -> Disk:
+        set_tags = _check_tags({k: v for k, v in tags.items() if v is not None})
+        with self._lock.held():
+            record = self._record(disk_id)
+            record.tags = {k: v for k, v in record.tags.items() if k not in tags} | set_tags
+            self.disks.save(record)
+            return self._disk(record)
+
     def attach_disk(self, vm_id: str, disk_id: str) -> Attachment:
         with self._lock.held():
             record = self._record(disk_id)
