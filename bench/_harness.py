@@ -279,6 +279,15 @@ class World:
         kubectl("delete", "dyd", "--all", "-n", self.namespace, "--timeout=120s", check=False)
         try:
             wait_until(
+                lambda: not kubectl("get", "dyj", "-n", self.namespace, "-o", "name").strip(),
+                120,
+                "the Jobs torn down",
+                interval=0.5,
+            )
+            # Their orphaned disks: deleting an orphan's record deletes the disk now.
+            orphans = ["-l", "dockyard.dev/orphaned=true", "-n", self.namespace]
+            kubectl("delete", "dypd", *orphans, "--timeout=120s", check=False)
+            wait_until(
                 lambda: not kubectl("get", "dyj,dypd", "-n", self.namespace, "-o", "name").strip(),
                 120,
                 "the Jobs torn down",

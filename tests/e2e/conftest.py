@@ -76,12 +76,20 @@ GetObject = Callable[[str, str], dict[str, Any]]
 
 
 def tear_down_deployments(kubectl: Kubectl, namespace: str) -> None:
-    """Delete the namespace's Deployments and wait until the operator tore their Jobs down."""
+    """Delete the namespace's Deployments and wait until the operator tore their Jobs down;
+    their orphaned disks go too (deleting an orphan's record deletes the disk at once)."""
     kubectl("delete", "dyd", "--all", "-n", namespace, "--timeout=120s", check=False)
+    wait_for(
+        lambda: not kubectl("get", "dyj", "-n", namespace, "-o", "name").stdout.strip(),
+        timeout=120,
+        what=f"Jobs of {namespace} torn down",
+    )
+    orphans = ["-l", "dockyard.dev/orphaned=true", "-n", namespace]
+    kubectl("delete", "dypd", *orphans, "--timeout=120s", check=False)
     wait_for(
         lambda: not kubectl("get", "dyj,dypd", "-n", namespace, "-o", "name").stdout.strip(),
         timeout=120,
-        what=f"Jobs of {namespace} torn down",
+        what=f"Jobs and disk records of {namespace} gone",
     )
 
 

@@ -3,13 +3,15 @@ provider with the real operator."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import Kubectl
-from tests.e2e.conftest import GetObject
+from tests.e2e.conftest import GetObject, own_operator_namespace
 from tests.e2e.test_monitor import events
 from tests.e2e.test_reconciler import STORE, Store, deployment, wait_ready
 from tests.waiting import wait_for
@@ -134,3 +136,98 @@ def test_a_vanished_disk_stalls_its_instance_until_the_loss_is_accepted(
         timeout=30,
         what="the accepted loss consumed",
     )
+
+
+TWO = """
+- name: store
+  instances: 2
+  persistentDisk: {size: 64Mi, orphanRetention: 20s}
+  containers:
+  - name: db
+    image: "dockyard/busybox:1"
+    command: [sh, -c, "test -f /data/blob || head -c 1000000 /dev/urandom > /data/blob; sleep 100000"]
+    volumes: [{subPath: db, mountPath: /data}]
+"""
+
+
+def blob_of(provider: Any, uid: str, index: int) -> str:
+    (vm,) = provider.find_vms({"owner-uid": uid, "index": str(index)})
+    (db,) = provider.docker_client(vm.id).containers.list(
+        filters={"label": "dockyard.dev/container=db"}
+    )
+    code, out = db.exec_run(["sh", "-c", "test -s /data/blob && cat /data/blob"])
+    assert code == 0
+    return hashlib.sha256(out).hexdigest()
+
+
+def scale(kubectl: Kubectl, namespace: str, count: int) -> None:
+    patch = [{"op": "replace", "path": "/spec/jobs/0/instances", "value": count}]
+    kubectl("patch", "dyd", "orphans", "-n", namespace, "--type=json", "-p", json.dumps(patch))
+
+
+def test_a_scaled_away_disk_is_orphaned_adopted_back_and_reaped_after_its_retention(
+    kubectl: Kubectl, kubeconfig: str, namespace_prefix: str, tmp_path: Path, crds: None
+) -> None:
+    from dockyard.providers import ProviderConfig, make_provider
+
+    provider = make_provider(ProviderConfig(type="local"))
+    with own_operator_namespace(kubectl, kubeconfig, namespace_prefix, "d", tmp_path) as (
+        own,
+        namespace,
+        get_object,
+    ):
+        own.start()
+        kubectl("apply", "-n", namespace, "-f", "-", input=deployment("orphans", TWO))
+        wait_ready(get_object, "dyd", "orphans")
+        uid = get_object("dyj", "orphans-store")["metadata"]["uid"]
+        data = wait_for(lambda: blob_of(provider, uid, 1), timeout=30, what="data on instance 1")
+        tags = {"disk": f"{namespace}.orphans-store-1"}
+        (disk,) = provider.find_disks(tags)
+
+        scale(kubectl, namespace, 1)
+
+        def orphaned() -> dict[str, Any] | None:
+            found = record(kubectl, namespace, "orphans-store-1")
+            return found if ((found or {}).get("status") or {}).get("phase") == "Orphaned" else None
+
+        kept = wait_for(orphaned, timeout=120, what="the disk record Orphaned")
+        assert kept["metadata"]["labels"]["dockyard.dev/orphaned"] == "true"
+        assert not kept["metadata"].get("ownerReferences"), "an orphan outlives its Job"
+        assert kept["status"]["expiresAt"] > kept["status"]["orphanedAt"]
+        (still,) = provider.find_disks(tags)
+        assert still.id == disk.id and "orphaned-at" in still.tags and not still.attached_to
+        own.kill()  # an operator restart in between changes nothing
+        own.start()
+        wait_ready(get_object, "dyd", "orphans")
+        assert record(kubectl, namespace, "orphans-store-1")["status"]["phase"] == "Orphaned"
+
+        scale(kubectl, namespace, 2)  # back within the retention: the same disk, its data
+        wait_ready(get_object, "dyd", "orphans")
+        (back,) = provider.find_disks(tags)
+        assert back.id == disk.id and "orphaned-at" not in back.tags
+        assert wait_for(lambda: blob_of(provider, uid, 1), timeout=30, what="data") == data
+
+        def adopted() -> dict[str, Any] | None:
+            found = record(kubectl, namespace, "orphans-store-1") or {}
+            attached = (found.get("status") or {}).get("phase") == "Attached"
+            unmarked = "dockyard.dev/orphaned" not in found.get("metadata", {}).get("labels", {})
+            return (
+                found
+                if attached and unmarked and found["metadata"].get("ownerReferences")
+                else None
+            )
+
+        wait_for(adopted, timeout=60, what="the record Attached and owned again")
+
+        scale(kubectl, namespace, 1)  # and this time past the retention: reaped
+        wait_for(orphaned, timeout=120, what="the disk record Orphaned again")
+        wait_for(
+            lambda: (
+                not provider.find_disks(tags)
+                and record(kubectl, namespace, "orphans-store-1") is None
+            ),
+            timeout=90,
+            what="the orphan reaped after its 20 s",
+        )
+        assert events(kubectl, namespace, "DeletedOrphanedDisk")
+    provider.close()

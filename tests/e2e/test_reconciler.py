@@ -207,7 +207,7 @@ def test_container_removed_by_hand_comes_back(
 STORE = """
 - name: store
   instances: 1
-  persistentDisk: {size: 64Mi, reclaimPolicy: Delete}
+  persistentDisk: {size: 64Mi, reclaimPolicy: Delete, orphanRetention: 0s}
   containers:
   - name: db
     image: "dockyard/busybox:1"

@@ -204,6 +204,14 @@ def test_the_cluster_role_is_enough_to_converge_and_tear_down(
     finally:
         kubectl("delete", "dyd", "rbac", "-n", rbac_namespace, "--timeout=120s", check=False)
         wait_for(
+            lambda: not kubectl("get", "dyj", "-n", rbac_namespace, "-o", "name").stdout.strip(),
+            timeout=120,
+            what="the Job torn down",
+        )
+        # Its disk was orphaned: deleting the orphan's record deletes it now (as the operator
+        # does with the cluster role under test).
+        kubectl("delete", "dypd", "-l", "dockyard.dev/orphaned=true", "-n", rbac_namespace)
+        wait_for(
             lambda: (
                 not kubectl(
                     "get", "dyd,dyj,dypd", "-n", rbac_namespace, "-o", "name"

@@ -14,6 +14,7 @@ from typing import NoReturn
 
 from dockyard.planning import (
     Action,
+    AdoptDisk,
     AttachDisk,
     ContainerAction,
     CreateDisk,
@@ -27,6 +28,7 @@ from dockyard.planning import (
     ObservedDisk,
     ObservedInstance,
     ObservedVM,
+    OrphanDisk,
     RecreateContainer,
     RemoveContainer,
     ResizeDisk,
@@ -121,6 +123,8 @@ class Simulator:
                     fail(f"attached to {inst.disk.attached_to}")
                 if inst.vm is None or not inst.vm.healthy:
                     fail("no VM to attach to")
+                if inst.disk.orphaned:
+                    fail("an orphaned disk is adopted before it is attached")
                 self._no_users_running(inst, job, fail)
                 inst.disk = replace(inst.disk, attached_to=inst.vm.id)
             case DetachDisk(disk_id=disk_id, vm_id=vm_id):
@@ -168,6 +172,16 @@ class Simulator:
                 if inst.disk is None or inst.disk.id != disk_id or inst.disk.attached_to:
                     fail("no such detached disk")
                 inst.disk = None
+            case OrphanDisk(disk_id=disk_id):
+                if wanted:
+                    fail("the instance is still wanted: its disk is not an orphan")
+                if inst.disk is None or inst.disk.id != disk_id or inst.disk.attached_to:
+                    fail("no such detached disk")
+                inst.disk = replace(inst.disk, orphaned=True)
+            case AdoptDisk(disk_id=disk_id):
+                if inst.disk is None or inst.disk.id != disk_id or not inst.disk.orphaned:
+                    fail("no such orphaned disk")
+                inst.disk = replace(inst.disk, orphaned=False)
             case ContainerAction():
                 if inst.vm is None or not inst.vm.healthy:
                     fail("no healthy VM")

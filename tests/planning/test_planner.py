@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from dockyard.planning import (
+    AdoptDisk,
     AttachDisk,
     ContainerKey,
     CreateDisk,
@@ -414,3 +415,28 @@ def test_bad_input_is_refused_naming_the_field() -> None:
 def test_the_plan_is_deterministic() -> None:
     web = job("web", c("b", "a"), c("a"), instances=3, disk=DesiredDisk(10))
     assert plan([web], {}) == plan([web], {})
+
+
+def test_a_disk_no_longer_wanted_is_orphaned_then_adopted_again_by_a_scale_up() -> None:
+    two = job("web", c("db", disk=True), instances=2, disk=DesiredDisk(64, orphan_retention=20.0))
+    one = replace(two, instances=1)
+    world = {"web": converged(two)}
+    actions = plan([one], world)
+    assert brief(actions) == [
+        "StopContainer web/1 db",
+        "DetachDisk web/1",
+        "DeleteVM web/1",
+        "OrphanDisk web/1",
+    ]
+    after = settle([one], world)
+    assert after["web"][1].disk is not None and after["web"][1].disk.orphaned  # kept, marked
+    assert plan([one], after) == []  # an orphan is left alone (the reaper deletes it later)
+    back = plan([two], after)
+    assert brief(back)[:3] == ["CreateVM web/1", "AdoptDisk web/1", "AttachDisk web/1"]
+    assert next(a for a in back if isinstance(a, AdoptDisk)).disk_id == after["web"][1].disk.id
+    settle([two], after)
+
+
+def test_a_retention_of_zero_deletes_the_disk_at_once() -> None:
+    two = job("web", c("db", disk=True), instances=2, disk=DesiredDisk(64))
+    assert "DeleteDisk web/1" in brief(plan([replace(two, instances=1)], {"web": converged(two)}))

@@ -151,6 +151,11 @@ class PersistentDiskTemplate(ApiModel):
     Immutable."""
     reclaim_policy: Literal["Retain", "Delete"] = "Delete"
     """What happens to the disk when its owner is deleted."""
+    orphan_retention: Duration = "120h"
+    """With reclaimPolicy Delete: how long a disk no longer wanted (its instance scaled away,
+    its Job or Deployment deleted) is kept, orphaned, before it is deleted, as BOSH keeps
+    orphaned disks 5 days; a scale-up within it gets the same disk back with its data. 0s
+    deletes at once."""
 
     @property
     def size_bytes(self) -> int:

@@ -129,8 +129,15 @@ class PersistentDiskStatus(ApiModel):
     """Provider VM id it is attached to."""
     capacity: Quantity | None = None
     """Actual size."""
-    phase: Literal["Pending", "Attached", "Detached", "Resizing", "Failed"] | None = None
-    """Pending, Attached, Detached, Resizing or Failed."""
+    phase: Literal["Pending", "Attached", "Detached", "Resizing", "Failed", "Orphaned"] | None = (
+        None
+    )
+    """Pending, Attached, Detached, Resizing, Failed or Orphaned (no longer wanted: deleted at
+    expiresAt unless its instance comes back first)."""
+    orphaned_at: datetime | None = None
+    """When it was orphaned."""
+    expires_at: datetime | None = None
+    """When an orphaned disk is deleted (``kubectl delete`` of this record deletes it now)."""
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """metadata.generation last reconciled."""
     conditions: Conditions = Field(default_factory=list)

@@ -21,6 +21,7 @@ import docker
 import kopf
 
 from dockyard.api.models import Job, ProviderSpec, parse_job
+from dockyard.api.quantities import parse_duration
 from dockyard.handlers import kube
 from dockyard.handlers.desired import (
     ACCEPT_DISK_LOSS,
@@ -45,7 +46,13 @@ from dockyard.providers.base import ProviderConfig
 from dockyard.providers.redaction import protect, redact
 from dockyard.runtime import diskfs
 from dockyard.runtime.executor import ActionPool
-from dockyard.runtime.reconciler import JobReconciler, JobReport, PassInputs, planning_job
+from dockyard.runtime.reconciler import (
+    DiskFate,
+    JobReconciler,
+    JobReport,
+    PassInputs,
+    planning_job,
+)
 from dockyard.runtime.world import JobIdentity, JobWorld
 
 log = logging.getLogger(__name__)
@@ -114,15 +121,24 @@ class JobRuntime:
         self.status.close()
         self.disks.close()
 
-    async def teardown(self) -> None:
-        """Containers and VMs go; disks go or stay per the persistent disk's reclaimPolicy. A
-        pass in flight starts nothing more; its VM and disk actions in flight finish first."""
+    async def teardown(self, disk_records: Mapping[str, str]) -> None:
+        """Containers and VMs go; disks stay (Retain), are orphaned for their retention or
+        deleted (Delete). A pass in flight starts nothing more; its VM and disk actions in
+        flight finish first. ``disk_records``: the Job's PersistentDisk records (name -> id)."""
         policy = self.job.spec.persistent_disk
-        keep = policy is not None and policy.reclaim_policy == "Retain"
-        await self.reconciler.teardown(keep_disks=keep)
+        retention = parse_duration(policy.orphan_retention) if policy else 0.0
+        fate: DiskFate = "delete"
+        if policy is not None and policy.reclaim_policy == "Retain":
+            fate = "keep"
+        elif retention > 0:
+            fate = "orphan"
+        indices = sorted(known_disks(self.job, disk_records))
+        await self.reconciler.teardown(fate, indices)
         self.woken.set()  # the daemon sees it is closed and ends
-        if keep:
+        if fate == "keep":
             await self.disks.detached()
+        elif fate == "orphan":
+            await self.disks.orphaned(retention)
         name = self.job.job_name
         self.fleet.withdraw(
             self.group, [ContainerKey(name, c.name) for c in self.job.spec.containers]

@@ -155,6 +155,7 @@ def job_desired(job: Job, secrets: Secrets) -> JobDesired:
             size_mib=-(-spec.persistent_disk.size_bytes // MIB),
             disk_type=spec.persistent_disk.type or "",
             reclaim_policy=spec.persistent_disk.reclaim_policy,
+            orphan_retention=parse_duration(spec.persistent_disk.orphan_retention),
         )
     update = spec.update
     watch = update.update_watch_time

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -19,10 +20,12 @@ from dockyard.api.models import parse_persistent_disk
 from dockyard.api.quantities import format_quantity
 from dockyard.handlers import kube
 from dockyard.handlers.context import provider_for
+from dockyard.handlers.disks import ORPHANED_LABEL
+from dockyard.handlers.fleet import Fleet
 from dockyard.handlers.job import fleet_of
 from dockyard.handlers.status import disk_conditions
 from dockyard.providers import DiskSpec, PermanentError, TransientError
-from dockyard.providers.base import TAG_DISK
+from dockyard.providers.base import TAG_DISK, TAG_ORPHANED_AT
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -76,9 +79,16 @@ async def ensure_disk(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.delete(kube.GROUP, kube.VERSION, "persistentdisks")
 async def delete_disk(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A hand-made disk with reclaimPolicy Delete goes with its record; so does an orphaned
+    one (``kubectl delete dypd <orphan>``: now, not at expiry). A Job's other records: the Job
+    deletes its disks itself (scale-down, teardown)."""
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""
-    if body.get("metadata", {}).get("labels", {}).get("dockyard.dev/job"):
-        return  # a Job's record: the Job deletes its disks itself (scale-down, teardown)
+    labels = body.get("metadata", {}).get("labels", {})
+    if labels.get(ORPHANED_LABEL) == "true":
+        await _reap(fleet_of(memo), body)
+        return
+    if labels.get("dockyard.dev/job"):
+        return
     disk = parse_persistent_disk(body)
     if disk.spec.reclaim_policy != "Delete":
         kopf.info(body, reason="DiskRetained", message="reclaimPolicy Retain: the disk stays")
@@ -92,3 +102,45 @@ async def delete_disk(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             provider.delete_disk(found.id)
 
     await asyncio.to_thread(remove)
+
+
+REAP_INTERVAL = 10.0  # seconds between looks at an orphaned disk's expiry
+
+
+@kopf.timer(
+    kube.GROUP,
+    kube.VERSION,
+    "persistentdisks",
+    interval=REAP_INTERVAL,
+    labels={ORPHANED_LABEL: "true"},
+)
+async def reap_orphan(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """An orphaned disk past its expiry is deleted, then its record (BOSH deletes orphaned
+    disks after 5 days). One that a scale-up adopted meanwhile lost its mark: it stays."""
+    expires = (body.get("status") or {}).get("expiresAt")
+    if not expires or datetime.fromisoformat(expires) > datetime.now(UTC):
+        return
+    if await _reap(fleet_of(memo), body):
+        kopf.info(body, reason="DeletedOrphanedDisk", message=f"expired at {expires}")
+        await kube.delete(
+            "persistentdisks", body.metadata.namespace or "", body.metadata.name or ""
+        )
+
+
+async def _reap(fleet: Fleet, body: kopf.Body) -> bool:
+    """Delete the orphaned provider disk of a record; False when it is no orphan any more."""
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+    disk = parse_persistent_disk(body)
+    provider = await provider_for(fleet, disk.spec.provider, namespace)
+
+    def remove() -> bool:
+        found = provider.find_disks(disk_tags(namespace, name))
+        if any(TAG_ORPHANED_AT not in d.tags for d in found):
+            return False  # adopted again (a scale-up): the Job's now
+        for orphan in found:
+            if orphan.attached_to:
+                provider.detach_disk(orphan.attached_to, orphan.id)
+            provider.delete_disk(orphan.id)
+        return True
+
+    return await asyncio.to_thread(remove)

@@ -123,7 +123,7 @@ def _describe(error: Exception) -> str:
 
 
 @kopf.on.delete(kube.GROUP, kube.VERSION, "jobs")
-async def delete_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def delete_job(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """Containers and VMs go; disks go or stay per the persistent disk's reclaimPolicy. A pass
     in flight starts nothing more, and the teardown waits only for its VM and disk actions."""
     runtime = memo.get(RUNTIME)
@@ -132,7 +132,7 @@ async def delete_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         runtime = await JobRuntime.start(fleet_of(memo), body)
     assert isinstance(runtime, JobRuntime)
     try:
-        await runtime.teardown()
+        await runtime.teardown(_records_of(kwargs["disk_records"], body))
     finally:
         if own:
             runtime.close()

@@ -410,6 +410,7 @@ def _planner_disk(
         grow_waits=failure is not None
         and job.disk is not None
         and failure.holds_grow(disk.id, job.disk.size_mib, now),
+        orphaned=disk.orphaned_at is not None,
     )
 
 

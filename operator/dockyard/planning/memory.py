@@ -30,7 +30,16 @@ Slot = tuple[int, str]  # (instance index, container name)
 REFUSALS_TO_STALL = 3
 
 DISK_ACTION_KINDS = frozenset(
-    {"CreateDisk", "AttachDisk", "DetachDisk", "ResizeDisk", "MigrateDisk", "DeleteDisk"}
+    {
+        "CreateDisk",
+        "AttachDisk",
+        "DetachDisk",
+        "ResizeDisk",
+        "MigrateDisk",
+        "DeleteDisk",
+        "OrphanDisk",
+        "AdoptDisk",
+    }
 )
 
 

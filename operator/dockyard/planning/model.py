@@ -89,6 +89,9 @@ class DesiredDisk:
     size_mib: int
     type: str | None = None
     reclaim_policy: ReclaimPolicy = "Delete"
+    #: Seconds a disk no longer wanted (policy Delete) stays orphaned before its deletion; 0:
+    #: deleted at once.
+    orphan_retention: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,8 @@ class ObservedDisk:
     migration_target: str | None = None
     #: Growing it failed lately and waits for its back-off: meanwhile it serves at its size.
     grow_waits: bool = False
+    #: Orphaned (no longer wanted, kept for a while): adopted again by a wanted instance.
+    orphaned: bool = False
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,7 @@ class Cause(enum.StrEnum):
     UPSTREAM = "Upstream"  # an upstream started after it
     UNHEALTHY = "Unhealthy"  # its health check fails
     NOT_IN_SPEC = "NotInSpec"
+    ADOPTED = "Adopted"  # an orphaned disk wanted again: its data comes back
 
 
 #: Causes of a rollout (the spec changed): batched, watched, halted on failure. Anything else is
@@ -297,6 +303,27 @@ class MigrateDisk(Action):
 class DeleteDisk(Action):
     """For an instance that is removed, under reclaim policy Delete; or an unfinished
     migration's new disk that is no longer wanted."""
+
+    disk_id: str
+
+    def _detail(self) -> str:
+        return f" {self.disk_id}"
+
+
+@dataclass(frozen=True)
+class OrphanDisk(Action):
+    """Keep a disk no longer wanted (policy Delete) for its retention, marked orphaned: it is
+    deleted after, unless a scale-up adopts it first."""
+
+    disk_id: str
+
+    def _detail(self) -> str:
+        return f" {self.disk_id}"
+
+
+@dataclass(frozen=True)
+class AdoptDisk(Action):
+    """An orphaned disk is the instance's again (the orphan mark goes)."""
 
     disk_id: str
 

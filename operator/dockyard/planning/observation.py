@@ -49,6 +49,7 @@ class DiskObservation:
     size_mib: int
     attached_to: str | None = None  # VM id
     migration_target: str | None = None  # the unfinished copy of a copy-migration
+    orphaned_at: float | None = None  # epoch seconds: no longer wanted since then
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 Order of the plan:
 
 1. Instances no longer wanted (index >= ``instances``, or their job is gone): stop their running
-   containers (dependents first), detach the disk, delete the VM, then delete the disk only
-   under reclaim policy Delete (Retain leaves it detached, to be reattached on a scale-up).
+   containers (dependents first), detach the disk, delete the VM; under reclaim policy Delete
+   the disk is orphaned for its retention (deleted at once when that is 0); Retain leaves it
+   detached. Either way a scale-up reattaches it with its data (an orphan is adopted first).
 2. For each wanted instance, VM and disk: detach the disk from any VM it will not stay on,
    replace an unhealthy VM (when the job resurrects), create a missing VM, create a missing
    disk, grow a small one (never shrink), attach. An existing disk is always reattached, never
@@ -44,6 +45,7 @@ from dockyard.planning.model import (
     DOWN_STATES,
     UP_STATES,
     Action,
+    AdoptDisk,
     AttachDisk,
     Cause,
     ContainerKey,
@@ -60,6 +62,7 @@ from dockyard.planning.model import (
     ObservedDisk,
     ObservedInstance,
     ObservedVM,
+    OrphanDisk,
     PlanningError,
     RecreateContainer,
     RemoveContainer,
@@ -189,7 +192,12 @@ class _Planner:
         if disk is not None and disk.migration_target is not None:
             add(DeleteDisk(job, index, disk.migration_target, cause=Cause.COPY_NOT_WANTED))
         if disk is not None and self._reclaim_policy(job, instance) == "Delete":
-            add(DeleteDisk(job, index, disk.id, cause=cause))
+            spec = self.jobs.get(job)
+            retention = spec.disk.orphan_retention if spec and spec.disk else 0.0
+            if retention <= 0:
+                add(DeleteDisk(job, index, disk.id, cause=cause))
+            elif not disk.orphaned:  # kept a while: a scale-up gets it back; reaped after
+                add(OrphanDisk(job, index, disk.id, cause=cause))
 
     def _reclaim_policy(self, job: str, instance: ObservedInstance) -> str:
         spec = self.jobs.get(job)
@@ -256,6 +264,8 @@ class _Planner:
         """Create, copy-migrate, grow and attach the instance's disk, as needed."""
         assert job.disk is not None
         add, name = self.actions.append, job.name
+        if disk is not None and disk.orphaned:
+            add(AdoptDisk(name, index, disk.id, cause=Cause.ADOPTED))
         if disk is None:
             add(CreateDisk(name, index, job.disk.size_mib, job.disk.type, cause=Cause.NEW_INSTANCE))
             return

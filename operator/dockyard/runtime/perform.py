@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -28,6 +29,7 @@ from dockyard.providers import (
     ProviderError,
     TransientError,
 )
+from dockyard.providers.base import TAG_ORPHANED_AT
 from dockyard.runtime.engine import ObservedContainer
 from dockyard.runtime.world import ENGINE_ERRORS, ContainerWant, InstanceWorld, JobWorld
 
@@ -42,6 +44,8 @@ _RECORD_KINDS = {
     "ResizeDisk": "ResizedDisk",
     "MigrateDisk": "MigratedDisk",
     "DeleteDisk": "DeletedDisk",
+    "OrphanDisk": "OrphanedDisk",
+    "AdoptDisk": "AdoptedDisk",
     "RecreateContainer": "RecreatedContainer",
     "RestartContainer": "RestartedContainer",
     "StopContainer": "StoppedContainer",
@@ -216,6 +220,15 @@ class Performer:
             state.disk, state.attachment = disk, attachment
             why = f"{old.id} ({old.size_mib} MiB) copied to {disk.id} ({disk.size_mib} MiB)"
             return disk.id, f"{why}; {old.id} deleted"
+        if isinstance(action, planning.OrphanDisk):
+            self.world.provider.set_disk_metadata(action.disk_id, {TAG_ORPHANED_AT: orphan_stamp()})
+            state.disk = None
+            return action.disk_id, "no longer wanted: orphaned, deleted after its retention"
+        if isinstance(action, planning.AdoptDisk):
+            state.disk = self.world.provider.set_disk_metadata(
+                action.disk_id, {TAG_ORPHANED_AT: None}
+            )
+            return action.disk_id, "wanted again: its orphan mark goes, its data comes back"
         assert isinstance(action, planning.DeleteDisk), action
         target = state.migration_target
         if target is not None and target.id == action.disk_id:
@@ -275,6 +288,11 @@ class Performer:
                 self._attach(state)  # idempotent: returns where it is mounted
             assert state.attachment is not None
             return state.attachment
+
+
+def orphan_stamp() -> str:
+    """The orphan mark's value: when it was orphaned (epoch seconds)."""
+    return str(int(time.time()))
 
 
 def _grace(want: ContainerWant | None) -> int:

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from dockyard import planning
 from dockyard.planning.decide import (
@@ -37,9 +38,9 @@ from dockyard.planning.observation import (
 from dockyard.planning.ordering import order
 from dockyard.planning.verdict import UpstreamState, Verdict
 from dockyard.providers import ProviderError
-from dockyard.providers.base import TAG_INDEX
+from dockyard.providers.base import TAG_INDEX, TAG_ORPHANED_AT
 from dockyard.runtime.executor import ActionPool, Execution
-from dockyard.runtime.perform import ActionRecord, Performer, container_observation
+from dockyard.runtime.perform import ActionRecord, Performer, container_observation, orphan_stamp
 from dockyard.runtime.world import ContainerWant, InstanceWorld, JobWorld
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class DiskWant:
     size_mib: int
     disk_type: str = ""
     reclaim_policy: str = "Delete"  # Delete | Retain
+    orphan_retention: float = 0.0  # seconds a disk no longer wanted is kept (policy Delete)
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,9 @@ class JobReconciler:
     ) -> JobReport:
         intent = job_intent(desired, inputs, not self.world.provider.resizes_attached_disks)
         began = self.clock()
-        seen, observation = await self._observe(desired)
+        # The instances wanted, and those with a disk record (an orphan of a scale-down).
+        indices = sorted(set(range(desired.instances)) | set(inputs.known_disks))
+        seen, observation = await self._observe(indices)
         looked = self.clock()
         decision = self._decide(intent, observation)
         report = _report(observation, decision, intent)
@@ -139,7 +143,7 @@ class JobReconciler:
         outcomes = await self.execution.run()
         executed = self.clock()
         self.memory = record(self.memory, intent.job, outcomes, decision.rollout, executed)
-        _, observation = await self._observe(desired)
+        _, observation = await self._observe(indices)
         after = self._decide(intent, observation)
         log.debug(
             "pass of %s: observe %.3fs, decide %.3fs, execute %.3fs (%d actions, depth %d), "
@@ -164,10 +168,7 @@ class JobReconciler:
         self.memory = decision.memory
         return decision
 
-    async def _observe(
-        self, desired: JobDesired
-    ) -> tuple[dict[int, InstanceWorld], JobObservation]:
-        indices = list(range(desired.instances))
+    async def _observe(self, indices: list[int]) -> tuple[dict[int, InstanceWorld], JobObservation]:
         seen = await self.pool.look(lambda: self.world.observe(indices, self.pool.map_looks))
         duplicates = tuple(
             (int(vm.tags.get(TAG_INDEX, "-1")), vm.id) for vm in self.world.duplicates
@@ -187,27 +188,34 @@ class JobReconciler:
         if execution is not None:
             await execution.settle(containers_too)
 
-    async def teardown(self, keep_disks: bool) -> None:
-        """Delete the Job's VMs; its disks too unless ``keep_disks`` (detached then)."""
+    async def teardown(self, disks: DiskFate, indices: list[int] | None = None) -> None:
+        """Delete the Job's VMs; its disks (of ``indices`` too: those with a record) are kept,
+        orphaned or deleted (kept and orphaned ones are detached)."""
         self.closed = True
         await self.cancel(containers_too=False)
-        await self.pool.act(lambda: _teardown(self.world, keep_disks))
+        await self.pool.act(lambda: _teardown(self.world, disks, indices or []))
 
 
-def _teardown(world: JobWorld, keep_disks: bool) -> None:
-    found = world.observe([])
+DiskFate = Literal["keep", "orphan", "delete"]
+
+
+def _teardown(world: JobWorld, disks: DiskFate, indices: list[int]) -> None:
+    found = world.observe(indices)
     for instance in found.values():
         if instance.vm is not None:
             world.delete_vm(instance.vm, instance.disk)
     for index in found:
         for disk in world.provider.find_disks(world.identity.disk_tags(index)):
-            if not keep_disks:
+            if disks == "delete":
                 world.delete_disk(disk)
-            elif disk.attached_to:
+                continue
+            if disk.attached_to:
                 try:
                     world.provider.detach_disk(disk.attached_to, disk.id)
                 except ProviderError as error:
-                    log.warning("detaching retained disk %s: %s", disk.id, error)
+                    log.warning("detaching the disk %s: %s", disk.id, error)
+            if disks == "orphan" and TAG_ORPHANED_AT not in disk.tags:
+                world.provider.set_disk_metadata(disk.id, {TAG_ORPHANED_AT: orphan_stamp()})
 
 
 def _report(observation: JobObservation, decision: Decision, intent: JobIntent) -> JobReport:
@@ -260,6 +268,7 @@ def planning_job(desired: JobDesired) -> planning.DesiredJob:
             size_mib=desired.disk.size_mib,
             type=desired.disk.disk_type or None,
             reclaim_policy="Retain" if desired.disk.reclaim_policy == "Retain" else "Delete",
+            orphan_retention=desired.disk.orphan_retention,
         )
     return planning.DesiredJob(
         name=desired.name,
@@ -304,6 +313,7 @@ def observation_of(
                 disk.size_mib,
                 disk.attached_to,
                 world.migration_target.id if world.migration_target else None,
+                _orphaned_at(disk.tags),
             )
             if disk
             else None,
@@ -311,6 +321,13 @@ def observation_of(
             address=vm.address if vm else None,
         )
     return JobObservation(instances, duplicates)
+
+
+def _orphaned_at(tags: Mapping[str, str]) -> float | None:
+    try:
+        return float(tags[TAG_ORPHANED_AT])
+    except (KeyError, ValueError):
+        return None
 
 
 __all__ = [
