@@ -74,5 +74,5 @@ def test_a_failing_copy_migration_keeps_the_old_disk_serving_and_backs_off(
         )
         assert times[1][0] - times[0][0] >= 8, times
         assert times[2][0] - times[1][0] >= 18, times
-        assert [d.id for d in store.provider.find_disks(store.disk_tags)] == [old.id]
-        assert wait_for(store.checksum, timeout=30, what="data readable") == original
+        # Each try leaves its unfinished copy; the pass after it deletes it again.
+        wait_for(serving, timeout=60, what="db on the old disk again, the copy gone")
