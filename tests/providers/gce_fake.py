@@ -43,6 +43,11 @@ ROUTE = re.compile(
     r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/"
     r"(?P<collection>instances|disks|operations)(?:/(?P<name>[^/]+))?(?:/(?P<verb>[A-Za-z]+))?$"
 )
+# Global resources (snapshots) live in a pseudo-zone named "global".
+GLOBAL_ROUTE = re.compile(
+    r"^/compute/v1/projects/(?P<project>[^/]+)/(?P<zone>global)/"
+    r"(?P<collection>snapshots|operations)(?:/(?P<name>[^/]+))?(?:/(?P<verb>[A-Za-z]+))?$"
+)
 
 
 class ApiError(Exception):
@@ -98,6 +103,10 @@ class Request:
 class Zone:
     instances: dict[str, dict[str, Any]] = field(default_factory=dict)
     disks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)  # in "global" only
+
+    def collection(self, name: str) -> dict[str, dict[str, Any]]:
+        return {"instances": self.instances, "disks": self.disks, "snapshots": self.snapshots}[name]
 
 
 def _now() -> str:
@@ -324,14 +333,18 @@ class GCEFake:
     def _route(
         self, method: str, path: str, query: dict[str, str], body: dict[str, Any] | None
     ) -> dict[str, Any]:
-        match = ROUTE.match(path)
+        match = ROUTE.match(path) or GLOBAL_ROUTE.match(path)
         if match is None:
             raise ApiError(404, "notFound", f"no such API path {path}")
         project, zone_name = match["project"], match["zone"]
         collection, name, verb = match["collection"], match["name"], match["verb"]
         with self._changed:
             zone = self.zones.setdefault((project, zone_name), Zone())
-        prefix = f"projects/{project}/zones/{zone_name}"
+        prefix = (
+            f"projects/{project}/global"
+            if zone_name == "global"
+            else f"projects/{project}/zones/{zone_name}"
+        )
         if collection == "operations":
             if name is None or verb not in (None, "wait") or method != ("POST" if verb else "GET"):
                 raise ApiError(405, "badRequest", f"{method} {path} is not supported")
@@ -350,7 +363,11 @@ class GCEFake:
             elif verb is None and method == "GET":
                 return self._get(zone, collection, prefix, name)
             elif verb is None and method == "DELETE":
-                delete = self._delete_instance if collection == "instances" else self._delete_disk
+                delete = {
+                    "instances": self._delete_instance,
+                    "disks": self._delete_disk,
+                    "snapshots": self._delete_snapshot,
+                }[collection]
                 return self._deduplicated(query, lambda: delete(zone, prefix, name))
             elif method == "POST":
                 handlers: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
@@ -366,6 +383,9 @@ class GCEFake:
                     ("disks", "resize"): lambda: self._resize(zone, prefix, name, body or {}),
                     ("disks", "setLabels"): lambda: self._set_labels(
                         zone, prefix, name, body or {}
+                    ),
+                    ("disks", "createSnapshot"): lambda: self._create_snapshot(
+                        zone, prefix, project, name, body or {}
                     ),
                 }
                 if (collection, verb or "") in handlers:
@@ -469,7 +489,7 @@ class GCEFake:
     def _list(
         self, zone: Zone, collection: str, prefix: str, query: dict[str, str]
     ) -> dict[str, Any]:
-        items = list((zone.instances if collection == "instances" else zone.disks).values())
+        items = list(zone.collection(collection).values())
         if self.stale_list_answers > 0:
             self.stale_list_answers -= 1
             items = []
@@ -479,7 +499,11 @@ class GCEFake:
         size = int(query.get("maxResults", "500"))
         start = int(query.get("pageToken", "0") or 0)
         page = items[start : start + size]
-        kind = "compute#instanceList" if collection == "instances" else "compute#diskList"
+        kind = {
+            "instances": "compute#instanceList",
+            "disks": "compute#diskList",
+            "snapshots": "compute#snapshotList",
+        }[collection]
         result: dict[str, Any] = {
             "kind": kind,
             "id": f"{prefix}/{collection}",
@@ -492,7 +516,7 @@ class GCEFake:
         return result
 
     def _get(self, zone: Zone, collection: str, prefix: str, name: str) -> dict[str, Any]:
-        resources = zone.instances if collection == "instances" else zone.disks
+        resources = zone.collection(collection)
         if name not in resources:
             raise _not_found(collection, f"{prefix}/{collection}/{name}")
         return dict(resources[name])
@@ -767,6 +791,18 @@ class GCEFake:
             raise ApiError(
                 400, "invalid", f"Invalid value for field 'resource.sizeGb': '{size_gb}'"
             )
+        source = body.get("sourceSnapshot", "")
+        if source:
+            project = prefix.split("/")[1]
+            snapshot = self.zones.get((project, "global"), Zone()).snapshots.get(
+                source.rsplit("/", 1)[-1]
+            )
+            if snapshot is None:
+                raise _not_found("snapshot", source)
+            if size_gb < int(snapshot["diskSizeGb"]):
+                raise ApiError(
+                    400, "invalid", "Requested disk size cannot be smaller than the snapshot size"
+                )
         disk = self._disk_body(
             prefix,
             name,
@@ -803,6 +839,55 @@ class GCEFake:
             zone.disks.pop(name, None)
 
         return self._new_operation(prefix, "delete", link, disk["id"], gone)
+
+    def _create_snapshot(
+        self, zone: Zone, prefix: str, project: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        link = f"{prefix}/disks/{name}"
+        disk = zone.disks.get(name)
+        if disk is None:
+            raise _not_found("disk", link)
+        snapshot_name = body.get("name", "")
+        self._check_name(snapshot_name)
+        self._check_labels(body.get("labels", {}))
+        snapshots = self.zones.setdefault((project, "global"), Zone()).snapshots
+        snapshot_link = f"projects/{project}/global/snapshots/{snapshot_name}"
+        if snapshot_name in snapshots:
+            raise ApiError(409, "alreadyExists", f"The resource '{snapshot_link}' already exists")
+        snapshot = {
+            "kind": "compute#snapshot",
+            "id": str(next(self._ids)),
+            "creationTimestamp": _now(),
+            "name": snapshot_name,
+            "status": "CREATING",
+            "sourceDisk": f"{API}/{link}",
+            "diskSizeGb": disk["sizeGb"],
+            "selfLink": f"{API}/{snapshot_link}",
+            "labelFingerprint": _fingerprint(),
+            **({"labels": body["labels"]} if body.get("labels") else {}),
+            **({"description": body["description"]} if body.get("description") else {}),
+        }
+        snapshots[snapshot_name] = snapshot
+
+        def ready() -> None:
+            snapshot["status"] = "READY"
+
+        def rollback() -> None:
+            snapshots.pop(snapshot_name, None)
+
+        return self._new_operation(prefix, "createSnapshot", link, disk["id"], ready, rollback)
+
+    def _delete_snapshot(self, zone: Zone, prefix: str, name: str) -> dict[str, Any]:
+        link = f"{prefix}/snapshots/{name}"
+        snapshot = zone.snapshots.get(name)
+        if snapshot is None:
+            raise _not_found("snapshot", link)
+        snapshot["status"] = "DELETING"
+
+        def gone() -> None:
+            zone.snapshots.pop(name, None)
+
+        return self._new_operation(prefix, "delete", link, snapshot["id"], gone)
 
     def _resize(self, zone: Zone, prefix: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         link = f"{prefix}/disks/{name}"

@@ -12,6 +12,7 @@ from dockyard.providers import available_providers, make_provider
 from dockyard.providers.base import (
     DiskSpec,
     NotFoundError,
+    PermanentError,
     Provider,
     ShrinkRefusedError,
     TransientError,
@@ -125,6 +126,53 @@ def test_disk_metadata_is_set_and_removed_and_found_by(harness: Harness) -> None
             provider.set_disk_metadata(harness.unknown_disk_id, {"orphaned-at": "1"})
     finally:
         provider.delete_disk(disk.id)
+
+
+def test_a_snapshot_of_an_attached_disk_restores_into_a_new_disk_with_its_data(
+    harness: Harness,
+) -> None:
+    provider = harness.provider
+    vm = provider.create_vm(VMSpec(tags=identity(), stemcell=harness.stemcell))
+    disk = provider.create_disk(DiskSpec(tags=identity(disk="snapped"), size_mib=1024))
+    restored_tags = identity(disk="restored")
+    snapshot_tags = {"snapshot": f"ns.{uuid.uuid4().hex[:8]}"}
+    try:
+        attachment = provider.attach_disk(vm.id, disk.id)
+        payload, later = uuid.uuid4().bytes * 64, b"changed after the snapshot"
+        if harness.write_file is not None:
+            harness.write_file(vm.id, attachment, "store/payload.bin", payload)
+        snapshot = provider.snapshot_disk(disk.id, snapshot_tags)  # attached, in use
+        assert snapshot.disk_id == disk.id and snapshot.size_mib >= 1024
+        assert provider.snapshot_disk(disk.id, snapshot_tags).id == snapshot.id  # idempotent
+        wait_for(
+            lambda: all(s.ready for s in provider.find_snapshots(snapshot_tags)),
+            timeout=60,
+            what="the snapshot ready",
+        )
+        assert [s.id for s in provider.find_snapshots(snapshot_tags)] == [snapshot.id]
+        if harness.write_file is not None:
+            harness.write_file(vm.id, attachment, "store/payload.bin", later)
+        with pytest.raises(PermanentError, match="smaller"):
+            provider.create_disk(
+                DiskSpec(tags=restored_tags, size_mib=snapshot.size_mib - 512, snapshot=snapshot.id)
+            )
+        restored = provider.create_disk(
+            DiskSpec(tags=restored_tags, size_mib=snapshot.size_mib, snapshot=snapshot.id)
+        )
+        assert restored.id != disk.id and restored.size_mib >= snapshot.size_mib
+        if harness.read_file is not None:
+            provider.detach_disk(vm.id, disk.id)
+            mounted = provider.attach_disk(vm.id, restored.id)
+            assert harness.read_file(vm.id, mounted, "store/payload.bin") == payload
+    finally:
+        for found in provider.find_disks(restored_tags):
+            provider.delete_disk(found.id)
+        provider.delete_disk(disk.id)
+        provider.delete_vm(vm.id)
+        for found in provider.find_snapshots(snapshot_tags):
+            provider.delete_snapshot(found.id)
+    assert provider.find_snapshots(snapshot_tags) == []
+    provider.delete_snapshot(snapshot.id)  # gone: still fine
 
 
 def test_disk_lifecycle_keeps_data_through_detach_and_grow(harness: Harness) -> None:

@@ -32,6 +32,7 @@ from dockyard.providers.base import (
     ProviderConfig,
     ProviderError,
     ShrinkRefusedError,
+    Snapshot,
     TransientError,
     VMSpec,
     VMState,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import (
         FilterTypeDef,
         InstanceTypeDef,
+        TagSpecificationTypeDef,
         TagTypeDef,
         VolumeModificationTypeDef,
         VolumeTypeDef,
@@ -113,6 +115,8 @@ _NOT_FOUND = frozenset(
         "InvalidVolume.NotFound",
         "InvalidVolumeID.Malformed",
         "InvalidVolume.Malformed",
+        "InvalidSnapshot.NotFound",
+        "InvalidSnapshotID.Malformed",
     }
 )
 # code -> seconds worth waiting before the next try
@@ -509,6 +513,14 @@ class AWSProvider:
         }
         if self.kms_key_id:
             request["KmsKeyId"] = self.kms_key_id
+        if spec.snapshot:
+            snapshot = self._ec2_snapshot(spec.snapshot)
+            if int(snapshot["VolumeSize"]) * 1024 > spec.size_mib:
+                raise PermanentError(
+                    f"size: {spec.size_mib} MiB is smaller than snapshot {spec.snapshot} "
+                    f"({snapshot['VolumeSize']} GiB)"
+                )
+            request["SnapshotId"] = spec.snapshot
         with self._lock:
             existing = self.find_disks(spec.tags)
             if existing:
@@ -517,6 +529,56 @@ class AWSProvider:
                 volume = self.ec2.create_volume(**request)
             log.info("created EBS volume %s (%s GiB)", volume["VolumeId"], volume["Size"])
             return self._disk(volume)  # type: ignore[arg-type]  # same shape as a described one
+
+    # --- snapshots -----------------------------------------------------------------------------
+
+    def _ec2_snapshot(self, snapshot_id: str) -> Any:
+        with _translated(f"describing snapshot {snapshot_id}"):
+            found = self.ec2.describe_snapshots(SnapshotIds=[snapshot_id], OwnerIds=["self"])
+        snapshots = found["Snapshots"]
+        if not snapshots or not self._ours(snapshots[0].get("Tags")):
+            raise NotFoundError(f"snapshot {snapshot_id} does not exist")
+        return snapshots[0]
+
+    def _snapshot(self, snapshot: Any) -> Snapshot:
+        return Snapshot(
+            id=snapshot["SnapshotId"],
+            disk_id=snapshot.get("VolumeId", ""),
+            size_mib=int(snapshot["VolumeSize"]) * 1024,
+            tags=self._logical(self._tags_of(snapshot.get("Tags"))),
+            ready=snapshot.get("State") == "completed",
+        )
+
+    def find_snapshots(self, tags: Mapping[str, str]) -> list[Snapshot]:
+        wanted = self._tag_dict(tags)
+        with _translated("listing snapshots"):
+            found = self.ec2.describe_snapshots(OwnerIds=["self"], Filters=self._filters(tags))
+        return [
+            self._snapshot(s)
+            for s in found["Snapshots"]
+            if wanted.items() <= self._tags_of(s.get("Tags")).items()
+        ]
+
+    def snapshot_disk(self, disk_id: str, tags: Mapping[str, str]) -> Snapshot:
+        with self._lock:
+            existing = self.find_snapshots(tags)
+            if existing:
+                return existing[0]
+            self._volume(disk_id)
+            spec: list[TagSpecificationTypeDef] = [
+                {"ResourceType": "snapshot", "Tags": self._tag_list(self._tag_dict(tags))}
+            ]
+            with _translated(f"snapshotting disk {disk_id}"):
+                made = self.ec2.create_snapshot(VolumeId=disk_id, TagSpecifications=spec)
+            return self._snapshot(made)
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        try:
+            self._ec2_snapshot(snapshot_id)
+        except NotFoundError:
+            return
+        with _translated(f"deleting snapshot {snapshot_id}"):
+            self.ec2.delete_snapshot(SnapshotId=snapshot_id)
 
     def _wait_available(self, disk_id: str) -> None:
         with _translated(f"waiting for disk {disk_id} to be available"):

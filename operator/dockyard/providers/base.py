@@ -105,6 +105,7 @@ class DiskSpec:
     tags: Mapping[str, str]
     size_mib: int
     disk_type: str = ""  # "" means the provider's default
+    snapshot: str = ""  # a snapshot id: the new disk starts with its data (at least its size)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,17 @@ class Disk:
     tags: Mapping[str, str]
     attached_to: str | None = None  # VM id
     disk_type: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A point-in-time copy of a disk. ``ready``: complete, usable for a restore."""
+
+    id: str
+    disk_id: str
+    size_mib: int
+    tags: Mapping[str, str]
+    ready: bool = True
 
 
 @dataclass(frozen=True)
@@ -181,6 +193,17 @@ class Provider(Protocol):
     def delete_disk(self, disk_id: str) -> None: ...
 
     def find_disks(self, tags: Mapping[str, str]) -> list[Disk]: ...
+
+    def snapshot_disk(self, disk_id: str, tags: Mapping[str, str]) -> Snapshot:
+        """A consistent snapshot of the disk, attached or not (crash-consistent: as if the
+        machine stopped at that instant). Idempotent: ``tags`` identify it."""
+        ...
+
+    def find_snapshots(self, tags: Mapping[str, str]) -> list[Snapshot]: ...
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Gone already is fine."""
+        ...
 
     def set_disk_metadata(self, disk_id: str, tags: Mapping[str, str | None]) -> Disk:
         """Set these tags on a disk (None removes one), as BOSH's CPI ``set_disk_metadata``:

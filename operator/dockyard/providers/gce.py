@@ -44,6 +44,7 @@ from dockyard.providers.base import (
     ProviderConfig,
     ProviderError,
     ShrinkRefusedError,
+    Snapshot,
     TransientError,
     VMSpec,
     VMState,
@@ -291,6 +292,8 @@ class GCEProvider:
         self.instances = compute_v1.InstancesClient(**common)
         self.disks = compute_v1.DisksClient(**common)
         self.operations = compute_v1.ZoneOperationsClient(**common)
+        self.snapshots = compute_v1.SnapshotsClient(**common)
+        self.global_operations = compute_v1.GlobalOperationsClient(**common)
         protect(v for v in config.credentials.values() if v)
 
     def _credentials(self, config: ProviderConfig) -> tuple[Credentials, str]:
@@ -641,6 +644,80 @@ class GCEProvider:
                     raise
         return self._disk(self._get_disk(disk_id))
 
+    # --- snapshots (global resources) ------------------------------------------------------------
+
+    def _global(self, what: str, method: Callable[..., T], **request: Any) -> T:
+        with _translated(what):
+            return method(
+                request={"project": self.project, **request},
+                retry=self._retry,
+                timeout=self.call_timeout,
+            )
+
+    def _snapshot(self, snapshot: compute_v1.Snapshot) -> Snapshot:
+        created = self._tags_from(snapshot.description, snapshot.labels)
+        return Snapshot(
+            id=snapshot.name,
+            disk_id=_last(snapshot.source_disk) if snapshot.source_disk else "",
+            size_mib=int(snapshot.disk_size_gb) * 1024,
+            tags=created,
+            ready=snapshot.status == "READY",
+        )
+
+    def find_snapshots(self, tags: Mapping[str, str]) -> list[Snapshot]:
+        pages = self._global("listing snapshots", self.snapshots.list, filter=self._filter(tags))
+        with _translated("listing snapshots"):
+            found = list(pages)
+        wanted = self._labels(tags)
+        return [self._snapshot(s) for s in found if wanted.items() <= dict(s.labels).items()]
+
+    def snapshot_disk(self, disk_id: str, tags: Mapping[str, str]) -> Snapshot:
+        with self._lock:
+            existing = self.find_snapshots(tags)
+            if existing:
+                return existing[0]
+            self._get_disk(disk_id)
+            name = self._name("snapshot", tags)
+            body = compute_v1.Snapshot(
+                name=name, labels=self._labels(tags), description=json.dumps(dict(tags))
+            )
+            self._mutate(
+                f"snapshotting disk {disk_id}",
+                self.disks.create_snapshot_unary,
+                disk=disk_id,
+                snapshot_resource=body,
+            )
+            found = self._global(f"getting snapshot {name}", self.snapshots.get, snapshot=name)
+            return self._snapshot(found)
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        try:
+            found = self._global(
+                f"getting snapshot {snapshot_id}", self.snapshots.get, snapshot=snapshot_id
+            )
+        except NotFoundError:
+            return
+        if not self._ours(found.labels):
+            return
+        operation = self._global(
+            f"deleting snapshot {snapshot_id}",
+            self.snapshots.delete_unary,
+            snapshot=snapshot_id,
+            request_id=str(uuid.uuid4()),
+        )
+        deadline = time.monotonic() + self.operation_timeout
+        while operation.status != compute_v1.Operation.Status.DONE:
+            if time.monotonic() >= deadline:
+                raise TransientError(f"deleting snapshot {snapshot_id}: not done", retry_after=15.0)
+            operation = self._global(
+                f"waiting to delete snapshot {snapshot_id}",
+                self.global_operations.wait,
+                operation=operation.name,
+            )
+        error = _operation_error(operation, f"deleting snapshot {snapshot_id}")
+        if error is not None:
+            raise error
+
     def find_disks(self, tags: Mapping[str, str]) -> list[Disk]:
         pages = self._zonal("listing disks", self.disks.list, filter=self._filter(tags))
         with _translated("listing disks"):
@@ -661,6 +738,16 @@ class GCEProvider:
             labels=labels,
             description=json.dumps(dict(spec.tags)),
         )
+        if spec.snapshot:
+            source = self._global(
+                f"getting snapshot {spec.snapshot}", self.snapshots.get, snapshot=spec.snapshot
+            )
+            if int(source.disk_size_gb) * 1024 > spec.size_mib:
+                raise PermanentError(
+                    f"size: {spec.size_mib} MiB is smaller than snapshot {spec.snapshot} "
+                    f"({source.disk_size_gb} GB)"
+                )
+            body.source_snapshot = f"projects/{self.project}/global/snapshots/{spec.snapshot}"
 
         def lookup() -> Disk:
             found = self._zonal(f"getting disk {name}", self.disks.get, disk=name)

@@ -81,24 +81,70 @@ class DiskStore:
     def find(self, tags: Mapping[str, str]) -> list[DiskRecord]:
         return [r for r in self.all() if all(r.tags.get(k) == v for k, v in tags.items())]
 
-    def create(self, tags: Mapping[str, str], size_mib: int, disk_type: str) -> DiskRecord:
+    def create(
+        self,
+        tags: Mapping[str, str],
+        size_mib: int,
+        disk_type: str,
+        from_image: Path | None = None,
+        prefix: str = "disk",
+    ) -> DiskRecord:
+        """A new blank ext4 disk, or (``from_image``) a copy of a snapshot's image grown to
+        ``size_mib``."""
         self.root.mkdir(parents=True, exist_ok=True)
         record = DiskRecord(
-            id=f"disk-{uuid.uuid4().hex[:12]}",
+            id=f"{prefix}-{uuid.uuid4().hex[:12]}",
             size_mib=size_mib,
             tags=dict(tags),
             disk_type=disk_type,
         )
         image = self.image(record.id)
-        with open(image, "wb") as handle:
-            handle.truncate(size_mib * MIB)  # sparse: costs no space until written
         try:
-            run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1", str(image))
+            if from_image is not None:
+                run("cp", "--sparse=always", str(from_image), str(image), timeout=3600)
+                self._grow_image(image, size_mib)
+            else:
+                with open(image, "wb") as handle:
+                    handle.truncate(size_mib * MIB)  # sparse: costs no space until written
+                run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1", str(image))
         except TransientError:
             image.unlink(missing_ok=True)
             raise
         self.save(record)  # last: a disk without a sidecar was never handed out
         return record
+
+    def copy_of(self, record: DiskRecord, target: DiskStore, tags: Mapping[str, str]) -> DiskRecord:
+        """A point-in-time copy of ``record``'s image into ``target`` (a snapshot). A mounted
+        disk is frozen meanwhile (writes wait), so the copy is consistent."""
+        target.root.mkdir(parents=True, exist_ok=True)
+        copy = DiskRecord(
+            id=f"snap-{uuid.uuid4().hex[:12]}",
+            size_mib=record.size_mib,
+            tags={**tags, "source-disk": record.id},
+        )
+        frozen = (
+            record.mount_point
+            if record.mount_point and os.path.ismount(record.mount_point)
+            else None
+        )
+        if frozen:
+            run("fsfreeze", "--freeze", frozen)
+        try:
+            run(
+                "cp",
+                "--sparse=always",
+                str(self.image(record.id)),
+                str(target.image(copy.id)),
+                timeout=3600,
+            )
+        except TransientError:
+            target.image(copy.id).unlink(missing_ok=True)
+            raise
+        finally:
+            if frozen:
+                run("fsfreeze", "--unfreeze", frozen)
+        target.save(copy)
+        return copy
 
     def loop_device(self, disk_id: str) -> str | None:
         """The loop device bound to the disk's image, if any. One still bound after a detach
@@ -135,7 +181,13 @@ class DiskStore:
                 f"disk {record.id} is detached but still in use ({device} is bound): stop the "
                 "containers that use it, then resize"
             )
-        image = str(self.image(record.id))
+        self._grow_image(self.image(record.id), size_mib)
+
+    @staticmethod
+    def _grow_image(path: Path, size_mib: int) -> None:
+        image = str(path)
+        if path.stat().st_size >= size_mib * MIB:
+            return
         with open(image, "r+b") as handle:
             handle.truncate(size_mib * MIB)
         fsck = subprocess.run(

@@ -46,6 +46,7 @@ from dockyard.providers.base import (
     PermanentError,
     ProviderConfig,
     ShrinkRefusedError,
+    Snapshot,
     TransientError,
     VMSpec,
     VMState,
@@ -195,6 +196,7 @@ class LocalProvider:
             else SHORT_RUN_ROOT / self.root_id / "vms"
         )
         self.disks = DiskStore(self.root / "disks")
+        self.snapshots = DiskStore(self.root / "snapshots")  # point-in-time copies of disks
         self._lock = RootLock(self.root / ".lock")
         try:
             self.client = docker.from_env(timeout=60)
@@ -589,7 +591,49 @@ class LocalProvider:
             same = [r for r in self.disks.find(tags) if r.tags == tags]
             if same:
                 return self._disk(same[0])
-            return self._disk(self.disks.create(tags, spec.size_mib, spec.disk_type))
+            source = None
+            if spec.snapshot:
+                snapshot = self._snapshot_record(spec.snapshot)
+                if snapshot.size_mib > spec.size_mib:
+                    raise PermanentError(
+                        f"size: {spec.size_mib} MiB is smaller than snapshot {snapshot.id} "
+                        f"({snapshot.size_mib} MiB)"
+                    )
+                source = self.snapshots.image(snapshot.id)
+            record = self.disks.create(tags, spec.size_mib, spec.disk_type, from_image=source)
+            return self._disk(record)
+
+    # --- snapshots -----------------------------------------------------------------------------
+
+    def _snapshot_record(self, snapshot_id: str) -> DiskRecord:
+        record = self.snapshots.load(snapshot_id)
+        if record is None:
+            raise NotFoundError(f"snapshot {snapshot_id!r} does not exist")
+        return record
+
+    @staticmethod
+    def _snapshot(record: DiskRecord) -> Snapshot:
+        tags = {k: v for k, v in record.tags.items() if k != "source-disk"}
+        disk_id = record.tags.get("source-disk", "")
+        return Snapshot(id=record.id, disk_id=disk_id, size_mib=record.size_mib, tags=tags)
+
+    def snapshot_disk(self, disk_id: str, tags: Mapping[str, str]) -> Snapshot:
+        tags = _check_tags(tags)
+        with self._lock.held():
+            for found in self.snapshots.find(tags):
+                if self._snapshot(found).tags == tags:
+                    return self._snapshot(found)
+            record = self._record(disk_id)
+            return self._snapshot(self.disks.copy_of(record, self.snapshots, tags))
+
+    def find_snapshots(self, tags: Mapping[str, str]) -> list[Snapshot]:
+        return [self._snapshot(r) for r in self.snapshots.find(tags)]
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        with self._lock.held():
+            record = self.snapshots.load(snapshot_id)
+            if record is not None:
+                self.snapshots.delete(record)
 
     def find_disks(self, tags: Mapping[str, str]) -> list[Disk]:
         return [self._disk(r) for r in self.disks.find(tags)]
@@ -683,6 +727,8 @@ class LocalProvider:
         with self._lock.held():
             for record in self.disks.all():
                 self.delete_disk(record.id)
+            for record in self.snapshots.all():
+                self.snapshots.delete(record)
             for mount_point in mounts_under(self.root):
                 if mount_point != str(self.shared):
                     run("umount", "--lazy", mount_point)
