@@ -31,6 +31,7 @@ def test_write_crds_writes_what_render_returns(tmp_path: Path) -> None:
     paths = write_crds(tmp_path / "out")
     assert sorted(p.name for p in paths) == [
         "deployments.dockyard.dev.yaml",
+        "disksnapshots.dockyard.dev.yaml",
         "jobs.dockyard.dev.yaml",
         "persistentdisks.dockyard.dev.yaml",
     ]
@@ -97,6 +98,7 @@ def test_kinds_names_and_subresources() -> None:
         "Deployment": ["dyd"],
         "Job": ["dyj"],
         "PersistentDisk": ["dypd"],
+        "DiskSnapshot": ["dysnap"],
     }
     assert all(n["categories"] == ["dockyard"] for n in names.values())
     job = crds["jobs.dockyard.dev.yaml"]["spec"]["versions"][0]

@@ -231,3 +231,80 @@ def test_a_scaled_away_disk_is_orphaned_adopted_back_and_reaped_after_its_retent
         )
         assert events(kubectl, namespace, "DeletedOrphanedDisk")
     provider.close()
+
+
+SNAPSHOT = """
+apiVersion: dockyard.dev/v1alpha1
+kind: DiskSnapshot
+metadata: {{name: {name}}}
+spec: {{persistentDisk: {disk}}}
+"""
+
+
+def condition_of(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(
+        (c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == kind), {}
+    )
+
+
+def test_a_snapshot_restores_a_lost_disk_with_the_data_of_its_moment(
+    kubectl: Kubectl, namespace: str, get_object: GetObject, docker_client: Any
+) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=deployment("snap", STORE))
+    wait_ready(get_object, "dyd", "snap")
+    store = Store(namespace, "snap", get_object)
+    original = wait_for(store.checksum, timeout=30, what="data written")
+    apply = ["apply", "-n", namespace, "-f", "-"]
+    kubectl(*apply, input=SNAPSHOT.format(name="before", disk="snap-store-0"))
+    kubectl(*apply, input=SNAPSHOT.format(name="nothing", disk="no-such-disk"))
+    try:
+        taken = wait_for(
+            lambda: (s := get_object("dysnap", "before")).get("status", {}).get("readyToUse") and s,
+            timeout=120,
+            what="the snapshot ready to use",
+        )
+        assert taken["status"]["restoreSize"] == "64Mi", taken["status"]
+        assert condition_of(taken, "Ready")["status"] == "True"
+        (snapshot,) = store.provider.find_snapshots({"snapshot": f"{namespace}.before"})
+
+        def failed() -> dict[str, Any] | None:
+            stalled = condition_of(get_object("dysnap", "nothing"), "Stalled")
+            return stalled if stalled.get("status") == "True" else None
+
+        stall = wait_for(failed, timeout=60, what="a snapshot of nothing Stalled")
+        assert "spec.persistentDisk" in stall["message"] and "no-such-disk" in stall["message"]
+
+        # The data changes after the snapshot, then the disk is lost.
+        (vm,) = store.provider.find_vms({"owner-uid": store.uid})
+        (db,) = store.provider.docker_client(vm.id).containers.list(
+            filters={"label": "dockyard.dev/container=db"}
+        )
+        assert db.exec_run(["sh", "-c", "echo changed > /data/blob"])[0] == 0
+        assert store.checksum() != original
+        (disk,) = store.provider.find_disks(store.disk_tags)
+        docker_client.containers.get(vm.id).remove(force=True)
+        store.provider.detach_disk(vm.id, disk.id)
+        store.provider.delete_disk(disk.id)
+
+        # Restoring into a disk smaller than the snapshot is refused, naming the field.
+        small = STORE.replace("size: 64Mi", "size: 32Mi").replace("name: store", "name: small")
+        small = small.replace("orphanRetention: 0s", "orphanRetention: 0s, restoreFrom: before")
+        kubectl(*apply, input=deployment("tiny", small))
+
+        def too_small() -> dict[str, Any] | None:
+            stalled = condition_of(get_object("dyj", "tiny-small"), "Stalled")
+            return stalled if stalled.get("status") == "True" else None
+
+        refused = wait_for(too_small, timeout=120, what="restore into a smaller disk refused")
+        assert "spec.persistentDisk.size" in refused["message"], refused
+
+        patch = [
+            {"op": "add", "path": "/spec/jobs/0/persistentDisk/restoreFrom", "value": "before"}
+        ]
+        kubectl("patch", "dyd", "snap", "-n", namespace, "--type=json", "-p", json.dumps(patch))
+        wait_ready(get_object, "dyd", "snap")
+        assert wait_for(store.checksum, timeout=60, what="the data restored") == original
+    finally:
+        kubectl("delete", "dyd", "tiny", "-n", namespace, "--timeout=120s", check=False)
+        kubectl("delete", "dysnap", "before", "nothing", "-n", namespace, "--timeout=120s")
+    assert snapshot.id and not store.provider.find_snapshots({"snapshot": f"{namespace}.before"})

@@ -14,7 +14,7 @@ import yaml
 from tests.observability.conftest import REPO, RULES, one, run, tool
 
 NAMESPACE = "dockyard-system"
-KINDS = ("deployments", "jobs", "persistentdisks")
+KINDS = ("deployments", "jobs", "persistentdisks", "disksnapshots")
 
 
 def test_generated_files_are_up_to_date() -> None:

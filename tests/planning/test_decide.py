@@ -7,7 +7,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from dockyard.planning import STARTS, Cause, ContainerAction, ContainerKey, DesiredDisk, DesiredJob
+from dockyard.planning import (
+    STARTS,
+    Cause,
+    ContainerAction,
+    ContainerKey,
+    CreateDisk,
+    DesiredDisk,
+    DesiredJob,
+)
 from dockyard.planning.decide import (
     Decision,
     Hold,
@@ -330,3 +338,31 @@ def test_a_disk_the_job_deleted_itself_is_not_missing() -> None:
     memory = replace(JobMemory(), deleted_disks=frozenset({"disk-7"}))
     decision = decide(intent(web, known_disks={0: "disk-7"}), world(web), memory, now=0.0)
     assert "CreateDisk web/0" in brief(decision.actions)
+
+
+def test_a_lost_disk_with_a_snapshot_to_restore_from_is_restored_not_left_missing() -> None:
+    web = job("web", c("db", disk=True), disk=DesiredDisk(64, restore_from="snap-1"))
+    restored = decide(intent(web, known_disks={0: "disk-7"}), world(web), JobMemory(), now=0.0)
+    (create,) = [a for a in restored.actions if isinstance(a, CreateDisk)]
+    assert create.snapshot == "snap-1" and restored.verdict.phase is Phase.RECONCILING
+
+
+def test_a_snapshot_not_ready_holds_the_new_disk_and_one_too_big_stalls() -> None:
+    web = job("web", c("db", disk=True), disk=DesiredDisk(64, restore_from="snap-1"))
+    observed = JobObservation({})
+    waiting = decide(
+        intent(web, restore_problem="waiting for DiskSnapshot 'x'"), observed, JobMemory(), 0.0
+    )
+    assert "CreateDisk web/0" not in brief(waiting.actions)
+    assert "StartContainer web/0 db" not in brief(waiting.actions)
+    assert set(waiting.held.values()) == {Hold.RESTORE} and not waiting.verdict.stalled
+    stuck = decide(
+        intent(web, restore_problem="spec.persistentDisk.size: too small", restore_stalled=True),
+        observed,
+        JobMemory(),
+        0.0,
+    )
+    assert (
+        stuck.verdict.phase is Phase.INVALID_SPEC
+        and "spec.persistentDisk.size" in stuck.verdict.message
+    )

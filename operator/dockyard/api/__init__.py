@@ -1,4 +1,4 @@
-"""Dockyard's API: the Deployment, Job and PersistentDisk kinds as pydantic models.
+"""Dockyard's API: the Deployment, Job, PersistentDisk and DiskSnapshot kinds as pydantic models.
 
 - ``models``: the kinds, their specs, and ``parse_deployment/parse_job/parse_persistent_disk``
 - ``containers``: a job's containers; ``status``: what the operator reports

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from dockyard.api.models import Deployment, Job, PersistentDisk
+from dockyard.api.models import Deployment, DiskSnapshot, Job, PersistentDisk
 from dockyard.api.schema import GROUP, VERSION, ApiModel
 
 HEADER = (
@@ -85,6 +85,19 @@ KINDS: list[tuple[type[ApiModel], str, str, list[dict[str, Any]], dict[str, Any]
             _column("Attached-To", ".status.attachedTo", description="VM id"),
             _PROVIDER,
             _column("Ready", _READY, description="Ready condition"),
+            _AGE,
+        ],
+        {},
+    ),
+    (
+        DiskSnapshot,
+        "disksnapshots",
+        "dysnap",
+        [
+            _column("Ready-To-Use", ".status.readyToUse", "boolean", "usable for a restore"),
+            _column("Disk", ".spec.persistentDisk", description="the PersistentDisk taken"),
+            _column("Restore-Size", ".status.restoreSize", description="smallest disk it fits"),
+            _column("Snapshot", ".status.snapshotId", description="provider id", priority=1),
             _AGE,
         ],
         {},

@@ -34,7 +34,12 @@ from dockyard.api.schema import (
     rule,
     validations,
 )
-from dockyard.api.status import DeploymentStatus, JobStatus, PersistentDiskStatus
+from dockyard.api.status import (
+    DeploymentStatus,
+    DiskSnapshotStatus,
+    JobStatus,
+    PersistentDiskStatus,
+)
 
 # A transition rule needs an old value: written so it holds trivially for unparsable values (the
 # pattern reports those).
@@ -151,6 +156,9 @@ class PersistentDiskTemplate(ApiModel):
     Immutable."""
     reclaim_policy: Literal["Retain", "Delete"] = "Delete"
     """What happens to the disk when its owner is deleted."""
+    restore_from: DnsLabel | None = None
+    """A DiskSnapshot (same namespace) that new disks start from: an instance's disk made
+    anew (a new instance, a disk gone from the IaaS) gets its data. At least as big as it."""
     orphan_retention: Duration = "120h"
     """With reclaimPolicy Delete: how long a disk no longer wanted (its instance scaled away,
     its Job or Deployment deleted) is kept, orphaned, before it is deleted, as BOSH keeps
@@ -360,6 +368,31 @@ class PersistentDisk(ApiModel):
     )
 
 
+class DiskSnapshotSpec(ApiModel):
+    """What to snapshot."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(rule("self == oldSelf", "a snapshot's spec is immutable"))
+    )
+
+    persistent_disk: DnsLabel
+    """The PersistentDisk (same namespace; a job's are named <job>-<index>) to snapshot. Its
+    disk may be in use: the snapshot is consistent (crash-consistent on a running system)."""
+
+
+class DiskSnapshot(ApiModel):
+    """A point-in-time snapshot of a persistent disk; a job disk restores from it with
+    ``persistentDisk.restoreFrom``. Deleting it deletes the provider snapshot."""
+
+    model_config = ConfigDict(json_schema_extra=validations(_NAME_IS_LABEL))
+
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: DiskSnapshotSpec
+    status: DiskSnapshotStatus = Field(
+        default_factory=DiskSnapshotStatus, json_schema_extra=UNOBSERVED
+    )
+
+
 def _body(body: Mapping[str, Any]) -> dict[str, Any]:
     # kopf passes its own Body/Spec views; status may be absent or null on a new object.
     return {
@@ -382,3 +415,8 @@ def parse_job(body: Mapping[str, Any]) -> Job:
 def parse_persistent_disk(body: Mapping[str, Any]) -> PersistentDisk:
     """A PersistentDisk from a kopf body; raises pydantic.ValidationError."""
     return PersistentDisk.model_validate(_body(body))
+
+
+def parse_disk_snapshot(body: Mapping[str, Any]) -> DiskSnapshot:
+    """A DiskSnapshot from a kopf body; raises pydantic.ValidationError."""
+    return DiskSnapshot.model_validate(_body(body))

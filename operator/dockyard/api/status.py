@@ -144,3 +144,22 @@ class PersistentDiskStatus(ApiModel):
     """Ready, Reconciling, Stalled."""
     kopf: KopfState | None = None
     """kopf's own bookkeeping."""
+
+
+class DiskSnapshotStatus(ApiModel):
+    """Observed state of a disk snapshot."""
+
+    snapshot_id: Text | None = None
+    """Provider snapshot id."""
+    source_disk_id: Text | None = None
+    """Provider id of the disk it was taken of."""
+    restore_size: Quantity | None = None
+    """The smallest disk it restores into."""
+    ready_to_use: bool = False
+    """Complete: usable for a restore."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """metadata.generation last reconciled."""
+    conditions: Conditions = Field(default_factory=list)
+    """Ready, Reconciling, Stalled."""
+    kopf: KopfState | None = None
+    """kopf's own bookkeeping."""

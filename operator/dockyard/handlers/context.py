@@ -25,11 +25,13 @@ from dockyard.api.quantities import parse_duration
 from dockyard.handlers import kube
 from dockyard.handlers.desired import (
     ACCEPT_DISK_LOSS,
+    SnapshotSeen,
     cross_job_upstreams,
     job_desired,
     known_disks,
     known_vms,
     provider_config,
+    restore_source,
     resurrection_policy,
     secret_names,
 )
@@ -158,17 +160,26 @@ class JobRuntime:
 
     # --- a pass ---------------------------------------------------------------------------------
 
-    async def run_pass(self, body: Mapping[str, Any], disk_records: Mapping[str, str]) -> float:
+    async def run_pass(
+        self,
+        body: Mapping[str, Any],
+        disk_records: Mapping[str, str],
+        snapshots: Mapping[str, SnapshotSeen] | None = None,
+    ) -> float:
         """One observe → decide → execute → report pass; the seconds until the next one.
-        ``disk_records``: this Job's PersistentDisk records (name -> disk id), from the watch."""
+        ``disk_records``: this Job's PersistentDisk records (name -> disk id); ``snapshots``:
+        the namespace's DiskSnapshots by name — both from the watch."""
         job = parse_job(body)
         self.job = job
-        desired = job_desired(job, self.secrets)
+        restore = restore_source(job, snapshots or {})
+        desired = job_desired(job, self.secrets, restore.snapshot_id)
         inputs = PassInputs(
             resurrection=resurrection_policy(job),
             known_vms=known_vms(job),
             upstreams=self.fleet.upstreams(self.group, self.ref, cross_job_upstreams(job)),
             known_disks=known_disks(job, disk_records),
+            restore_problem=restore.problem,
+            restore_stalled=restore.stalled,
         )
         report = await self.reconciler.reconcile(desired, inputs, lambda r: self._publish(job, r))
         self.last_report = report

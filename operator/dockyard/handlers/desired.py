@@ -4,10 +4,12 @@ the API models."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from dockyard.api.containers import Container, HealthCheck
 from dockyard.api.models import Job, ProviderSpec
 from dockyard.api.quantities import (
+    format_quantity,
     parse_duration,
     parse_quantity,
     parse_watch_time,
@@ -147,7 +149,8 @@ def container_want(container: Container, field: str, secrets: Secrets) -> Contai
     )
 
 
-def job_desired(job: Job, secrets: Secrets) -> JobDesired:
+def job_desired(job: Job, secrets: Secrets, restore_snapshot: str = "") -> JobDesired:
+    """``restore_snapshot``: the provider snapshot ``persistentDisk.restoreFrom`` names."""
     spec = job.spec
     disk = None
     if spec.persistent_disk is not None:
@@ -156,6 +159,7 @@ def job_desired(job: Job, secrets: Secrets) -> JobDesired:
             disk_type=spec.persistent_disk.type or "",
             reclaim_policy=spec.persistent_disk.reclaim_policy,
             orphan_retention=parse_duration(spec.persistent_disk.orphan_retention),
+            restore_snapshot=restore_snapshot,
         )
     update = spec.update
     watch = update.update_watch_time
@@ -216,3 +220,40 @@ def known_disks(job: Job, records: Mapping[str, str]) -> dict[int, str]:
         if name.startswith(prefix) and index.isdigit() and index not in accepted and disk_id:
             known[int(index)] = disk_id
     return known
+
+
+@dataclass(frozen=True)
+class SnapshotSeen:
+    """A DiskSnapshot as the watch last showed it."""
+
+    snapshot_id: str
+    ready: bool
+    restore_bytes: int
+
+
+@dataclass(frozen=True)
+class Restore:
+    snapshot_id: str = ""
+    problem: str = ""  # why it cannot be used (yet)
+    stalled: bool = False  # only a change of spec (or of the snapshot) mends it
+
+
+def restore_source(job: Job, snapshots: Mapping[str, SnapshotSeen]) -> Restore:
+    """What ``spec.persistentDisk.restoreFrom`` names, from the namespace's DiskSnapshots."""
+    template = job.spec.persistent_disk
+    name = template.restore_from if template else None
+    if template is None or not name:
+        return Restore()
+    field = "spec.persistentDisk.restoreFrom"
+    seen = snapshots.get(name)
+    if seen is None:
+        return Restore(problem=f"{field}: no DiskSnapshot {name!r} in this namespace", stalled=True)
+    if not seen.ready or not seen.snapshot_id:
+        return Restore(problem=f"{field}: waiting for DiskSnapshot {name!r} to be ready to use")
+    if seen.restore_bytes > template.size_bytes:
+        return Restore(
+            problem=f"spec.persistentDisk.size: {template.size} is smaller than DiskSnapshot "
+            f"{name!r} ({format_quantity(seen.restore_bytes)}), which it restores from",
+            stalled=True,
+        )
+    return Restore(snapshot_id=seen.snapshot_id)

@@ -18,6 +18,7 @@ import kopf
 
 from dockyard.handlers import kube
 from dockyard.handlers.context import DRIFT_INTERVAL, JobRuntime
+from dockyard.handlers.desired import SnapshotSeen
 from dockyard.handlers.fleet import Fleet
 from dockyard.observability import metrics
 from dockyard.providers.redaction import redact
@@ -70,6 +71,7 @@ async def converge(
     body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any
 ) -> None:
     records: DiskIndex = kwargs["disk_records"]  # kopf passes each index by its name
+    snapshots: kopf.Index[str, tuple[str, SnapshotSeen]] = kwargs["disk_snapshots"]
     runtime: JobRuntime | None = None
     try:
         while not stopped:
@@ -82,7 +84,8 @@ async def converge(
                 if runtime is None:
                     runtime = memo[RUNTIME] = await JobRuntime.start(fleet_of(memo), body)
                 runtime.woken.clear()
-                delay = await runtime.run_pass(body, _records_of(records, body))
+                seen = dict(snapshots.get(body.metadata.namespace or "", []))
+                delay = await runtime.run_pass(body, _records_of(records, body), seen)
                 _observe(runtime, started)
             except kopf.TemporaryError as error:
                 metrics.observe_reconcile("Job", "retry", started)

@@ -10,7 +10,7 @@ from typing import Any
 import kopf
 
 # Importing the handler modules registers their handlers with kopf.
-from dockyard.handlers import deployment, disk, job  # noqa: F401
+from dockyard.handlers import deployment, disk, job, snapshot  # noqa: F401
 from dockyard.handlers.fleet import Fleet
 from dockyard.observability import metrics
 

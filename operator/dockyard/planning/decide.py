@@ -93,6 +93,10 @@ class JobIntent:
     #: index -> the disk its PersistentDisk record names: one gone from the IaaS is *missing*,
     #: never replaced by a blank disk (the user restores it or accepts the loss).
     known_disks: Mapping[int, str] = field(default_factory=dict)
+    #: Why the disk's ``restoreFrom`` cannot be used yet ("" : it can, or there is none); a
+    #: stalled one names the field. New disks wait meanwhile.
+    restore_problem: str = ""
+    restore_stalled: bool = False
 
 
 class NoticeKind(enum.StrEnum):
@@ -122,6 +126,7 @@ class Hold(enum.StrEnum):
     ROLLOUT = "Rollout"  # its instance waits for a later rollout batch
     HALTED = "Halted"  # the rollout of this generation halted
     DISK_MISSING = "DiskMissing"  # its recorded disk is gone: no blank one, no users started
+    RESTORE = "Restore"  # the snapshot a new disk starts from is not usable yet
 
 
 @dataclass(frozen=True)
@@ -291,8 +296,8 @@ def _missing_disks(
 ) -> dict[int, str]:
     """Wanted instances whose recorded disk is gone from the IaaS (deleted out of band): BOSH's
     cloud check ``missing_disk``. A disk this Job deleted itself is not missing."""
-    if intent.job.disk is None:
-        return {}
+    if intent.job.disk is None or intent.job.disk.restore_from:
+        return {}  # none, or restored from a snapshot instead
     return {
         index: disk_id
         for index, disk_id in intent.known_disks.items()
@@ -448,6 +453,9 @@ def _gates(
     }
     disk_held: set[int] = set()
     held: dict[Action, Hold] = {}
+    restoring = (
+        {a.index for a in actions if a.kind == "CreateDisk"} if intent.restore_problem else set()
+    )
     for action in actions:
         failure = memory.step_failures.get(action.index)
         if failure and failure.action == action and failure.backoff.waiting(now):
@@ -457,6 +465,9 @@ def _gates(
             continue
         if action.index in missing and _needs_the_disk(action, users):
             held[action] = Hold.DISK_MISSING
+            continue
+        if action.index in restoring and _needs_the_disk(action, users):
+            held[action] = Hold.RESTORE  # what its disk restores from is not there (yet)
             continue
         if not isinstance(action, ContainerAction):
             continue
@@ -589,7 +600,10 @@ def _verdict(
     upstreams = sorted(str(key) for key, state in intent.upstreams.items() if not state.settled)
     converged = not outstanding and not waits and memory.watch is None and not upstreams
     converged = converged and not memory.halted and _matches(job, observed)
-    phase, message = _phase(memory, health, refused, converged, looping, waits, actions, upstreams)
+    restore = (intent.restore_problem, intent.restore_stalled)
+    phase, message = _phase(
+        memory, health, refused, converged, looping, waits, actions, upstreams, restore
+    )
     if phase in (Phase.RECONCILING, Phase.ROLLING_OUT, Phase.CONVERGED):
         message = f"{progress}; {message}" if message else progress
     return Verdict(
@@ -612,6 +626,7 @@ def _phase(
     waits: str,
     actions: Sequence[Action],
     upstreams: Sequence[str],
+    restore: tuple[str, bool] = ("", False),
 ) -> tuple[Phase, str]:
     """The Ready reason, most specific first: stalled causes, then what runs or waits."""
     if memory.halted is not None:
@@ -622,6 +637,8 @@ def _phase(
         return Phase.RESURRECTION_DISABLED, health.paused
     if refused:
         return Phase.REFUSED, refused
+    if restore[1]:
+        return Phase.INVALID_SPEC, restore[0]
     missing = [key for key in memory.told if key[0] is NoticeKind.DISK_MISSING]
     if missing:
         return Phase.DISK_MISSING, "; ".join(
@@ -641,7 +658,7 @@ def _phase(
         return Phase.ROLLING_OUT, f"rollout: {kind} (instances {watched}) watched"
     if upstreams:
         return Phase.RECONCILING, f"waiting for upstream {', '.join(upstreams)} to settle"
-    return Phase.RECONCILING, ""
+    return Phase.RECONCILING, restore[0]
 
 
 def _refused(memory: JobMemory) -> str:
@@ -705,7 +722,7 @@ def _requeue(
     reasons = set(held.values())
     if pending and reasons <= {Hold.BACKOFF, Hold.STEP_BACKOFF}:
         waits = [min(pending)]
-    if reasons and reasons <= {Hold.DISK_MISSING, Hold.UPSTREAM}:
+    if reasons and reasons <= {Hold.DISK_MISSING, Hold.UPSTREAM, Hold.RESTORE}:
         waits = [PAUSED_RECHECK]  # someone has to act (restore, accept the loss)
     if upstreams and reasons <= {Hold.UPSTREAM}:
         waits = [UPSTREAM_RECHECK]  # the board wakes this Job when they settle
@@ -722,7 +739,7 @@ def _requeue(
 def _unsettled(planned: Sequence[Action], held: Mapping[Action, Hold]) -> frozenset[ContainerKey]:
     """Containers this Job (re)starts now or will once what it waits for is done. One whose
     start waits for a back-off is not: its dependents need not wait minutes for it."""
-    failed = {Hold.BACKOFF, Hold.STEP_BACKOFF, Hold.HALTED, Hold.DISK_MISSING}
+    failed = {Hold.BACKOFF, Hold.STEP_BACKOFF, Hold.HALTED, Hold.DISK_MISSING, Hold.RESTORE}
     return frozenset(a.key for a in planned if isinstance(a, STARTS) and held.get(a) not in failed)
 
 

@@ -92,6 +92,9 @@ class DesiredDisk:
     #: Seconds a disk no longer wanted (policy Delete) stays orphaned before its deletion; 0:
     #: deleted at once.
     orphan_retention: float = 0.0
+    #: A provider snapshot new disks start from ("" : blank). With one, a recorded disk gone
+    #: from the IaaS is restored from it rather than left missing.
+    restore_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -245,13 +248,16 @@ class DeleteVM(Action):
 
 @dataclass(frozen=True)
 class CreateDisk(Action):
-    """Create the instance's disk and attach it to the instance's VM."""
+    """Create the instance's disk (from ``snapshot`` when given) and attach it to the
+    instance's VM."""
 
     size_mib: int
     disk_type: str | None
+    snapshot: str = ""
 
     def _detail(self) -> str:
-        return f": {self.size_mib} MiB"
+        source = f" from snapshot {self.snapshot}" if self.snapshot else ""
+        return f": {self.size_mib} MiB{source}"
 
 
 @dataclass(frozen=True)

@@ -267,7 +267,8 @@ class _Planner:
         if disk is not None and disk.orphaned:
             add(AdoptDisk(name, index, disk.id, cause=Cause.ADOPTED))
         if disk is None:
-            add(CreateDisk(name, index, job.disk.size_mib, job.disk.type, cause=Cause.NEW_INSTANCE))
+            size, kind, source = job.disk.size_mib, job.disk.type, job.disk.restore_from
+            add(CreateDisk(name, index, size, kind, source, cause=Cause.NEW_INSTANCE))
             return
         if disk.migration_target is not None and not copy:
             add(DeleteDisk(name, index, disk.migration_target, cause=Cause.COPY_NOT_WANTED))

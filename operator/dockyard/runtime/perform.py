@@ -188,7 +188,9 @@ class Performer:
                 state.vm, state.containers = None, {}
             return action.vm_id, action.reason
         if isinstance(action, planning.CreateDisk):
-            state.disk = self.world.create_disk(index, action.size_mib, action.disk_type or "")
+            state.disk = self.world.create_disk(
+                index, action.size_mib, action.disk_type or "", action.snapshot
+            )
             self._attach(state)
             return state.disk.id, f"{state.disk.size_mib} MiB"
         if isinstance(action, planning.AttachDisk):

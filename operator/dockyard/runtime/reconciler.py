@@ -54,6 +54,7 @@ class DiskWant:
     disk_type: str = ""
     reclaim_policy: str = "Delete"  # Delete | Retain
     orphan_retention: float = 0.0  # seconds a disk no longer wanted is kept (policy Delete)
+    restore_snapshot: str = ""  # a provider snapshot new disks start from
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class PassInputs:
     known_vms: Mapping[int, str] = field(default_factory=dict)
     upstreams: Mapping[planning.ContainerKey, UpstreamState] = field(default_factory=dict)
     known_disks: Mapping[int, str] = field(default_factory=dict)
+    restore_problem: str = ""  # why persistentDisk.restoreFrom cannot be used (yet)
+    restore_stalled: bool = False  # ...and only a change of spec mends it
 
 
 @dataclass
@@ -258,6 +261,8 @@ def job_intent(desired: JobDesired, inputs: PassInputs, detach_to_resize: bool) 
         upstreams=dict(inputs.upstreams),
         detach_to_resize=detach_to_resize,
         known_disks=dict(inputs.known_disks),
+        restore_problem=inputs.restore_problem,
+        restore_stalled=inputs.restore_stalled,
     )
 
 
@@ -269,6 +274,7 @@ def planning_job(desired: JobDesired) -> planning.DesiredJob:
             type=desired.disk.disk_type or None,
             reclaim_policy="Retain" if desired.disk.reclaim_policy == "Retain" else "Delete",
             orphan_retention=desired.disk.orphan_retention,
+            restore_from=desired.disk.restore_snapshot,
         )
     return planning.DesiredJob(
         name=desired.name,

@@ -240,8 +240,9 @@ class JobWorld:
     def stop_container(self, vm_id: str, name: str, grace: int = 10) -> None:
         self.engine(vm_id).stop(name, timeout=grace)
 
-    def create_disk(self, index: int, size_mib: int, disk_type: str) -> Disk:
-        spec = DiskSpec(tags=self.identity.disk_tags(index), size_mib=size_mib, disk_type=disk_type)
+    def create_disk(self, index: int, size_mib: int, disk_type: str, snapshot: str = "") -> Disk:
+        tags = self.identity.disk_tags(index)
+        spec = DiskSpec(tags=tags, size_mib=size_mib, disk_type=disk_type, snapshot=snapshot)
         return self.provider.create_disk(spec)
 
     def attach_disk(self, vm: VM, disk: Disk) -> Attachment:
