@@ -11,8 +11,8 @@ import base64
 import contextlib
 import functools
 import json
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
 
 import kopf
 import kubernetes
@@ -20,8 +20,9 @@ import kubernetes.client
 import kubernetes.config
 from kubernetes.client.exceptions import ApiException
 
+T = TypeVar("T")
 GROUP = "dockyard.dev"
-__all__ = ["GROUP", "VERSION", "ApiException", "as_body", "describe"]
+__all__ = ["GROUP", "VERSION", "ApiError", "ApiException", "as_body", "describe"]
 VERSION = "v1alpha1"
 
 
@@ -56,6 +57,27 @@ def describe(error: ApiException) -> str:
     return f"({error.status}) {error.reason}: {message or error.body or ''}".strip()
 
 
+class ApiError(ApiException):
+    """An API error that reads as words (``str()`` is :func:`describe`): what kopf and our own
+    Events and logs show, never a truncated status code and a dump of headers."""
+
+    def __init__(self, error: ApiException) -> None:
+        super().__init__(status=error.status, reason=error.reason)
+        self.body, self.headers = error.body, error.headers
+
+    def __str__(self) -> str:
+        return describe(self)
+
+
+async def _run(call: Callable[[], T]) -> T:
+    try:
+        return await _run(call)
+    except ApiError:
+        raise
+    except ApiException as error:
+        raise ApiError(error) from error
+
+
 async def get(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
     def call() -> dict[str, Any] | None:
         try:
@@ -68,7 +90,7 @@ async def get(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
                 return None
             raise
 
-    return await asyncio.to_thread(call)
+    return await _run(call)
 
 
 async def list_(plural: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
@@ -81,7 +103,7 @@ async def list_(plural: str, namespace: str, selector: str = "") -> list[dict[st
         )
         return list(result.get("items", []))
 
-    return await asyncio.to_thread(call)
+    return await _run(call)
 
 
 async def create(plural: str, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,7 +124,7 @@ async def create(plural: str, namespace: str, body: Mapping[str, Any]) -> dict[s
                 custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name),
             )
 
-    return await asyncio.to_thread(call)
+    return await _run(call)
 
 
 async def patch(plural: str, namespace: str, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,7 +136,7 @@ async def patch(plural: str, namespace: str, name: str, body: Mapping[str, Any])
             ),
         )
 
-    return await asyncio.to_thread(call)
+    return await _run(call)
 
 
 async def patch_status(plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
@@ -127,7 +149,7 @@ async def patch_status(plural: str, namespace: str, name: str, status: Mapping[s
             if error.status != 404:  # deleted meanwhile: nothing to report on
                 raise
 
-    await asyncio.to_thread(call)
+    await _run(call)
 
 
 async def delete(plural: str, namespace: str, name: str) -> None:
@@ -138,7 +160,7 @@ async def delete(plural: str, namespace: str, name: str) -> None:
             if error.status != 404:
                 raise
 
-    await asyncio.to_thread(call)
+    await _run(call)
 
 
 async def read_secret(namespace: str, name: str) -> dict[str, str]:
@@ -149,4 +171,4 @@ async def read_secret(namespace: str, name: str) -> dict[str, str]:
         data = secret.data or {}
         return {key: base64.b64decode(value).decode() for key, value in data.items()}
 
-    return await asyncio.to_thread(call)
+    return await _run(call)
