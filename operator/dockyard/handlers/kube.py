@@ -71,7 +71,7 @@ class ApiError(ApiException):
 
 async def _run(call: Callable[[], T]) -> T:
     try:
-        return await _run(call)
+        return await asyncio.to_thread(call)
     except ApiError:
         raise
     except ApiException as error:
