@@ -17,7 +17,12 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from dockyard.api.models import parse_deployment, parse_job, parse_persistent_disk
+from dockyard.api.models import (
+    parse_deployment,
+    parse_disk_snapshot,
+    parse_job,
+    parse_persistent_disk,
+)
 from dockyard.api.validation import validate_dependencies
 from tests.conftest import Kubectl
 
@@ -61,7 +66,7 @@ CASES = [load(path) for path in sorted(CORPUS.glob("*.yaml"))]
 def test_corpus_is_large_and_varied() -> None:
     assert len(CASES) >= 30
     kinds = {case.documents[-1]["kind"] for case in CASES}
-    assert kinds == {"Deployment", "Job", "PersistentDisk"}
+    assert kinds == {"Deployment", "Job", "PersistentDisk", "DiskSnapshot"}
     assert sum(case.is_update for case in CASES) >= 5
     assert sum(case.webhook for case in CASES) >= 5
 
@@ -83,6 +88,7 @@ def test_models_refuse_it_too(case: Case) -> None:
         "Deployment": parse_deployment,
         "Job": parse_job,
         "PersistentDisk": parse_persistent_disk,
+        "DiskSnapshot": parse_disk_snapshot,
     }[document["kind"]]
     try:
         parsed = parse(document)
