@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from dockyard.providers.local.provider import DEFAULT_NETWORK
+
 GRACE_SECONDS = 120.0
 _ENABLED = os.environ.get("DOCKYARD_LEAK_CHECK", "1") != "0"
 _baseline: dict[str, set[str]] | None = None
@@ -40,7 +42,8 @@ def snapshot() -> dict[str, set[str]]:
             "docker", "ps", "-a", "--format", "{{.Names}} {{.Image}} {{.Status}}"
         ),
         "volumes (docker volume ls)": _lines("docker", "volume", "ls", "-q"),
-        "networks (docker network ls)": _lines("docker", "network", "ls", "--format", "{{.Name}}"),
+        "networks (docker network ls)": _lines("docker", "network", "ls", "--format", "{{.Name}}")
+        - {DEFAULT_NETWORK},  # the default root's VM network: made once per host, like a stemcell
         "loop devices (losetup -a)": {
             line.split(":", 1)[0] + ": " + line.rsplit("(", 1)[-1].rstrip(")")
             for line in _lines("losetup", "-a")

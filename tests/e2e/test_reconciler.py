@@ -264,10 +264,12 @@ def deploy_store(
     name: str,
     more_containers: str = "",
     in_place_resize: bool = True,
+    orphan_retention: str = "0s",
 ) -> tuple[Store, str]:
     """Apply a Deployment of STORE (plus ``more_containers``) and wait until it is Ready and
     db's data is written; the Store and the data's checksum."""
-    manifest = deployment(name, STORE.rstrip("\n") + more_containers)
+    store_job = STORE.replace("orphanRetention: 0s", f"orphanRetention: {orphan_retention}")
+    manifest = deployment(name, store_job.rstrip("\n") + more_containers)
     if not in_place_resize:  # the local provider then plays an IaaS that cannot grow disks
         options = 'options: {in_place_resize: "false"}'
         manifest = manifest.replace(
@@ -371,6 +373,51 @@ def test_disk_the_provider_cannot_grow_is_copied_to_a_bigger_one_with_its_data(
     record = wait_for(recorded, timeout=60, what="PersistentDisk record names the new disk")
     assert record["status"]["capacity"] == "128Mi"
     store.delete_and_wait_gone(kubectl, namespace, "copy")
+
+
+def test_a_migrated_disks_old_one_is_orphaned_for_its_retention_then_deleted(
+    kubectl: Kubectl, namespace: str, get_object: GetObject
+) -> None:
+    from dockyard.handlers.disks import replaced_name
+
+    store, original = deploy_store(
+        kubectl, namespace, get_object, "keep", in_place_resize=False, orphan_retention="20s"
+    )
+    (old,) = store.provider.find_disks(store.disk_tags)
+    store.grow(kubectl, namespace, "keep")
+
+    def migrated() -> Any:
+        found = {d.id: d for d in store.provider.find_disks(store.disk_tags)}
+        return found if len(found) == 2 and found[old.id].tags.get("superseded-by") else None
+
+    disks = wait_for(migrated, timeout=READY_DEADLINE, what="the old disk kept, superseded")
+    (new,) = [d for d in disks.values() if d.id != old.id]
+    assert disks[old.id].tags["superseded-by"] == new.id and new.size_mib == 128
+    assert disks[old.id].attached_to is None, "the old disk is still attached"
+    wait_ready(get_object, "dyd", "keep")
+    assert wait_for(store.checksum, timeout=60, what="data readable on the new disk") == original
+
+    record_name = replaced_name("keep-store-0", old.id)
+
+    def orphan_record() -> dict[str, Any] | None:
+        found = kubectl("get", "dypd", record_name, "-n", namespace, "-o", "json", check=False)
+        return json.loads(found.stdout) if found.returncode == 0 else None
+
+    record = wait_for(orphan_record, timeout=60, what=f"the record {record_name}")
+    assert record["status"]["phase"] == "Orphaned" and record["status"]["diskId"] == old.id
+    assert record["status"]["expiresAt"] and record["spec"]["size"] == "64Mi"
+
+    # Retention 20 s: the Job deletes the old disk then (it wakes itself), and its record.
+    wait_for(
+        lambda: [d.id for d in store.provider.find_disks(store.disk_tags)] == [new.id],
+        timeout=90,
+        what="the old disk deleted after its retention",
+    )
+    wait_for(lambda: orphan_record() is None, timeout=60, what="its record deleted")
+    events = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    assert any(e["reason"] == "DeletedDisk" and old.id in e["message"] for e in events)
+    assert wait_for(store.checksum, timeout=30, what="data still there") == original
+    store.delete_and_wait_gone(kubectl, namespace, "keep")
 
 
 def test_a_persistent_disk_made_by_hand_is_created_healthy_grown_and_deleted(

@@ -13,6 +13,7 @@ from dockyard.planning import (
     ContainerAction,
     ContainerKey,
     CreateDisk,
+    DeleteDisk,
     DesiredDisk,
     DesiredJob,
 )
@@ -27,6 +28,7 @@ from dockyard.planning.decide import (
 from dockyard.planning.memory import Failure, JobMemory, Outcome, record
 from dockyard.planning.observation import (
     ContainerObservation,
+    DiskObservation,
     InstanceObservation,
     JobObservation,
     VMPhase,
@@ -366,3 +368,21 @@ def test_a_snapshot_not_ready_holds_the_new_disk_and_one_too_big_stalls() -> Non
         stuck.verdict.phase is Phase.INVALID_SPEC
         and "spec.persistentDisk.size" in stuck.verdict.message
     )
+
+
+def test_a_migrated_disks_old_one_is_kept_for_its_retention_then_deleted() -> None:
+    web = job("web", c("db", disk=True), disk=DesiredDisk(128, orphan_retention=20.0))
+    base = world(web)
+    disk = DiskObservation("new", 128, "vm-0")
+    old = DiskObservation("old", 64, orphaned_at=1000.0)
+    instance = replace(base.instances[0], disk=disk, superseded=(old,))
+    observed = JobObservation({0: instance})
+
+    kept = decide(intent(web, wall_clock=1005.0), observed, JobMemory(), now=50.0)
+    assert kept.actions == () and kept.verdict.phase is Phase.CONVERGED
+    assert kept.verdict.requeue_after == 15.0  # woken at expiry, without any event
+
+    expired = decide(intent(web, wall_clock=1020.0), observed, JobMemory(), now=65.0)
+    (delete,) = expired.actions
+    assert isinstance(delete, DeleteDisk) and delete.disk_id == "old"
+    assert delete.cause is Cause.ORPHAN_EXPIRED

@@ -10,6 +10,7 @@ object; with Retain it stays, and a Job instance of the same name adopts it agai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -20,11 +21,11 @@ from dockyard.api.models import parse_persistent_disk
 from dockyard.api.quantities import format_quantity
 from dockyard.handlers import kube
 from dockyard.handlers.context import provider_for
-from dockyard.handlers.disks import ORPHANED_LABEL
+from dockyard.handlers.disks import ORPHANED_LABEL, REPLACED_LABEL
 from dockyard.handlers.fleet import Fleet
 from dockyard.handlers.job import fleet_of
 from dockyard.handlers.status import disk_conditions
-from dockyard.providers import DiskSpec, PermanentError, TransientError
+from dockyard.providers import DiskSpec, NotFoundError, PermanentError, TransientError
 from dockyard.providers.base import TAG_DISK, TAG_ORPHANED_AT
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ async def delete_disk(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if labels.get(ORPHANED_LABEL) == "true":
         await _reap(fleet_of(memo), body)
         return
+    if labels.get(REPLACED_LABEL) == "true":  # a migrated disk's old one: now, not at expiry
+        await _delete_replaced(fleet_of(memo), body)
+        return
     if labels.get("dockyard.dev/job"):
         return
     disk = parse_persistent_disk(body)
@@ -125,6 +129,20 @@ async def reap_orphan(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         await kube.delete(
             "persistentdisks", body.metadata.namespace or "", body.metadata.name or ""
         )
+
+
+async def _delete_replaced(fleet: Fleet, body: kopf.Body) -> None:
+    disk_id = (body.get("status") or {}).get("diskId")
+    if not disk_id:
+        return
+    disk = parse_persistent_disk(body)
+    provider = await provider_for(fleet, disk.spec.provider, body.metadata.namespace or "")
+
+    def remove() -> None:
+        with contextlib.suppress(NotFoundError):
+            provider.delete_disk(disk_id)
+
+    await asyncio.to_thread(remove)
 
 
 async def _reap(fleet: Fleet, body: kopf.Body) -> bool:

@@ -5,10 +5,13 @@ writes at steady state).
 A record follows its disk: Attached or Detached; Orphaned (no longer wanted, with when it
 expires) — then it has no owner, so it outlives its Job, and the reaper (``handlers/disk.py``)
 deletes disk and record at expiry; back to Attached, owned again, when a scale-up adopts it.
+The old disk of a finished copy-migration has a record of its own (``<job>-<index>-was-<hash>``,
+Orphaned, labelled replaced) until the Job deletes it at expiry.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 JOB_LABEL = "dockyard.dev/job"
 DEPLOYMENT_LABEL = "dockyard.dev/deployment"
 ORPHANED_LABEL = "dockyard.dev/orphaned"  # the reaper watches records with it
+REPLACED_LABEL = "dockyard.dev/replaced"  # the old disk of a finished copy-migration
 MIB = 1024 * 1024
 
 
@@ -40,6 +44,7 @@ class DiskRecords:
         self.identity = identity
         self.namespace = job.metadata.namespace or ""
         self.records: dict[str, dict[str, Any]] | None = None  # name -> what it says
+        self.replaced: set[str] = set()  # records of old disks of finished copy-migrations
         self.conditions: dict[str, list[dict[str, Any]]] = {}  # what its status last said
         self.publisher = Publisher(self._write, f"disk records of Job {job.metadata.name}")
 
@@ -91,17 +96,23 @@ class DiskRecords:
         for index, instance in sorted(report.observation.instances.items()):
             if instance.disk is not None and template is not None:
                 wanted[self.identity.disk_name(index)] = self._record(instance.disk)
+            for old in instance.superseded if template is not None else ():
+                wanted[replaced_name(self.identity.disk_name(index), old.id)] = self._record(
+                    old, replaced=True
+                )
         retain = template is not None and template.reclaim_policy == "Retain"
         kept = [self.identity.disk_name(i) for i in range(job.spec.instances)]
         return {"retain": retain, "disks": wanted, "instances": kept}
 
-    def _record(self, disk: DiskObservation) -> dict[str, Any]:
+    def _record(self, disk: DiskObservation, replaced: bool = False) -> dict[str, Any]:
         job, template = self.job, self.job.spec.persistent_disk
         assert template is not None
         capacity = disk.size_mib * MIB
         # A disk larger than asked (git holds an older size) is kept as it is: its record
         # says its real size, never a smaller one (the CRD refuses a shrink).
         size = template.size if template.size_bytes >= capacity else format_quantity(capacity)
+        if replaced:
+            size = format_quantity(capacity)
         status: dict[str, Any] = {
             "diskId": disk.id,
             "capacity": format_quantity(capacity),
@@ -120,18 +131,20 @@ class DiskRecords:
             "orphanRetention": template.orphan_retention,
             **({"type": template.type} if template.type else {}),
         }
-        return {"metadata": self._metadata(orphan), "spec": spec, "status": status}
+        return {"metadata": self._metadata(orphan, replaced), "spec": spec, "status": status}
 
-    def _metadata(self, orphan: bool) -> dict[str, Any]:
+    def _metadata(self, orphan: bool, replaced: bool = False) -> dict[str, Any]:
         job = self.job
         labels = {
             JOB_LABEL: job.metadata.name,
             DEPLOYMENT_LABEL: job.metadata.labels.get(DEPLOYMENT_LABEL, ""),
         }
         template = job.spec.persistent_disk
-        if orphan:  # it outlives the Job: no owner, the reaper's label
+        if replaced:  # the Job deletes its disk at expiry: the record goes with the Job
+            labels[REPLACED_LABEL] = "true"
+        elif orphan:  # it outlives the Job: no owner, the reaper's label
             return {"labels": {**labels, ORPHANED_LABEL: "true"}, "ownerReferences": None}
-        if template is not None and template.reclaim_policy == "Delete":
+        if replaced or (template is not None and template.reclaim_policy == "Delete"):
             owner = {
                 "apiVersion": f"{kube.GROUP}/{kube.VERSION}",
                 "kind": "Job",
@@ -147,6 +160,11 @@ class DiskRecords:
         if self.records is None:  # first time: learn which records exist
             found = await self._listed()
             self.records = {item["metadata"]["name"]: {} for item in found}
+            self.replaced = {
+                item["metadata"]["name"]
+                for item in found
+                if item["metadata"].get("labels", {}).get(REPLACED_LABEL) == "true"
+            }
             self.conditions = {
                 item["metadata"]["name"]: (item.get("status") or {}).get("conditions") or []
                 for item in found
@@ -155,12 +173,15 @@ class DiskRecords:
         for name, record in wanted.items():
             if self.records.get(name) != record:
                 await self._write_one(name, record)
+            if REPLACED_LABEL in record["metadata"]["labels"]:
+                self.replaced.add(name)
         for name in [n for n in self.records if n not in wanted]:
             # Its disk is gone (deleted, or reaped): so is its record. A Retain disk's record
             # stays; so does that of a wanted instance whose disk is missing: it says so.
-            if not offer["retain"] and name not in offer["instances"]:
+            if name in self.replaced or (not offer["retain"] and name not in offer["instances"]):
                 await kube.delete("persistentdisks", self.namespace, name)
                 del self.records[name]
+                self.replaced.discard(name)
 
     async def _write_one(self, name: str, record: dict[str, Any]) -> None:
         assert self.records is not None
@@ -200,6 +221,11 @@ class DiskRecords:
         await kube.patch_status("persistentdisks", self.namespace, name, status)
         self.conditions[name] = status["conditions"]
         self.records[name] = record
+
+
+def replaced_name(disk_name: str, disk_id: str) -> str:
+    """The record name of an instance's old disk, after a copy-migration replaced it."""
+    return f"{disk_name}-was-{hashlib.sha256(disk_id.encode()).hexdigest()[:8]}"
 
 
 def _differs(stored: dict[str, Any], record: dict[str, Any]) -> bool:

@@ -42,6 +42,7 @@ from dockyard.planning.model import (
     Cause,
     ContainerAction,
     ContainerKey,
+    DeleteDisk,
     DeleteVM,
     DesiredJob,
     ObservedContainer,
@@ -52,6 +53,7 @@ from dockyard.planning.model import (
 )
 from dockyard.planning.observation import (
     ContainerObservation,
+    DiskObservation,
     InstanceObservation,
     JobObservation,
     VMPhase,
@@ -97,6 +99,8 @@ class JobIntent:
     #: stalled one names the field. New disks wait meanwhile.
     restore_problem: str = ""
     restore_stalled: bool = False
+    #: Epoch seconds of this look (orphan marks are wall-clock times; ``now`` is monotonic).
+    wall_clock: float = 0.0
 
 
 class NoticeKind(enum.StrEnum):
@@ -373,7 +377,25 @@ def _plan(
         for index, vm_id in observed.duplicates
     ]
     kept = [a for a in actions if a.index not in health.deaf]
-    return duplicates + kept, replace(memory, health_restarts=restarts)
+    expired: list[Action] = [
+        DeleteDisk(job.name, index, old.id, cause=Cause.ORPHAN_EXPIRED)
+        for index, old in _superseded_expiries(intent, observed)
+        if _expires_in(intent, old) <= 0
+    ]
+    return duplicates + kept + expired, replace(memory, health_restarts=restarts)
+
+
+def _superseded_expiries(
+    intent: JobIntent, observed: JobObservation
+) -> list[tuple[int, DiskObservation]]:
+    """The old disks of finished copy-migrations, by instance."""
+    return [(i, old) for i, found in observed.instances.items() for old in found.superseded]
+
+
+def _expires_in(intent: JobIntent, old: DiskObservation) -> float:
+    """Seconds until an orphaned disk's retention has passed (<= 0: it has)."""
+    retention = intent.job.disk.orphan_retention if intent.job.disk else 0.0
+    return (old.orphaned_at or 0.0) + retention - intent.wall_clock
 
 
 def _planner_container(
@@ -611,7 +633,9 @@ def _verdict(
         message=message,
         ready_instances=ready,
         converged=converged and not actions,
-        requeue_after=_requeue(intent, memory, health, actions, held, converged, now, upstreams),
+        requeue_after=_requeue(
+            intent, memory, health, actions, held, converged, now, upstreams, observed
+        ),
         unsettled=_unsettled(planned, held),
         latest_starts=_latest_starts(job, observed),
     )
@@ -706,13 +730,15 @@ def _requeue(
     converged: bool,
     now: float,
     upstreams: Sequence[str],
+    observed: JobObservation,
 ) -> float | None:
     """When something may change without an event: the end of a back-off, of a watch time,
     of an unresponsive timeout. None: nothing to wait for (converged, or stalled for good)."""
     if actions:
         return 0.0
+    expiries = [_expires_in(intent, old) for _, old in _superseded_expiries(intent, observed)]
     if converged or memory.halted is not None:
-        return None
+        return min(expiries, default=None)  # an orphaned old disk to delete then
     waits: list[float] = [1.0]
     if health.paused:
         waits = [PAUSED_RECHECK]

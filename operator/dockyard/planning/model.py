@@ -195,6 +195,7 @@ class Cause(enum.StrEnum):
     UNHEALTHY = "Unhealthy"  # its health check fails
     NOT_IN_SPEC = "NotInSpec"
     ADOPTED = "Adopted"  # an orphaned disk wanted again: its data comes back
+    ORPHAN_EXPIRED = "OrphanExpired"  # a migrated disk's old one, once its retention passed
 
 
 #: Causes of a rollout (the spec changed): batched, watched, halted on failure. Anything else is
@@ -294,12 +295,14 @@ class ResizeDisk(Action):
 @dataclass(frozen=True)
 class MigrateDisk(Action):
     """Grow by copy, as BOSH migrates a disk: a new disk of ``size_mib``, the data copied onto
-    it on the instance's VM, the new disk attached in the old one's place, the old one deleted.
-    The disk's users are removed before (their mounts name the old disk)."""
+    it on the instance's VM, the new disk attached in the old one's place, the old one orphaned
+    for ``orphan_retention`` seconds (deleted at once when 0). The disk's users are removed
+    before (their mounts name the old disk)."""
 
     disk_id: str
     size_mib: int
     disk_type: str | None
+    orphan_retention: float = 0.0
 
     def _detail(self) -> str:
         return f" {self.disk_id} to a new {self.size_mib} MiB disk"
@@ -307,8 +310,9 @@ class MigrateDisk(Action):
 
 @dataclass(frozen=True)
 class DeleteDisk(Action):
-    """For an instance that is removed, under reclaim policy Delete; or an unfinished
-    migration's new disk that is no longer wanted."""
+    """For an instance that is removed, under reclaim policy Delete; an unfinished
+    migration's new disk that is no longer wanted; a finished one's old disk after its
+    retention (cause ORPHAN_EXPIRED)."""
 
     disk_id: str
 

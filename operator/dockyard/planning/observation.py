@@ -63,6 +63,8 @@ class InstanceObservation:
     disk: DiskObservation | None = None
     containers: Mapping[str, ContainerObservation] = field(default_factory=dict)
     address: str | None = None
+    #: Old disks of finished copy-migrations, orphaned: deleted when their retention passed.
+    superseded: tuple[DiskObservation, ...] = ()
 
     @property
     def has_vm(self) -> bool:

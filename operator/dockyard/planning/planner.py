@@ -275,8 +275,8 @@ class _Planner:
         if copy:
             if not on_vm:
                 add(AttachDisk(name, index, disk.id, cause=Cause.DISK_ATTACHED))
-            size, kind = job.disk.size_mib, job.disk.type
-            add(MigrateDisk(name, index, disk.id, size, kind, cause=Cause.DISK_GROWN))
+            size, kind, keep = job.disk.size_mib, job.disk.type, job.disk.orphan_retention
+            add(MigrateDisk(name, index, disk.id, size, kind, keep, cause=Cause.DISK_GROWN))
             return
         if grow:
             if on_vm and self.detach_to_resize and kept is not None:

@@ -29,6 +29,9 @@ TAG_REPLACES = "replaces"
 # On a disk no longer wanted (reclaim policy Delete, a retention): when it was orphaned (epoch
 # seconds). It is deleted once the retention has passed; a scale-up before that adopts it again.
 TAG_ORPHANED_AT = "orphaned-at"
+# On the old disk of a finished copy-migration, orphaned for its retention: the disk that took
+# its place (it is no longer the instance's disk, whatever its other tags say).
+TAG_SUPERSEDED_BY = "superseded-by"
 
 
 class ProviderError(Exception):

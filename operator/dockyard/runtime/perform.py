@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -31,7 +30,13 @@ from dockyard.providers import (
 )
 from dockyard.providers.base import TAG_ORPHANED_AT
 from dockyard.runtime.engine import ObservedContainer
-from dockyard.runtime.world import ENGINE_ERRORS, ContainerWant, InstanceWorld, JobWorld
+from dockyard.runtime.world import (
+    ENGINE_ERRORS,
+    ContainerWant,
+    InstanceWorld,
+    JobWorld,
+    orphan_stamp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,11 +222,17 @@ class Performer:
             old, vm = state.disk, state.vm
             assert old is not None and vm is not None, action
             disk, attachment = self.world.migrate_disk(
-                action.index, vm, old, action.size_mib, action.disk_type or ""
+                action.index,
+                vm,
+                old,
+                action.size_mib,
+                action.disk_type or "",
+                action.orphan_retention,
             )
             state.disk, state.attachment = disk, attachment
             why = f"{old.id} ({old.size_mib} MiB) copied to {disk.id} ({disk.size_mib} MiB)"
-            return disk.id, f"{why}; {old.id} deleted"
+            fate = "orphaned for its retention" if action.orphan_retention > 0 else "deleted"
+            return disk.id, f"{why}; {old.id} {fate}"
         if isinstance(action, planning.OrphanDisk):
             self.world.provider.set_disk_metadata(action.disk_id, {TAG_ORPHANED_AT: orphan_stamp()})
             state.disk = None
@@ -232,6 +243,10 @@ class Performer:
             )
             return action.disk_id, "wanted again: its orphan mark goes, its data comes back"
         assert isinstance(action, planning.DeleteDisk), action
+        if action.cause is Cause.ORPHAN_EXPIRED:  # detached since its migration
+            with contextlib.suppress(NotFoundError):
+                self.world.provider.delete_disk(action.disk_id)
+            return action.disk_id, "replaced by a copy; its retention has passed"
         target = state.migration_target
         if target is not None and target.id == action.disk_id:
             self.world.delete_disk(target)
@@ -290,11 +305,6 @@ class Performer:
                 self._attach(state)  # idempotent: returns where it is mounted
             assert state.attachment is not None
             return state.attachment
-
-
-def orphan_stamp() -> str:
-    """The orphan mark's value: when it was orphaned (epoch seconds)."""
-    return str(int(time.time()))
 
 
 def _grace(want: ContainerWant | None) -> int:

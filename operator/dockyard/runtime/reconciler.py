@@ -37,11 +37,11 @@ from dockyard.planning.observation import (
 )
 from dockyard.planning.ordering import order
 from dockyard.planning.verdict import UpstreamState, Verdict
-from dockyard.providers import ProviderError
+from dockyard.providers import Disk, ProviderError
 from dockyard.providers.base import TAG_INDEX, TAG_ORPHANED_AT
 from dockyard.runtime.executor import ActionPool, Execution
-from dockyard.runtime.perform import ActionRecord, Performer, container_observation, orphan_stamp
-from dockyard.runtime.world import ContainerWant, InstanceWorld, JobWorld
+from dockyard.runtime.perform import ActionRecord, Performer, container_observation
+from dockyard.runtime.world import ContainerWant, InstanceWorld, JobWorld, orphan_stamp
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +263,7 @@ def job_intent(desired: JobDesired, inputs: PassInputs, detach_to_resize: bool) 
         known_disks=dict(inputs.known_disks),
         restore_problem=inputs.restore_problem,
         restore_stalled=inputs.restore_stalled,
+        wall_clock=time.time(),
     )
 
 
@@ -310,23 +311,23 @@ def observation_of(
     instances: dict[int, InstanceObservation] = {}
     for index, world in seen.items():
         vm, disk = world.vm, world.disk
+        target = world.migration_target.id if world.migration_target else None
         instances[index] = InstanceObservation(
             vm_id=vm.id if vm else None,
             vm_phase=VMPhase(vm.state.value) if vm else VMPhase.MISSING,
             engine_ok=world.engine_ok,
-            disk=DiskObservation(
-                disk.id,
-                disk.size_mib,
-                disk.attached_to,
-                world.migration_target.id if world.migration_target else None,
-                _orphaned_at(disk.tags),
-            )
-            if disk
-            else None,
+            disk=_disk_observation(disk, target) if disk else None,
             containers={n: container_observation(c) for n, c in world.containers.items()},
             address=vm.address if vm else None,
+            superseded=tuple(_disk_observation(old) for old in world.superseded),
         )
     return JobObservation(instances, duplicates)
+
+
+def _disk_observation(disk: Disk, migration_target: str | None = None) -> DiskObservation:
+    return DiskObservation(
+        disk.id, disk.size_mib, disk.attached_to, migration_target, _orphaned_at(disk.tags)
+    )
 
 
 def _orphaned_at(tags: Mapping[str, str]) -> float | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,8 +34,10 @@ from dockyard.providers.base import (
     TAG_DISK,
     TAG_INDEX,
     TAG_JOB,
+    TAG_ORPHANED_AT,
     TAG_OWNER_UID,
     TAG_REPLACES,
+    TAG_SUPERSEDED_BY,
 )
 from dockyard.runtime import diskfs
 from dockyard.runtime.engine import (
@@ -129,6 +132,8 @@ class InstanceWorld:
     vm: VM | None = None
     disk: Disk | None = None
     migration_target: Disk | None = None  # the unfinished copy of ``disk``, if any
+    #: Old disks of finished copy-migrations, orphaned for their retention.
+    superseded: list[Disk] = field(default_factory=list)
     engine_ok: bool = False
     containers: dict[str, ObservedContainer] = field(default_factory=dict)
 
@@ -189,7 +194,9 @@ class JobWorld:
         for index, disks in zip(wanted, run_all(self._disks_of, wanted), strict=True):
             if disks:
                 instance = world.setdefault(index, InstanceWorld(index))
-                instance.disk, instance.migration_target = _current_disk(disks)
+                current, instance.superseded = _superseded(disks)
+                if current:
+                    instance.disk, instance.migration_target = _current_disk(current)
         return world
 
     def _look_inside(self, instance: InstanceWorld) -> None:
@@ -271,13 +278,14 @@ class JobWorld:
         self.provider.detach_disk(vm_id, disk_id)
 
     def migrate_disk(
-        self, index: int, vm: VM, old: Disk, size_mib: int, disk_type: str
+        self, index: int, vm: VM, old: Disk, size_mib: int, disk_type: str, retention: float
     ) -> tuple[Disk, Attachment]:
         """Grow by copy (BOSH's disk migration), for a disk its provider cannot grow in place:
         a new disk tagged as replacing ``old``, both mounted on ``vm``, everything copied and
-        compared, then ``old`` unmounted, detached and deleted. Until that delete, ``old`` stays
-        the instance's disk (see :func:`_current_disk`), so a crash at any step redoes the copy
-        and loses nothing. The disk's users must be gone: their mounts name ``old``."""
+        compared, then ``old`` unmounted, detached and orphaned for ``retention`` seconds
+        (deleted at once when 0). Until that mark, ``old`` stays the instance's disk (see
+        :func:`_current_disk`), so a crash at any step redoes the copy and loses nothing. The
+        disk's users must be gone: their mounts name ``old``."""
         tags = {**self.identity.disk_tags(index), TAG_REPLACES: old.id}
         target = next(iter(self.provider.find_disks(tags)), None)
         if target is not None and target.size_mib < size_mib:
@@ -292,7 +300,11 @@ class JobWorld:
         engine.ensure_image(self.disk_helper_image)
         diskfs.copy(engine.client, self.disk_helper_image, old.id, target.id)
         self.detach_disk(vm.id, old.id)
-        self.provider.delete_disk(old.id)
+        if retention > 0:  # the one write that makes the copy the instance's disk
+            marks = {TAG_ORPHANED_AT: orphan_stamp(), TAG_SUPERSEDED_BY: target.id}
+            self.provider.set_disk_metadata(old.id, marks)
+        else:
+            self.provider.delete_disk(old.id)
         log.info("disk %s migrated to %s (%d MiB)", old.id, target.id, target.size_mib)
         return replace(target, attached_to=vm.id), attachment
 
@@ -336,6 +348,17 @@ class JobWorld:
         if disk.attached_to:
             self.detach_disk(disk.attached_to, disk.id)
         self.provider.delete_disk(disk.id)
+
+
+def orphan_stamp() -> str:
+    """The orphan mark's value: when it was orphaned (epoch seconds)."""
+    return str(int(time.time()))
+
+
+def _superseded(disks: Sequence[Disk]) -> tuple[list[Disk], list[Disk]]:
+    """An instance's disks, and the old disks of finished copy-migrations among them."""
+    old = [d for d in disks if TAG_SUPERSEDED_BY in d.tags]
+    return [d for d in disks if d not in old], old
 
 
 def _current_disk(disks: Sequence[Disk]) -> tuple[Disk, Disk | None]:
