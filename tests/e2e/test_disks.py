@@ -308,3 +308,51 @@ def test_a_snapshot_restores_a_lost_disk_with_the_data_of_its_moment(
         kubectl("delete", "dyd", "tiny", "-n", namespace, "--timeout=120s", check=False)
         kubectl("delete", "dysnap", "before", "nothing", "-n", namespace, "--timeout=120s")
     assert snapshot.id and not store.provider.find_snapshots({"snapshot": f"{namespace}.before"})
+
+
+def test_snapshot_before_snapshots_each_rollout_that_stops_the_disks_users_and_keeps_the_newest(
+    kubectl: Kubectl, namespace: str, get_object: GetObject
+) -> None:
+    update = "update: {snapshotBefore: true, snapshotsKept: 1}\n"
+    kubectl("apply", "-n", namespace, "-f", "-", input=deployment("auto", STORE, update))
+    wait_ready(get_object, "dyd", "auto")
+    store = Store(namespace, "auto", get_object)
+    wait_for(store.checksum, timeout=30, what="data written")
+    assert not store.provider.find_snapshots({"snapshot": f"{namespace}.auto-store-0-g1"})
+
+    def roll_out(value: str) -> str:
+        env = [{"name": "ROUND", "value": value}]
+        patch = [{"op": "add", "path": "/spec/jobs/0/containers/0/env", "value": env}]
+        kubectl("patch", "dyd", "auto", "-n", namespace, "--type=json", "-p", json.dumps(patch))
+        job = wait_ready(get_object, "dyj", "auto-store")
+        name = f"auto-store-0-g{job['metadata']['generation']}"
+        taken = wait_for(
+            lambda: (s := get_object("dysnap", name)).get("status", {}).get("readyToUse") and s,
+            timeout=120,
+            what=f"the snapshot {name} ready to use",
+        )
+        assert taken["metadata"]["labels"]["dockyard.dev/snapshot-before"] == "true"
+        assert taken["spec"]["persistentDisk"] == "auto-store-0"
+        assert taken["status"]["restoreSize"] == "64Mi"
+        return name
+
+    try:
+        first = roll_out("1")
+        (provider_first,) = store.provider.find_snapshots({"snapshot": f"{namespace}.{first}"})
+        second = roll_out("2")
+        assert second != first
+        wait_for(
+            lambda: (
+                kubectl("get", "dysnap", first, "-n", namespace, check=False).returncode != 0
+                and not store.provider.find_snapshots({"snapshot": f"{namespace}.{first}"})
+            ),
+            timeout=120,
+            what=f"{first} (beyond snapshotsKept=1) deleted with its provider snapshot",
+        )
+        assert store.provider.find_snapshots({"snapshot": f"{namespace}.{second}"})
+        assert provider_first.id
+        assert events(kubectl, namespace, "SnapshotTaken")
+    finally:
+        kubectl("delete", "dyd", "auto", "-n", namespace, "--timeout=120s", check=False)
+        kubectl("delete", "dysnap", "-l", "dockyard.dev/job=auto-store", "-n", namespace)
+    assert not store.provider.find_snapshots({"snapshot": f"{namespace}.{second}"})

@@ -16,6 +16,7 @@ from dockyard.planning import (
     DeleteDisk,
     DesiredDisk,
     DesiredJob,
+    SnapshotDisk,
 )
 from dockyard.planning.decide import (
     Decision,
@@ -386,3 +387,34 @@ def test_a_migrated_disks_old_one_is_kept_for_its_retention_then_deleted() -> No
     (delete,) = expired.actions
     assert isinstance(delete, DeleteDisk) and delete.disk_id == "old"
     assert delete.cause is Cause.ORPHAN_EXPIRED
+
+
+def test_snapshot_before_goes_ahead_of_a_rollout_that_stops_the_disks_users() -> None:
+    old = job("web", c("db", disk=True), c("side"), disk=DesiredDisk(64), instances=2)
+    base = world(old)
+    observed = JobObservation(
+        {
+            i: replace(found, disk=DiskObservation(f"disk-{i}", 64, f"vm-{i}"))
+            for i, found in base.instances.items()
+        }
+    )
+    changed = job(
+        "web", c("db", hash="h2", disk=True), c("side"), disk=DesiredDisk(64), instances=2
+    )
+    snapping = replace(changed, update=replace(changed.update, snapshot_before=True))
+
+    first = decide(intent(snapping, generation=4), observed, JobMemory(), now=0.0)
+    assert brief(first.actions)[:2] == ["SnapshotDisk web/0", "RecreateContainer web/0 db"]
+    (snap,) = [a for a in first.actions if isinstance(a, SnapshotDisk)]
+    assert (snap.disk_id, snap.generation) == ("disk-0", 4)
+    assert "SnapshotDisk web/1" not in brief(first.actions), "the canary goes first, alone"
+
+    # Only a change that stops the disk's users is worth a snapshot; without the flag, none.
+    side_only = job("web", c("db", disk=True), c("side", hash="h2"), disk=DesiredDisk(64))
+    flagged = replace(side_only, update=replace(side_only.update, snapshot_before=True))
+    assert not any(
+        isinstance(a, SnapshotDisk)
+        for a in decide(intent(flagged), observed, JobMemory(), now=0.0).actions
+    )
+    plain = decide(intent(changed), observed, JobMemory(), now=0.0)
+    assert not any(isinstance(a, SnapshotDisk) for a in plain.actions)

@@ -113,6 +113,12 @@ class UpdatePolicy(ApiModel):
     """How long a non-canary instance must stay healthy; same syntax as canaryWatchTime."""
     serial: bool = True
     """Update the jobs one after another (true) or all at once (false)."""
+    snapshot_before: bool = False
+    """Snapshot each instance's persistent disk just before a rollout stops its users (a spec
+    change of a container that mounts it, a disk grow): a DiskSnapshot
+    ``<job>-<index>-g<generation>``, labelled ``dockyard.dev/snapshot-before=true``."""
+    snapshots_kept: Annotated[int, Field(ge=1, le=100)] = 3
+    """Automatic snapshots kept per disk (snapshotBefore); older ones are deleted."""
 
     @model_validator(mode="after")
     def _check_max_in_flight(self) -> UpdatePolicy:

@@ -22,7 +22,7 @@ import kopf
 
 from dockyard.api.models import Job, ProviderSpec, parse_job
 from dockyard.api.quantities import parse_duration
-from dockyard.handlers import kube
+from dockyard.handlers import autosnapshots, kube
 from dockyard.handlers.desired import (
     ACCEPT_DISK_LOSS,
     SnapshotSeen,
@@ -184,6 +184,7 @@ class JobRuntime:
         report = await self.reconciler.reconcile(desired, inputs, lambda r: self._publish(job, r))
         self.last_report = report
         await self._consume_accepted_losses(job, report)
+        await autosnapshots.register(job, self.world.identity, report.records)
         self.watchers.sync(
             i.vm_id for i in report.observation.instances.values() if i.vm_id and i.has_vm
         )

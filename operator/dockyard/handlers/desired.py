@@ -178,6 +178,7 @@ def job_desired(job: Job, secrets: Secrets, restore_snapshot: str = "") -> JobDe
         canary_watch_time=parse_watch_time(update.canary_watch_time),
         generation=job.metadata.generation or 0,
         name=job.job_name,
+        snapshot_before=update.snapshot_before,
     )
 
 

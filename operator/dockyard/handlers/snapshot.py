@@ -20,9 +20,9 @@ from dockyard.handlers.context import provider_for
 from dockyard.handlers.desired import SnapshotSeen
 from dockyard.handlers.job import fleet_of
 from dockyard.providers import ProviderError, Snapshot
+from dockyard.providers.base import TAG_SNAPSHOT
 
 MIB = 1024 * 1024
-TAG_SNAPSHOT = "snapshot"  # <namespace>.<DiskSnapshot name>: the provider snapshot's identity
 PROVIDER_ANNOTATION = "dockyard.dev/provider"  # where the snapshot lives, for its deletion
 READY_POLL = 5.0
 

@@ -22,7 +22,7 @@ Inputs (``model``)
 Actions (frozen dataclasses; ``kind`` is the class name; all have ``job`` and ``index``)
     :class:`CreateVM`, :class:`DeleteVM`, :class:`CreateDisk` (creates and attaches),
     :class:`AttachDisk`, :class:`DetachDisk`, :class:`ResizeDisk`, :class:`MigrateDisk`,
-    :class:`DeleteDisk`, and
+    :class:`DeleteDisk`, :class:`OrphanDisk`, :class:`AdoptDisk`, :class:`SnapshotDisk`, and
     container actions (``container``, ``reason``): :class:`StartContainer`,
     :class:`RecreateContainer`, :class:`RestartContainer` (``because_of``: the upstream key),
     :class:`StopContainer`, :class:`RemoveContainer`.
@@ -82,6 +82,7 @@ from dockyard.planning.model import (
     ResizeDisk,
     RestartContainer,
     RestartPolicy,
+    SnapshotDisk,
     StartContainer,
     StopContainer,
     UpdatePolicy,
@@ -133,6 +134,7 @@ __all__ = [
     "ResizeDisk",
     "RestartContainer",
     "RestartPolicy",
+    "SnapshotDisk",
     "StartContainer",
     "Step",
     "StopContainer",

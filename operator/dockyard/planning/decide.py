@@ -50,6 +50,8 @@ from dockyard.planning.model import (
     ObservedInstance,
     ObservedVM,
     PlanningError,
+    SnapshotDisk,
+    StartContainer,
 )
 from dockyard.planning.observation import (
     ContainerObservation,
@@ -382,7 +384,43 @@ def _plan(
         for index, old in _superseded_expiries(intent, observed)
         if _expires_in(intent, old) <= 0
     ]
+    kept = _snapshots_first(intent, observed, kept)
     return duplicates + kept + expired, replace(memory, health_restarts=restarts)
+
+
+def _snapshots_first(
+    intent: JobIntent, observed: JobObservation, actions: list[Action]
+) -> list[Action]:
+    """With ``snapshotBefore``: a SnapshotDisk ahead of every instance whose rollout actions
+    stop its disk's users (a barrier: the rest of the instance waits for it). Same cause as
+    those actions, so it is batched, watched and halted with them."""
+    job = intent.job
+    if not job.update.snapshot_before or job.disk is None:
+        return actions
+    users = {c.name for c in job.containers if c.uses_disk}
+    first: dict[int, int] = {}
+    for position, action in enumerate(actions):
+        disk = observed.get(action.index).disk
+        if disk is None or disk.orphaned_at is not None or action.cause not in ROLLOUT_CAUSES:
+            continue
+        stops_a_user = (
+            isinstance(action, ContainerAction)
+            and not isinstance(action, StartContainer)
+            and action.container in users
+        )
+        if stops_a_user or action.kind in _DISK_USERS_STOP:
+            first.setdefault(action.index, position)
+    out = list(actions)
+    for index, position in sorted(first.items(), key=lambda item: -item[1]):
+        disk = observed.get(index).disk
+        assert disk is not None
+        cause = actions[position].cause
+        out.insert(position, SnapshotDisk(job.name, index, disk.id, intent.generation, cause=cause))
+    return out
+
+
+#: Disk steps of a rollout during which the disk's users are down.
+_DISK_USERS_STOP = frozenset({"DetachDisk", "MigrateDisk"})
 
 
 def _superseded_expiries(

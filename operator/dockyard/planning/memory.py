@@ -39,6 +39,7 @@ DISK_ACTION_KINDS = frozenset(
         "DeleteDisk",
         "OrphanDisk",
         "AdoptDisk",
+        "SnapshotDisk",
     }
 )
 

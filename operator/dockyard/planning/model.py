@@ -62,6 +62,8 @@ class UpdatePolicy:
     canaries: int = 1
     max_in_flight: int = 1
     serial: bool = True
+    #: Snapshot an instance's disk before a rollout stops its users.
+    snapshot_before: bool = False
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,18 @@ class MigrateDisk(Action):
 
     def _detail(self) -> str:
         return f" {self.disk_id} to a new {self.size_mib} MiB disk"
+
+
+@dataclass(frozen=True)
+class SnapshotDisk(Action):
+    """A snapshot of the instance's disk before a rollout stops its users (``snapshotBefore``);
+    identified by the generation it precedes, so a retried step finds the one it took."""
+
+    disk_id: str
+    generation: int
+
+    def _detail(self) -> str:
+        return f" {self.disk_id} before generation {self.generation}"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ _VERBS = {
     "ResizeDisk": "grow disk",
     "MigrateDisk": "copy disk",
     "DeleteDisk": "delete disk",
+    "SnapshotDisk": "snapshot disk",
     "StartContainer": "start",
     "RecreateContainer": "recreate",
     "RestartContainer": "restart",

@@ -32,6 +32,8 @@ TAG_ORPHANED_AT = "orphaned-at"
 # On the old disk of a finished copy-migration, orphaned for its retention: the disk that took
 # its place (it is no longer the instance's disk, whatever its other tags say).
 TAG_SUPERSEDED_BY = "superseded-by"
+# On a snapshot: ``<namespace>.<DiskSnapshot name>``, its identity (snapshot_disk is idempotent).
+TAG_SNAPSHOT = "snapshot"
 
 
 class ProviderError(Exception):

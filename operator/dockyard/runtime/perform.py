@@ -28,7 +28,7 @@ from dockyard.providers import (
     ProviderError,
     TransientError,
 )
-from dockyard.providers.base import TAG_ORPHANED_AT
+from dockyard.providers.base import TAG_ORPHANED_AT, TAG_SNAPSHOT
 from dockyard.runtime.engine import ObservedContainer
 from dockyard.runtime.world import (
     ENGINE_ERRORS,
@@ -51,6 +51,7 @@ _RECORD_KINDS = {
     "DeleteDisk": "DeletedDisk",
     "OrphanDisk": "OrphanedDisk",
     "AdoptDisk": "AdoptedDisk",
+    "SnapshotDisk": "SnapshotTaken",
     "RecreateContainer": "RecreatedContainer",
     "RestartContainer": "RestartedContainer",
     "StopContainer": "StoppedContainer",
@@ -233,6 +234,11 @@ class Performer:
             why = f"{old.id} ({old.size_mib} MiB) copied to {disk.id} ({disk.size_mib} MiB)"
             fate = "orphaned for its retention" if action.orphan_retention > 0 else "deleted"
             return disk.id, f"{why}; {old.id} {fate}"
+        if isinstance(action, planning.SnapshotDisk):
+            name = snapshot_name(self.world.identity.disk_name(action.index), action.generation)
+            tags = {TAG_SNAPSHOT: f"{self.world.identity.namespace}.{name}"}
+            made = self.world.provider.snapshot_disk(action.disk_id, tags)
+            return name, f"{made.id} of disk {action.disk_id}, before the rollout stops its users"
         if isinstance(action, planning.OrphanDisk):
             self.world.provider.set_disk_metadata(action.disk_id, {TAG_ORPHANED_AT: orphan_stamp()})
             state.disk = None
@@ -305,6 +311,11 @@ class Performer:
                 self._attach(state)  # idempotent: returns where it is mounted
             assert state.attachment is not None
             return state.attachment
+
+
+def snapshot_name(disk_name: str, generation: int) -> str:
+    """The DiskSnapshot taken of an instance's disk before the rollout to ``generation``."""
+    return f"{disk_name}-g{generation}"
 
 
 def _grace(want: ContainerWant | None) -> int:

@@ -70,6 +70,7 @@ class JobDesired:
     canary_watch_time: tuple[float, float] = (1.0, 30.0)
     generation: int = 0
     name: str = "job"  # the job's name inside its deployment ("job/name" references use it)
+    snapshot_before: bool = False  # a disk snapshot before a rollout stops its users
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,9 @@ def planning_job(desired: JobDesired) -> planning.DesiredJob:
         ),
         disk=disk,
         update=planning.UpdatePolicy(
-            canaries=desired.canaries, max_in_flight=max(desired.max_in_flight, 1)
+            canaries=desired.canaries,
+            max_in_flight=max(desired.max_in_flight, 1),
+            snapshot_before=desired.snapshot_before,
         ),
     )
 
