@@ -23,6 +23,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         liveness=args.liveness,
         pools=",".join(args.pool),
+        metrics_created=args.metrics_created,
     )
 
 
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument(
         "--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)"
+    )
+    run.add_argument(
+        "--metrics-created",
+        action="store_true",
+        help="also export the _created series of counters and histograms (off: half the series)",
     )
     run.add_argument(
         "--liveness",

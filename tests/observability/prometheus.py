@@ -1,5 +1,7 @@
 """A real Prometheus (the Debian `prometheus` package) on loopback, scraping one target and
-evaluating deploy/monitoring/rules.yaml with every `for:` cut to 1 s (expressions unchanged)."""
+evaluating deploy/monitoring/rules.yaml with every `for:` cut to 1 s (expressions unchanged) —
+and, with ``scaled_windows``, every range and offset in minutes read as seconds (`[15m]` ->
+`[15s]`), so that an alert's window passes within a test (promtool checks the real windows)."""
 
 from __future__ import annotations
 
@@ -25,12 +27,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def scale_windows(expr: str) -> str:
+    """Minutes to seconds in range selectors and offsets, nothing else."""
+    expr = re.sub(r"\[(\d+)m\]", r"[\1s]", expr)
+    return re.sub(r"\boffset (\d+)m\b", r"offset \1s", expr)
+
+
 class Prometheus:
-    def __init__(self, directory: Path, target_port: int) -> None:
+    def __init__(self, directory: Path, target_port: int, *, scaled_windows: bool = False) -> None:
         rules = yaml.safe_load(RULES.read_text())
         for group in rules["groups"]:
             for rule in group["rules"]:
                 rule["for"] = "1s"
+                if scaled_windows:
+                    rule["expr"] = scale_windows(rule["expr"])
         (directory / "rules.yaml").write_text(yaml.safe_dump(rules))
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -88,6 +98,11 @@ class Prometheus:
             for a in alerts
             if a["labels"]["alertname"] == alert and a["state"] == "firing"
         ]
+
+    def alerts(self, alert: str) -> list[dict[str, Any]]:
+        """The alert's instances in any state (pending or firing); [] once it resolved."""
+        alerts = self._get("/api/v1/alerts")["data"]["alerts"]
+        return [a for a in alerts if a["labels"]["alertname"] == alert]
 
     def last_evaluation(self) -> float:
         """When the rule group was last evaluated (epoch seconds)."""

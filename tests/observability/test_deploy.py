@@ -149,6 +149,7 @@ def test_operator_args_are_what_the_cli_understands(
         "metrics_port": ports["metrics"],
         "liveness": f"http://0.0.0.0:{ports['healthz']}/healthz",
         "pools": "",  # the default action pools per provider
+        "metrics_created": False,  # no _created series
     }
 
 

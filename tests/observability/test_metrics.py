@@ -292,25 +292,97 @@ def test_meltdown_counts_entries_not_passes(ns: str) -> None:
     assert value("dockyard_instances", **labels, state="not_ready") == 10
 
 
-def test_forget_drops_a_deleted_objects_gauges(ns: str) -> None:
+def of(name: str, ns: str, **labels: str) -> list[dict[str, str]]:
+    return [
+        s
+        for s in series(name)
+        if s.get("namespace") == ns and all(s.get(k) == v for k, v in labels.items())
+    ]
+
+
+OBJECT_SERIES = (
+    "dockyard_meltdown_active",
+    "dockyard_meltdowns_total",
+    "dockyard_instances",
+    "dockyard_rollout_halted",
+    "dockyard_vm_resurrections_total",
+    "dockyard_container_crashloop",
+    "dockyard_container_restarts_total",
+    "dockyard_dependent_restarts_total",
+)
+
+
+def test_a_deleted_objects_series_go_counters_included_and_late_writes_are_dropped(
+    ns: str,
+) -> None:
     metrics.set_job_state(ns, "d", "web", ready=1, total=2, halted=True, meltdown=True)
     metrics.set_job_state(ns, "d", "db", ready=1, total=1, halted=False, meltdown=False)
-    metrics.set_container_crashloop(ns, "d", "web", "app", True)
+    metrics.set_crash_looping(ns, "d", "web", ["app"], looping=["app"])
+    metrics.record_container_restart(ns, "d", "web", "app", "upstream")
+    metrics.record_vm_resurrection(ns, "d", "web", ok=False)
     metrics.set_deployment_ready(ns, "d", False)
 
     metrics.forget_job(ns, "d", "web")
-    for name in ("dockyard_meltdown_active", "dockyard_instances", "dockyard_container_crashloop"):
-        assert not [s for s in series(name) if s.get("namespace") == ns and s["job_name"] == "web"]
-    assert (
-        value("dockyard_instances", namespace=ns, deployment="d", job_name="db", state="ready") == 1
-    )
+    for name in OBJECT_SERIES:
+        assert not of(name, ns, job_name="web"), name
+    assert value("dockyard_instances", namespace=ns, deployment="d", job_name="db", state="ready")
+    # A pass still in flight for the deleted job writes nothing back.
+    metrics.record_container_restart(ns, "d", "web", "app", "crash")
+    metrics.set_job_state(ns, "d", "web", ready=0, total=2, halted=False, meltdown=False)
+    assert not of("dockyard_container_restarts_total", ns, job_name="web")
+    assert not of("dockyard_instances", ns, job_name="web")
 
     metrics.forget_deployment(ns, "d")
-    assert not [s for s in series("dockyard_instances") if s["namespace"] == ns]
-    assert not [s for s in series("dockyard_deployment_ready") if s["namespace"] == ns]
-    # Meltdown state went with it: a new job of that name entering meltdown counts again.
+    assert not of("dockyard_instances", ns) and not of("dockyard_deployment_ready", ns)
+    metrics.set_deployment_ready(ns, "d", False)
+    assert not of("dockyard_deployment_ready", ns)
+
+    # Made again under the same names: series again, from zero.
+    metrics.seen_deployment(ns, "d")
+    metrics.seen_job(ns, "d", "web")
+    metrics.set_deployment_ready(ns, "d", True)
     metrics.set_job_state(ns, "d", "web", ready=0, total=5, halted=False, meltdown=True)
-    assert value("dockyard_meltdowns_total", namespace=ns, deployment="d", job_name="web") == 2
+    assert value("dockyard_deployment_ready", namespace=ns, deployment="d") == 1
+    assert value("dockyard_meltdowns_total", namespace=ns, deployment="d", job_name="web") == 1
+
+
+def test_a_container_that_leaves_the_spec_takes_its_series_with_it(ns: str) -> None:
+    metrics.set_crash_looping(ns, "d", "web", ["app", "side"], looping=[])
+    metrics.record_container_restart(ns, "d", "web", "side", "crash")
+    assert of("dockyard_container_restarts_total", ns, container="side")
+    metrics.set_crash_looping(ns, "d", "web", ["app"], looping=[])
+    for name in OBJECT_SERIES[5:]:
+        assert not of(name, ns, container="side"), name
+        assert of(name, ns, container="app"), name
+
+
+def test_retain_drops_the_series_of_objects_the_api_no_longer_has(ns: str) -> None:
+    metrics.set_deployment_ready(ns, "kept", True)
+    metrics.set_deployment_ready(ns, "gone", False)
+    metrics.set_job_state(ns, "kept", "web", ready=1, total=1, halted=False, meltdown=False)
+    metrics.set_job_state(ns, "gone", "web", ready=0, total=1, halted=False, meltdown=False)
+    metrics.set_job_state(ns, "", "alone", ready=0, total=1, halted=False, meltdown=False)
+    before = metrics.series_owners()
+    # Made after the API was read: not in its answer, yet kept.
+    metrics.set_deployment_ready(ns, "new", False)
+
+    dropped = metrics.retain(
+        before,
+        deployments={key for key in before.deployments if key != (ns, "gone")},
+        jobs={key for key in before.jobs if key[0] != ns} | {(ns, "kept", "web")},
+    )
+    assert dropped == 3  # the deployment "gone", its job, the job "alone"
+    assert {s["deployment"] for s in of("dockyard_deployment_ready", ns)} == {"kept", "new"}
+    assert {s["job_name"] for s in of("dockyard_instances", ns)} == {"web"}
+    assert {s["deployment"] for s in of("dockyard_instances", ns)} == {"kept"}
+    # Not a deletion: nothing is refused later (a live object it missed comes back).
+    metrics.set_deployment_ready(ns, "gone", False)
+    assert of("dockyard_deployment_ready", ns, deployment="gone")
+
+
+def test_no_created_series_unless_asked_for(server: int, ns: str) -> None:
+    metrics.record_container_restart(ns, "d", "web", "app", "oom")
+    assert "_created" not in scrape(server)
 
 
 @pytest.mark.parametrize(

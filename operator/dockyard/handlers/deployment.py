@@ -241,12 +241,6 @@ async def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
         await reconcile_deployment(live, _fleet(memo))
 
 
-@kopf.on.delete(kube.GROUP, kube.VERSION, "deployments", optional=True)
-def deployment_deleted(body: kopf.Body, **_: Any) -> None:
-    """Its gauges go (a deleted Deployment must not keep alerting); its Jobs go by ownership."""
-    metrics.forget_deployment(body.metadata.namespace or "", body.metadata.name or "")
-
-
 @kopf.on.event(kube.GROUP, kube.VERSION, "jobs")
 async def job_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
     """A child changed (kopf keeps no diff of status, so this follows raw watch events): roll

@@ -10,7 +10,7 @@ from typing import Any
 import kopf
 
 # Importing the handler modules registers their handlers with kopf.
-from dockyard.handlers import deployment, disk, job, snapshot  # noqa: F401
+from dockyard.handlers import deployment, disk, job, series, snapshot  # noqa: F401
 from dockyard.handlers.fleet import Fleet
 from dockyard.observability import metrics
 
@@ -44,6 +44,16 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         admission.configure_webhook(settings)
 
 
+@kopf.on.startup()
+async def start_series_sweeper(memo: kopf.Memo, **_: Any) -> None:
+    series.start(memo)
+
+
+@kopf.on.cleanup()
+async def stop_series_sweeper(memo: kopf.Memo, **_: Any) -> None:
+    series.stop(memo)  # in the loop's own thread: a task is not cancelled from another
+
+
 @kopf.on.cleanup()
 def release(memo: kopf.Memo, **_: Any) -> None:
     fleet = memo.get("fleet")
@@ -68,13 +78,14 @@ def run_operator(
     metrics_port: int = 9090,
     liveness: str = "http://0.0.0.0:8080/healthz",
     pools: str = "",
+    metrics_created: bool = False,
 ) -> int:
     logging.basicConfig(
         level=os.environ.get("DOCKYARD_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if metrics_port:
-        metrics.start_metrics_server(metrics_port)
+        metrics.start_metrics_server(metrics_port, created=metrics_created)
     asyncio.run(
         kopf.operator(
             standalone=True,

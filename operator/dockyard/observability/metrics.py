@@ -11,19 +11,28 @@ describes every metric.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import inspect
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, cast, get_args
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    enable_created_metrics,
+    start_http_server,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,6 +57,10 @@ RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 PROVIDER_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 REGISTRY = CollectorRegistry()
+
+# A ``_created`` twin per counter and histogram doubles the series for a timestamp that
+# Prometheus does not need; off unless asked for (``dockyard run --metrics-created``).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 RECONCILE_TOTAL = Counter(
     "dockyard_reconcile_total",
@@ -149,12 +162,32 @@ BUILD_INFO = Gauge(
     registry=REGISTRY,
 )
 
-# Per-job gauges, removed together when the job goes (a deleted job must not keep alerting).
-_JOB_GAUGES: tuple[Gauge, ...] = (MELTDOWN_ACTIVE, INSTANCES, ROLLOUT_HALTED, CONTAINER_CRASHLOOP)
-
 _lock = threading.Lock()
 _in_meltdown: set[tuple[str, str, str]] = set()
 _seen: set[tuple[str, ...]] = set()
+
+# The objects that have series: deployments (namespace, deployment), jobs (namespace,
+# deployment, job) and the containers of each job, so that their series can be removed exactly.
+DeploymentKey = tuple[str, str]
+JobKey = tuple[str, str, str]
+_deployments: set[DeploymentKey] = set()
+_containers: dict[JobKey, set[str]] = {}
+# Objects deleted since they were last seen: a pass still in flight must not bring their series
+# back. An object made again under the same name is seen again (``seen_deployment``/``seen_job``).
+_gone_deployments: set[DeploymentKey] = set()
+_gone_jobs: set[JobKey] = set()
+
+
+def _live(namespace: str, deployment: str, job: str | None = None) -> bool:
+    with _lock:
+        if deployment and (namespace, deployment) in _gone_deployments:
+            return False
+        return job is None or (namespace, deployment, job) not in _gone_jobs
+
+
+def _known_job(key: JobKey) -> None:
+    with _lock:
+        _containers.setdefault(key, set())
 
 
 def _check(argument: str, value: str, allowed: Iterable[str]) -> None:
@@ -192,6 +225,7 @@ def _touch_disk(provider: str) -> None:
 
 
 def _touch_job(namespace: str, deployment: str, job: str) -> None:
+    _known_job((namespace, deployment, job))
     if _first_time("job", namespace, deployment, job):
         for result in RESURRECTION_RESULTS:
             VM_RESURRECTIONS.labels(namespace, deployment, job, result)
@@ -199,6 +233,8 @@ def _touch_job(namespace: str, deployment: str, job: str) -> None:
 
 
 def _touch_container(namespace: str, deployment: str, job: str, container: str) -> None:
+    with _lock:
+        _containers.setdefault((namespace, deployment, job), set()).add(container)
     if _first_time("container", namespace, deployment, job, container):
         for reason in RESTART_REASONS:
             CONTAINER_RESTARTS.labels(namespace, deployment, job, container, reason)
@@ -215,11 +251,16 @@ def dockyard_version() -> str:
         return "unknown"
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0") -> tuple[WSGIServer, threading.Thread]:
+def start_metrics_server(
+    port: int, addr: str = "0.0.0.0", *, created: bool = False
+) -> tuple[WSGIServer, threading.Thread]:
     """Serve ``REGISTRY`` on http://addr:port/metrics in a daemon thread; sets build_info.
+    ``created`` also exports the ``_created`` series of counters and histograms.
 
     Returns the server and its thread (``server.shutdown()`` stops it; port 0 picks a free
     port, see ``server.server_port``)."""
+    if created:
+        enable_created_metrics()  # type: ignore[no-untyped-call]
     BUILD_INFO.labels(version=dockyard_version()).set(1)
     return start_http_server(port, addr=addr, registry=REGISTRY)
 
@@ -382,6 +423,8 @@ def record_container_restart(
 ) -> None:
     """Count one restart of ``container``; ``upstream`` also counts as a dependent restart."""
     _check("reason", reason, RESTART_REASONS)
+    if not _live(namespace, deployment, job):
+        return
     _touch_container(namespace, deployment, job, container)
     CONTAINER_RESTARTS.labels(namespace, deployment, job, container, reason).inc()
     if reason == "upstream":
@@ -391,16 +434,23 @@ def record_container_restart(
 def set_container_crashloop(
     namespace: str, deployment: str, job: str, container: str, looping: bool
 ) -> None:
+    if not _live(namespace, deployment, job):
+        return
+    _touch_container(namespace, deployment, job, container)
     CONTAINER_CRASHLOOP.labels(namespace, deployment, job, container).set(int(looping))
 
 
 def record_vm_resurrection(namespace: str, deployment: str, job: str, ok: bool) -> None:
+    if not _live(namespace, deployment, job):
+        return
     _touch_job(namespace, deployment, job)
     VM_RESURRECTIONS.labels(namespace, deployment, job, "success" if ok else "failure").inc()
 
 
 def set_meltdown(namespace: str, deployment: str, job: str, active: bool) -> None:
     """Set the meltdown gauge; entering meltdown (not staying in it) counts one meltdown."""
+    if not _live(namespace, deployment, job):
+        return
     _touch_job(namespace, deployment, job)
     key = (namespace, deployment, job)
     with _lock:
@@ -418,6 +468,8 @@ def set_job_state(
     namespace: str, deployment: str, job: str, ready: int, total: int, halted: bool, meltdown: bool
 ) -> None:
     """Publish a job's instance counts, rollout halt and meltdown after a pass."""
+    if not _live(namespace, deployment, job):
+        return
     _touch_job(namespace, deployment, job)
     INSTANCES.labels(namespace, deployment, job, "ready").set(ready)
     INSTANCES.labels(namespace, deployment, job, "not_ready").set(max(total - ready, 0))
@@ -426,35 +478,122 @@ def set_job_state(
 
 
 def set_deployment_ready(namespace: str, deployment: str, ready: bool) -> None:
+    if not _live(namespace, deployment):
+        return
+    with _lock:
+        _deployments.add((namespace, deployment))
     DEPLOYMENT_READY.labels(namespace=namespace, deployment=deployment).set(int(ready))
 
 
-def _remove_matching(gauge: Gauge, match: Mapping[str, str]) -> None:
-    """Remove every series of ``gauge`` whose labels include ``match`` (public API only)."""
-    for family in gauge.collect():
-        for sample in family.samples:
-            if all(sample.labels.get(key) == value for key, value in match.items()):
-                gauge.remove(*sample.labels.values())  # in label-name order
+def _remove(metric: Counter | Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never created: nothing to remove
+        metric.remove(*labels)
+
+
+def _remove_container(job: JobKey, container: str) -> None:
+    for reason in RESTART_REASONS:
+        _remove(CONTAINER_RESTARTS, *job, container, reason)
+    _remove(DEPENDENT_RESTARTS, *job, container)
+    _remove(CONTAINER_CRASHLOOP, *job, container)
+    with _lock:
+        _seen.discard(("container", *job, container))
+
+
+def _remove_job(job: JobKey) -> None:
+    with _lock:
+        containers = _containers.pop(job, set())
+        _in_meltdown.discard(job)
+        _seen.discard(("job", *job))
+    for container in containers:
+        _remove_container(job, container)
+    for result in RESURRECTION_RESULTS:
+        _remove(VM_RESURRECTIONS, *job, result)
+    for state in INSTANCE_STATES:
+        _remove(INSTANCES, *job, state)
+    for metric in (MELTDOWNS, MELTDOWN_ACTIVE, ROLLOUT_HALTED):
+        _remove(metric, *job)
 
 
 def forget_job(namespace: str, deployment: str, job: str) -> None:
-    """Drop a deleted job's gauges so it stops alerting (counters stay: rates go to 0)."""
-    match = {"namespace": namespace, "deployment": deployment, "job_name": job}
-    for gauge in _JOB_GAUGES:
-        _remove_matching(gauge, match)
+    """A deleted job's series go, counters included (as kube-state-metrics does): it stops
+    alerting at the next scrape, and preview environments made and deleted all day cannot grow
+    the series without bound. Until the job is seen again, late writes for it are dropped."""
+    key = (namespace, deployment, job)
     with _lock:
-        _in_meltdown.discard((namespace, deployment, job))
+        _gone_jobs.add(key)
+    _remove_job(key)
 
 
 def forget_deployment(namespace: str, deployment: str) -> None:
-    """Drop a deleted deployment's gauges, its jobs' included."""
-    match = {"namespace": namespace, "deployment": deployment}
-    for gauge in (*_JOB_GAUGES, DEPLOYMENT_READY):
-        _remove_matching(gauge, match)
+    """A deleted deployment's series go, its jobs' included (see ``forget_job``)."""
     with _lock:
-        _in_meltdown.difference_update(
-            {key for key in _in_meltdown if key[:2] == (namespace, deployment)}
-        )
+        _gone_deployments.add((namespace, deployment))
+    _forget_deployment_series(namespace, deployment)
+
+
+def _forget_deployment_series(namespace: str, deployment: str) -> None:
+    with _lock:
+        _deployments.discard((namespace, deployment))
+        jobs = [key for key in _containers if key[:2] == (namespace, deployment)]
+    _remove(DEPLOYMENT_READY, namespace, deployment)
+    for job in jobs:
+        _remove_job(job)
+
+
+def seen_deployment(namespace: str, deployment: str) -> None:
+    """The deployment exists (a watch event): a deleted one made again may have series again."""
+    with _lock:
+        _gone_deployments.discard((namespace, deployment))
+
+
+def seen_job(namespace: str, deployment: str, job: str) -> None:
+    with _lock:
+        _gone_jobs.discard((namespace, deployment, job))
+
+
+@dataclass(frozen=True)
+class SeriesOwners:
+    """The objects that have series, at one moment (what ``retain`` may remove)."""
+
+    deployments: frozenset[DeploymentKey]
+    jobs: frozenset[JobKey]
+
+    @property
+    def namespaces(self) -> set[str]:
+        return {key[0] for key in self.deployments} | {key[0] for key in self.jobs}
+
+
+def series_owners() -> SeriesOwners:
+    with _lock:
+        return SeriesOwners(frozenset(_deployments), frozenset(_containers))
+
+
+def retain(
+    before: SeriesOwners, deployments: Iterable[DeploymentKey], jobs: Iterable[JobKey]
+) -> int:
+    """Remove the series of every object in ``before`` that is not in the live sets (read from
+    the API after ``before`` was taken, so an object made meanwhile is never dropped). Catches
+    what no delete event told: a watch that missed it, a namespace deleted while the operator
+    was away. Returns the number of objects dropped."""
+    live_deployments, live_jobs = set(deployments), set(jobs)
+    dropped = 0
+    for deployment in before.deployments - live_deployments:
+        _forget_deployment_series(*deployment)
+        dropped += 1
+    for job in before.jobs - live_jobs:
+        _remove_job(job)
+        dropped += 1
+    return dropped
+
+
+def _retain_containers(job: JobKey, containers: set[str]) -> None:
+    """The series of containers no longer in the job's spec go."""
+    with _lock:
+        gone = _containers.get(job, set()) - containers
+        if job in _containers:
+            _containers[job] -= gone
+    for container in gone:
+        _remove_container(job, container)
 
 
 # --- reconciler actions ----------------------------------------------------------------------
@@ -527,6 +666,8 @@ def record_engine_restarts(
 ) -> None:
     """Restarts the container engine made on its own (restart policy): crashes or OOM kills."""
     reason: RestartReason = "oom" if oom else "crash"
+    if not _live(namespace, deployment, job):
+        return
     _touch_container(namespace, deployment, job, container)
     if count > 0:
         CONTAINER_RESTARTS.labels(namespace, deployment, job, container, reason).inc(count)
@@ -538,7 +679,10 @@ def set_crash_looping(
     """Publish the crash-loop gauge of every container of a job: 1 for those in ``looping``.
 
     Also creates each container's restart series at 0, so that its first restart is an increase."""
-    looping = set(looping)
+    if not _live(namespace, deployment, job):
+        return
+    looping, containers = set(looping), list(containers)
+    _retain_containers((namespace, deployment, job), set(containers))
     for container in containers:
         _touch_container(namespace, deployment, job, container)
         set_container_crashloop(namespace, deployment, job, container, container in looping)
