@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -166,3 +167,145 @@ def test_prometheus_fires_on_reconcile_errors_and_counts_crashes_without_leaking
         everything["metrics"] = json.dumps(scraped)
         for where, text in everything.items():
             assert canary not in text, f"the Secret's value is in the {where}"
+
+
+def series_lines(port: int) -> list[str]:
+    """The samples the operator exports now (the exposition without its comments)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def of_deployment(lines: list[str], namespace: str, deployment: str) -> list[str]:
+    return [
+        line
+        for line in lines
+        if f'namespace="{namespace}"' in line and f'deployment="{deployment}"' in line
+    ]
+
+
+# What the ServiceMonitor scrapes at (deploy/monitoring/servicemonitor.yaml): "within a scrape".
+SCRAPE_INTERVAL = 30
+
+
+@pytest.mark.usefixtures("crds", "stemcell")
+def test_a_deleted_deployments_series_go_within_a_scrape_and_its_alert_resolves(
+    kubectl: Kubectl, kubeconfig: str, namespace_prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    with own_operator_namespace(
+        kubectl, kubeconfig, namespace_prefix, "m", tmp_path, metrics_port=port
+    ) as (own, namespace, get_object):
+        own.start()
+        (tmp_path / "prometheus").mkdir()
+        prometheus = Prometheus(tmp_path / "prometheus", port)
+        try:
+            srv = {"name": "srv", "image": IMAGE, "command": SLEEP}
+            two = {"name": "web", "instances": 1, "containers": [srv, {**srv, "name": "side"}]}
+            never = {"name": "web", "instances": 1, "containers": [{**srv, "name": "bad"}]}
+            never["containers"][0]["command"] = ["/no/such/program"]
+            kubectl("apply", "-n", namespace, "-f", "-", input=manifest("steady", two))
+            kubectl("apply", "-n", namespace, "-f", "-", input=manifest("broken", never))
+            wait_ready(get_object, "dyd", "steady")
+            wait_for(
+                lambda: [
+                    a
+                    for a in prometheus.firing("DockyardDeploymentNotReady")
+                    if a["deployment"] == "broken"
+                ],
+                timeout=DEADLINE,
+                what="DockyardDeploymentNotReady for broken",
+            )
+            assert of_deployment(series_lines(port), namespace, "broken")
+
+            # A container leaves the spec: its series go with it, its sibling's stay.
+            kubectl("apply", "-n", namespace, "-f", "-", input=manifest("steady", {**two, "containers": [srv]}))  # fmt: skip
+            wait_ready(get_object, "dyd", "steady")
+            wait_for(
+                lambda: (
+                    not [
+                        line
+                        for line in of_deployment(series_lines(port), namespace, "steady")
+                        if 'container="side"' in line
+                    ]
+                ),
+                timeout=SCRAPE_INTERVAL,
+                what="the series of the removed container gone",
+            )
+            assert [
+                line
+                for line in of_deployment(series_lines(port), namespace, "steady")
+                if 'container="srv"' in line
+            ]
+
+            # The not-Ready Deployment is deleted: its series, its jobs' and containers' go.
+            kubectl("delete", "dyd", "broken", "-n", namespace, "--wait=false")
+            wait_for(
+                lambda: not of_deployment(series_lines(port), namespace, "broken"),
+                timeout=SCRAPE_INTERVAL,
+                what="every series of the deleted Deployment gone",
+            )
+            wait_for(
+                lambda: not prometheus.alerts("DockyardDeploymentNotReady"),
+                timeout=SCRAPE_INTERVAL,
+                what="DockyardDeploymentNotReady resolved",
+            )
+            # Its Job's teardown (VM, containers) wrote nothing back.
+            wait_for(
+                lambda: (
+                    not kubectl(
+                        "get", "dyj", "broken-web", "-n", namespace, check=False
+                    ).stdout.strip()
+                ),
+                timeout=DEADLINE,
+                what="the Job of broken torn down",
+            )
+            assert not of_deployment(series_lines(port), namespace, "broken")
+            assert of_deployment(series_lines(port), namespace, "steady")
+        finally:
+            prometheus.stop()
+
+
+@pytest.mark.usefixtures("crds", "stemcell")
+def test_fifty_deployments_made_and_deleted_leave_the_series_at_their_baseline(
+    kubectl: Kubectl, kubeconfig: str, namespace_prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    with own_operator_namespace(
+        kubectl, kubeconfig, namespace_prefix, "c", tmp_path, metrics_port=port
+    ) as (own, namespace, get_object):
+        own.start()
+        job = {"name": "web", "instances": 1, "containers": [{"name": "srv", "image": IMAGE, "command": SLEEP}]}  # fmt: skip
+        kubectl("apply", "-n", namespace, "-f", "-", input=manifest("steady", job))
+        wait_ready(get_object, "dyd", "steady")
+
+        def cycle(names: list[str]) -> None:
+            """Made, seen by the operator (their series exported), deleted, torn down."""
+            items = [json.loads(manifest(name, job)) for name in names]
+            listed = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+            kubectl("apply", "-n", namespace, "-f", "-", input=listed)
+            wait_for(
+                lambda: all(of_deployment(series_lines(port), namespace, n) for n in names),
+                timeout=DEADLINE,
+                what=f"series of {len(names)} new Deployments",
+            )
+            kubectl("delete", "dyd", *names, "-n", namespace, "--wait=false")
+            wait_for(
+                lambda: (
+                    not kubectl("get", "dyj", "-n", namespace, "-o", "name").stdout.count("churn-")
+                ),
+                timeout=DEADLINE,
+                what="their Jobs torn down",
+            )
+
+        job = {**job, "instances": 0}  # no VMs: a delete racing a VM's creation leaks it (filed)
+        cycle(["churn-warm"])  # the first VM teardown's provider series, made once for good
+        baseline = series_lines(port)
+        for batch in range(5):
+            cycle([f"churn-{batch}-{n}" for n in range(10)])
+        after = series_lines(port)
+        assert not [line for line in after if 'deployment="churn-' in line]
+        labelled = [line for line in after if "deployment=" in line]
+        assert len(labelled) == len([line for line in baseline if "deployment=" in line])
+        # The rest is per kind, provider operation and result: bounded by those sets.
+        assert len(after) - len(baseline) <= 10, sorted(set(after) - set(baseline))
