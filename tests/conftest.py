@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.leaks"]  # after the whole run, nothing is left on the host
+# tests.leaks: after the whole run, nothing is left on the host; tests.webhook: CRDs, webhook.
+pytest_plugins = ["tests.leaks", "tests.webhook"]
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("DOCKYARD_STATE", "/var/lib/dockyard"))

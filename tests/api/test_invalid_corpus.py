@@ -23,7 +23,7 @@ from dockyard.api.models import (
     parse_job,
     parse_persistent_disk,
 )
-from dockyard.api.validation import validate_dependencies
+from dockyard.api.validation import validate_spec
 from tests.conftest import Kubectl
 
 CORPUS = Path(__file__).resolve().parent / "invalid"
@@ -73,7 +73,7 @@ def test_corpus_is_large_and_varied() -> None:
 
 # Refused only by the apiserver: field validation of unknown fields, metadata rules, and
 # transition rules (which need the old object).
-APISERVER_ONLY = {"unknown-field", "bad-deployment-name"}
+APISERVER_ONLY = {"unknown-field", "bad-deployment-name", "job-name-too-long"}
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_models_refuse_it_too(case: Case) -> None:
         return
     job_name = document["metadata"]["name"] if document["kind"] == "Job" else None
     spec: Any = parsed.spec
-    errors = validate_dependencies(spec, job_name=job_name)
+    errors = validate_spec(spec, job_name=job_name)
     assert any(error.field.startswith(case.field) for error in errors), errors
 
 

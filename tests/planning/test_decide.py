@@ -129,19 +129,33 @@ def test_a_new_spec_is_tried_at_once_despite_the_back_off() -> None:
     ]
 
 
-def test_a_start_the_engine_refuses_three_times_is_stalled_and_still_retried() -> None:
+def test_a_start_the_engine_refuses_is_stalled_at_once_in_its_words_and_still_retried() -> None:
     web = job("web", c("db"))
     observed = world(web, skip={0: ["db"]})
-    memory, now = JobMemory(), 0.0
-    for _ in range(3):
-        decision = decide(intent(web), observed, memory, now)
-        assert decision.actions, f"retried at {now}"
-        memory = ran(decision, decision.memory, web, now, fail=Failure.REFUSED)
-        now += 1000.0  # past any back-off
-    stalled = decide(intent(web), observed, memory, now=now - 999.0)
+    decision = decide(intent(web), observed, JobMemory(), 0.0)
+    memory = ran(decision, decision.memory, web, 0.0, fail=Failure.REFUSED)
+    stalled = decide(intent(web), observed, memory, now=1.0)
+    assert stalled.actions == ()  # its back-off runs
     assert stalled.verdict.phase is Phase.REFUSED and stalled.verdict.stalled
-    assert "container db: the engine refused it 3 times in a row (boom)" in stalled.verdict.message
-    assert decide(intent(web), observed, memory, now=now).actions  # the back-off goes on
+    assert "container db: the engine refused it: boom (once;" in stalled.verdict.message
+    again = decide(intent(web), observed, memory, now=1000.0)
+    assert again.actions  # the back-off goes on
+    memory = ran(again, again.memory, web, 1000.0, fail=Failure.REFUSED)
+    assert (
+        "boom (2 times in a row;" in decide(intent(web), observed, memory, 1001.0).verdict.message
+    )
+    mended = job("web", c("db", hash="h2"))  # a new spec clears it and is tried at once
+    fresh = decide(intent(mended), observed, memory, now=1002.0)
+    assert fresh.actions and not fresh.verdict.stalled
+
+
+def test_a_transient_failure_is_not_stalled() -> None:
+    web = job("web", c("db"))
+    observed = world(web, skip={0: ["db"]})
+    decision = decide(intent(web), observed, JobMemory(), 0.0)
+    memory = ran(decision, decision.memory, web, 0.0, fail=Failure.TRANSIENT)
+    waiting = decide(intent(web), observed, memory, now=1.0)
+    assert waiting.verdict.phase is Phase.BACK_OFF and not waiting.verdict.stalled
 
 
 def test_meltdown_pauses_resurrection_and_says_so_once() -> None:

@@ -29,7 +29,7 @@ from dockyard.api.quantities import (
     parse_watch_time,
     resolve_max_in_flight,
 )
-from dockyard.api.validation import FieldError, validate_dependencies
+from dockyard.api.validation import FieldError, validate_dependencies, validate_spec
 
 __all__ = [
     "READY",
@@ -55,4 +55,5 @@ __all__ = [
     "parse_watch_time",
     "resolve_max_in_flight",
     "validate_dependencies",
+    "validate_spec",
 ]

@@ -6,17 +6,21 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from dockyard.api.quantities import parse_duration
+from dockyard.api.quantities import parse_duration, parse_quantity
 from dockyard.api.schema import (
     DEPENDENCY_PATTERN,
     MAX_DEPENDS_ON,
     MAX_LIST,
+    QUANTITY_RANGE,
     SET_LIST,
     AbsolutePath,
     ApiModel,
     Arg,
+    ContainerPath,
     DnsLabel,
     Duration,
+    HostPath,
+    ImageReference,
     Port,
     Quantity,
     StringMap,
@@ -25,6 +29,14 @@ from dockyard.api.schema import (
     rule,
     validations,
 )
+
+#: Docker's smallest memory limit ("Minimum memory limit allowed is 6MB").
+MIN_MEMORY = "6Mi"
+#: Label keys under this prefix are Dockyard's own (ownership, spec hash, index).
+RESERVED_LABEL_PREFIX = "dockyard.dev/"
+#: The shortest health-check interval and timeout, as Kubernetes probes (Docker takes 1ms, but
+#: each check execs a process on the VM, and tcp/http probes time out in whole seconds).
+MIN_PROBE_DURATION = "1s"
 
 # --- containers --------------------------------------------------------------------------------
 
@@ -94,10 +106,11 @@ class VolumeMount(ApiModel):
 
     name: DnsLabel | None = None
     """Optional name, for readers."""
-    sub_path: Annotated[str, Field(max_length=255, pattern=r"^[^/]")] | None = None
-    """Relative directory on the persistent disk (the whole disk when unset)."""
-    mount_path: AbsolutePath
-    """Absolute path inside the container."""
+    sub_path: Annotated[str, Field(max_length=255, pattern=r"^[^/:][^:]*$")] | None = None
+    """Relative directory on the persistent disk (the whole disk when unset); no ':'."""
+    mount_path: ContainerPath
+    """Absolute path inside the container: not /, nor under /proc, /sys, /dev or /.dockyard;
+    no '.', '..' or empty part, no ':'."""
 
     @model_validator(mode="after")
     def _inside_disk(self) -> VolumeMount:
@@ -109,11 +122,12 @@ class VolumeMount(ApiModel):
 class BindVolume(ApiModel):
     """A directory of the VM bind-mounted into the container."""
 
-    host_path: AbsolutePath | None = None
-    """Directory on the VM. Default: a directory of its own per container and mount path, so two
-    bind volumes never share one."""
-    mount_path: AbsolutePath
-    """Absolute path inside the container."""
+    host_path: HostPath | None = None
+    """Directory on the VM (absolute, no ':'). Default: a directory of its own per container and
+    mount path, so two bind volumes never share one."""
+    mount_path: ContainerPath
+    """Absolute path inside the container: not /, nor under /proc, /sys, /dev or /.dockyard;
+    no '.', '..' or empty part, no ':'."""
     read_only: bool = False
     """Mount read-only."""
 
@@ -167,6 +181,13 @@ class HttpProbe(ApiModel):
     """Request path."""
 
 
+_AT_LEAST_1MS = rule(
+    f"duration(self) >= duration('{MIN_PROBE_DURATION}')",
+    f"must be at least {MIN_PROBE_DURATION} (0 would mean Docker's default)",
+)
+ProbeDuration = Annotated[Duration, Field(json_schema_extra=validations(_AT_LEAST_1MS))]
+
+
 class HealthCheck(ApiModel):
     """How the container's health is checked: exactly one of exec, tcp or http."""
 
@@ -186,10 +207,10 @@ class HealthCheck(ApiModel):
     """TCP connect probe."""
     http: HttpProbe | None = None
     """HTTP GET probe."""
-    interval: Duration = "10s"
-    """Time between checks."""
-    timeout: Duration = "1s"
-    """Time one check may take."""
+    interval: ProbeDuration = "10s"
+    """Time between checks (at least 1s)."""
+    timeout: ProbeDuration = "1s"
+    """Time one check may take (at least 1s)."""
     retries: Annotated[int, Field(ge=1, le=100)] = 3
     """Consecutive failures before the container is unhealthy."""
     start_period: Duration = "0s"
@@ -199,19 +220,101 @@ class HealthCheck(ApiModel):
     def _exactly_one(self) -> HealthCheck:
         if sum(probe is not None for probe in (self.exec, self.tcp, self.http)) != 1:
             raise ValueError("set exactly one of exec, tcp or http")
+        for name in ("interval", "timeout"):
+            if parse_duration(getattr(self, name)) < parse_duration(MIN_PROBE_DURATION):
+                raise ValueError(f"{name} must be at least {MIN_PROBE_DURATION}")
         return self
+
+
+_MEMORY_MINIMUM = rule(
+    f"!isQuantity(string(self)) || quantity(string(self)).compareTo(quantity('{MIN_MEMORY}')) >= 0",
+    f"must be at least {MIN_MEMORY} (Docker's minimum memory limit)",
+)
 
 
 class Resources(ApiModel):
     """Resource limits of the container."""
 
-    memory: Quantity | None = None
-    """Memory limit, e.g. 256Mi."""
+    memory: Annotated[
+        Quantity | None, Field(json_schema_extra=validations(QUANTITY_RANGE, _MEMORY_MINIMUM))
+    ] = None
+    """Memory limit, e.g. 256Mi; at least 6Mi (Docker's minimum)."""
     cpu_shares: Annotated[int, Field(ge=2, le=262144)] | None = None
     """Relative CPU weight (Docker CPU shares; 1024 is the default weight)."""
 
+    @model_validator(mode="after")
+    def _memory_minimum(self) -> Resources:
+        if self.memory is not None and parse_quantity(self.memory) < parse_quantity(MIN_MEMORY):
+            raise ValueError(f"memory must be at least {MIN_MEMORY} (Docker's minimum)")
+        return self
 
-Capability = Annotated[str, Field(max_length=64, pattern=r"^[A-Z_]+$")]
+
+#: The capabilities Docker knows (with or without CAP_), and ALL.
+CAPABILITIES = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+)
+Capability = Annotated[
+    str, Field(max_length=64, pattern=rf"^(ALL|(CAP_)?({'|'.join(CAPABILITIES)}))$")
+]
+# Docker's signal names (SIG optional) and numbers; 0 is no signal.
+_SIGNAL_NAMES = (
+    "ABRT|ALRM|BUS|CHLD|CLD|CONT|FPE|HUP|ILL|INT|IO|IOT|KILL|PIPE|POLL|PROF|PWR|QUIT|SEGV|STKFLT"
+    "|STOP|SYS|TERM|TRAP|TSTP|TTIN|TTOU|URG|USR1|USR2|VTALRM|WINCH|XCPU|XFSZ"
+    r"|RTMIN|RTMIN\+([1-9]|1[0-5])|RTMAX-([1-9]|1[0-4])|RTMAX"
+)
+SIGNAL_PATTERN = rf"^((SIG)?({_SIGNAL_NAMES})|[1-9]|[1-5][0-9]|6[0-4])$"
+# user[:group], each a name or a numeric id (what the engine resolves in the image).
+# Numeric ids are 0..2147483647 (runc: "uids and gids must be in range 0-2147483647").
+_ID = (
+    r"([0-9]{1,9}|1[0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}|2147[0-3][0-9]{5}"
+    r"|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}|21474836[0-3][0-9]"
+    r"|214748364[0-7])"
+)
+_USER_PART = rf"([A-Za-z_][A-Za-z0-9_.-]{{0,31}}|{_ID})"
+USER_PATTERN = rf"^{_USER_PART}(:{_USER_PART})?$"
+_OUR_LABELS = rule(
+    "!has(self.labels)"
+    f" || self.labels.all(k, size(k) > 0 && !k.startsWith('{RESERVED_LABEL_PREFIX}'))",
+    f"label keys must not be empty nor start with {RESERVED_LABEL_PREFIX} (Dockyard's own)",
+    field_path=".labels",
+)
 
 
 class Container(ApiModel):
@@ -223,14 +326,16 @@ class Container(ApiModel):
                 "!has(self.dependsOn) || !(self.name in self.dependsOn)",
                 "a container cannot depend on itself",
                 field_path=".dependsOn",
-            )
+            ),
+            _OUR_LABELS,
         )
     )
 
     name: DnsLabel
     """Container name, unique in the job."""
-    image: Annotated[str, Field(min_length=1, max_length=512)]
-    """Image reference; it must already be present on the VM (nothing is pulled implicitly)."""
+    image: ImageReference
+    """Image reference in Docker's grammar ([registry/]repository[:tag][@digest], at most 255
+    characters); it must already be present on the VM (nothing is pulled implicitly)."""
     command: Annotated[list[Arg], Field(max_length=MAX_LIST)] = Field(default_factory=list)
     """Entrypoint override (the image's entrypoint when empty)."""
     args: Annotated[list[Arg], Field(max_length=MAX_LIST)] = Field(default_factory=list)
@@ -244,7 +349,9 @@ class Container(ApiModel):
         Field(max_length=MAX_LIST, json_schema_extra=map_list("containerPort", "protocol")),
     ] = Field(default_factory=list)
     """Ports the container listens on."""
-    volumes: Annotated[list[VolumeMount], Field(max_length=16)] = Field(default_factory=list)
+    volumes: Annotated[
+        list[VolumeMount], Field(max_length=16, json_schema_extra=map_list("mountPath"))
+    ] = Field(default_factory=list)
     """Directories of the job's persistent disk to mount (needs spec persistentDisk)."""
     bind_volumes: Annotated[
         list[BindVolume], Field(max_length=16, json_schema_extra=map_list("mountPath"))
@@ -276,17 +383,29 @@ class Container(ApiModel):
     """Linux capabilities to drop."""
     working_dir: AbsolutePath | None = None
     """Working directory."""
-    user: Annotated[str, Field(max_length=256)] | None = None
-    """User (name, uid or uid:gid)."""
-    stop_signal: Annotated[str, Field(max_length=32, pattern=r"^(SIG)?[A-Z0-9+]+$")] | None = None
-    """Signal that stops the container (the image's, usually SIGTERM, when unset)."""
+    user: Annotated[str, Field(max_length=65, pattern=USER_PATTERN)] | None = None
+    """User and optional group, each a name or a numeric id (0..2147483647): nobody, 1000,
+    1000:1000, app:staff. A name must exist in the image."""
+    stop_signal: Annotated[str, Field(max_length=32, pattern=SIGNAL_PATTERN)] | None = None
+    """Signal that stops the container: a name (SIGTERM, TERM, SIGRTMIN+3) or a number 1..64
+    (the image's, usually SIGTERM, when unset)."""
     stop_grace_period: Duration | None = None
-    """Time between the stop signal and SIGKILL."""
+    """Time between the stop signal and SIGKILL (whole seconds, rounded up; 0: at once)."""
     labels: StringMap = Field(default_factory=dict)
-    """Extra Docker labels."""
+    """Extra Docker labels; keys starting with dockyard.dev/ are Dockyard's own."""
 
     @model_validator(mode="after")
-    def _not_self(self) -> Container:
+    def _consistent(self) -> Container:
         if self.name in self.depends_on:
             raise ValueError(f"container {self.name!r} cannot depend on itself")
+        for field, mounts in (("volumes", self.volumes), ("bindVolumes", self.bind_volumes)):
+            paths = [m.mount_path for m in mounts]
+            twice = sorted({p for p in paths if paths.count(p) > 1})
+            if twice:  # the CRD keys these lists by mountPath
+                raise ValueError(f"{field}: mountPath {twice[0]} appears twice")
+        ours = sorted(k for k in self.labels if not k or k.startswith(RESERVED_LABEL_PREFIX))
+        if ours:
+            raise ValueError(
+                f"labels: key {ours[0]!r} is empty or starts with {RESERVED_LABEL_PREFIX}"
+            )
         return self

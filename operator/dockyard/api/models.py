@@ -15,7 +15,12 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, WithJsonSchema, model_validator
 
 from dockyard.api.containers import Container
-from dockyard.api.quantities import PERCENT_PATTERN, parse_quantity, resolve_max_in_flight
+from dockyard.api.quantities import (
+    PERCENT_PATTERN,
+    parse_duration,
+    parse_quantity,
+    resolve_max_in_flight,
+)
 from dockyard.api.schema import (
     DNS_LABEL_PATTERN,
     MAX_CONTAINERS,
@@ -57,6 +62,25 @@ _SIZE_RANGE = rule(
 _NAME_IS_LABEL = rule(
     f"self.metadata.name.matches('{DNS_LABEL_PATTERN}') && size(self.metadata.name) <= 63",
     "metadata.name must be a DNS label: at most 63 lowercase letters, digits and '-'",
+)
+# A Job's name prefixes the names Dockyard derives from it, which are DNS labels too: its disk
+# records <job>-<index> (index up to 999), an orphaned copy's <job>-<index>-was-<8 hex> and the
+# snapshots <job>-<index>-g<generation>. 63 - len("-999-was-12345678") leaves 46.
+MAX_JOB_OBJECT_NAME = 46
+# Checked on create only (the webhook checks jobs added later): an object made before the rule
+# keeps working, and its finalizer can still be removed.
+_JOB_NAME_FITS = rule(
+    f"oldSelf.hasValue() || size(self.metadata.name) <= {MAX_JOB_OBJECT_NAME}",
+    f"metadata.name must be at most {MAX_JOB_OBJECT_NAME} characters (it prefixes the names of "
+    "its disk records and snapshots)",
+    optional_old_self=True,
+)
+_JOB_NAMES_FIT = rule(
+    "oldSelf.hasValue() || !self.spec.jobs.exists(j,"
+    f" size(self.metadata.name) + 1 + size(j.name) > {MAX_JOB_OBJECT_NAME})",
+    f"each job becomes a Job named <deployment>-<job>, at most {MAX_JOB_OBJECT_NAME} characters",
+    field_path=".spec.jobs",
+    optional_old_self=True,
 )
 
 
@@ -135,8 +159,21 @@ class ResurrectionPolicy(ApiModel):
     """Meltdown is declared only when at least this many instances are down at once..."""
     meltdown_percent: Annotated[int, Field(ge=0, le=100)] = 20
     """...and at least this percentage of all instances is down; then nothing is resurrected."""
-    unresponsive_timeout: Duration = "5s"
-    """How long a VM may fail to answer before it counts as down."""
+    unresponsive_timeout: Annotated[
+        Duration,
+        Field(
+            json_schema_extra=validations(
+                rule("duration(self) > duration('0s')", "must be longer than 0s")
+            )
+        ),
+    ] = "5s"
+    """How long a VM may fail to answer before it counts as down (longer than 0s)."""
+
+    @model_validator(mode="after")
+    def _positive_timeout(self) -> ResurrectionPolicy:
+        if parse_duration(self.unresponsive_timeout) <= 0:
+            raise ValueError("unresponsiveTimeout must be longer than 0s")
+        return self
 
 
 # --- jobs and disks ----------------------------------------------------------------------------
@@ -340,7 +377,7 @@ UNOBSERVED: dict[str, Any] = {"default": {"observedGeneration": 0}}
 class Deployment(ApiModel):
     """A BOSH-style deployment: VMs, persistent disks and the Docker containers on them."""
 
-    model_config = ConfigDict(json_schema_extra=validations(_NAME_IS_LABEL))
+    model_config = ConfigDict(json_schema_extra=validations(_NAME_IS_LABEL, _JOB_NAMES_FIT))
 
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: DeploymentSpec
@@ -350,7 +387,7 @@ class Deployment(ApiModel):
 class Job(ApiModel):
     """One instance group: N VMs running the same containers."""
 
-    model_config = ConfigDict(json_schema_extra=validations(_NAME_IS_LABEL))
+    model_config = ConfigDict(json_schema_extra=validations(_NAME_IS_LABEL, _JOB_NAME_FITS))
 
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: JobSpec

@@ -45,9 +45,11 @@ def rule(
     field_path: str | None = None,
     message_expression: str | None = None,
     reason: str | None = None,
-) -> dict[str, str]:
-    """One ``x-kubernetes-validations`` entry."""
-    entry = {"rule": expression}
+    optional_old_self: bool = False,
+) -> dict[str, Any]:
+    """One ``x-kubernetes-validations`` entry. ``optional_old_self``: the rule also runs on
+    create, where ``oldSelf`` is an empty optional (``oldSelf.hasValue()`` is false)."""
+    entry: dict[str, Any] = {"rule": expression}
     if message:
         entry["message"] = message
     if message_expression:
@@ -56,10 +58,12 @@ def rule(
         entry["fieldPath"] = field_path
     if reason:
         entry["reason"] = reason
+    if optional_old_self:
+        entry["optionalOldSelf"] = True
     return entry
 
 
-def validations(*rules: dict[str, str]) -> dict[str, Any]:
+def validations(*rules: dict[str, Any]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
 
 
@@ -107,8 +111,61 @@ QUANTITY_RANGE = rule(
 
 DnsLabel = Annotated[str, Field(max_length=63, pattern=DNS_LABEL_PATTERN)]
 Text = Annotated[str, Field(max_length=253)]
-Arg = Annotated[str, Field(max_length=4096)]
+# A NUL byte cannot cross exec(2): the engine accepts it at create and fails every start.
+Arg = Annotated[str, Field(max_length=4096, pattern=r"^[^\x00]*$")]
 AbsolutePath = Annotated[str, Field(max_length=4096, pattern=r"^/")]
+
+# Docker's image reference grammar (distribution/reference): [domain/]path[:tag][@digest]. The
+# first part is a domain only with a '.', a ':port' or as localhost; path parts are lowercase.
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = (
+    rf"(?:localhost(?::[0-9]+)?|{_DOMAIN_PART}(?:\.{_DOMAIN_PART})+(?::[0-9]+)?"
+    rf"|{_DOMAIN_PART}:[0-9]+)"
+)
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_PATTERN = rf"^(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*(?::{_TAG})?(?:@{_DIGEST})?$"
+#: Docker refuses a repository name longer than this; the whole reference is held to it.
+MAX_IMAGE = 255
+ImageReference = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE, pattern=IMAGE_PATTERN)]
+
+# A path inside a container: absolute, not "/" itself, no "." or ".." part, no empty part, and
+# no ':' (the engine's bind syntax is source:target:mode).
+_SEGMENT = r"(?:[^./:][^/:]*|\.[^./:][^/:]*|\.\.[^/:]+)"
+CONTAINER_PATH_PATTERN = rf"^(?:/{_SEGMENT})+$"
+#: Where Dockyard binds its own tools into containers (the probes' busybox).
+RESERVED_IN_CONTAINER = "/.dockyard"
+# The kernel's own filesystems: runc refuses a mount over /proc, and one over /sys or /dev
+# breaks the container.
+_NOT_OVER = ("/proc", "/sys", "/dev", RESERVED_IN_CONTAINER)
+_OVER = " || ".join(f"self == '{p}' || self.startsWith('{p}/')" for p in _NOT_OVER)
+CONTAINER_PATH_RULE = rule(
+    f"!({_OVER})",
+    f"must not be or lie under {', '.join(_NOT_OVER)} (the kernel's and Dockyard's own)",
+)
+
+
+def _check_container_path(value: str) -> str:
+    for reserved in _NOT_OVER:
+        if value == reserved or value.startswith(reserved + "/"):
+            raise ValueError(
+                f"must not be or lie under {', '.join(_NOT_OVER)} (the kernel's and Dockyard's own)"
+            )
+    return value
+
+
+ContainerPath = Annotated[
+    str,
+    Field(
+        max_length=4096,
+        pattern=CONTAINER_PATH_PATTERN,
+        json_schema_extra=validations(CONTAINER_PATH_RULE),
+    ),
+    AfterValidator(_check_container_path),
+]
+#: A directory of the VM: absolute, "/" allowed, no ':' (the bind syntax).
+HostPath = Annotated[str, Field(max_length=4096, pattern=r"^/[^:]*$")]
 # Durations Go cannot hold fail CEL's duration() conversion, which rejects them too.
 _DURATION_BOUND = rule(
     f"duration(self) <= duration('{MAX_DURATION}')", f"must be a duration of at most {MAX_DURATION}"

@@ -1,4 +1,7 @@
-"""What CEL cannot check: dependency cycles and references to containers of other jobs.
+"""What CEL cannot check (or only at a cost the apiserver refuses): dependency cycles,
+references to containers of other jobs, host ports two containers of one job would both publish
+on their VM, a path a container mounts twice, and names of Jobs too long for what is derived
+from them.
 
 Pure functions of a parsed spec, used by the admission webhook (to reject) and by the reconciler
 (to set Stalled when an object got in anyway, e.g. while the webhook was down).
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from dockyard.api.containers import Container
-from dockyard.api.models import DeploymentSpec, JobSpec
+from dockyard.api.models import MAX_JOB_OBJECT_NAME, DeploymentSpec, JobSpec
 
 Node = tuple[str, str]  # (job, container)
 
@@ -39,6 +42,83 @@ class _Group:
     job: str
     path: str  # e.g. "spec.jobs[0]" or "spec"
     containers: list[Container]
+
+
+def validate_spec(
+    spec: DeploymentSpec | JobSpec, *, job_name: str | None = None
+) -> list[FieldError]:
+    """Every problem CEL cannot catch, in document order (see :func:`validate_dependencies`)."""
+    return (
+        validate_dependencies(spec, job_name=job_name)
+        + host_port_clashes(spec)
+        + mount_path_clashes(spec)
+    )
+
+
+def _groups(spec: DeploymentSpec | JobSpec) -> list[tuple[str, list[Container]]]:
+    if isinstance(spec, DeploymentSpec):
+        return [(f"spec.jobs[{n}]", job.containers) for n, job in enumerate(spec.jobs)]
+    return [("spec", spec.containers)]
+
+
+def mount_path_clashes(spec: DeploymentSpec | JobSpec) -> list[FieldError]:
+    """A container path both a volume and a bind volume mount ("Duplicate mount point")."""
+    errors = []
+    for path, containers in _groups(spec):
+        for index, container in enumerate(containers):
+            bound = {b.mount_path for b in container.bind_volumes}
+            for number, volume in enumerate(container.volumes):
+                if volume.mount_path in bound:
+                    errors.append(
+                        FieldError(
+                            f"{path}.containers[{index}].volumes[{number}].mountPath",
+                            f"{volume.mount_path} is also a bindVolumes mountPath "
+                            "(each mount needs a path of its own)",
+                        )
+                    )
+    return errors
+
+
+def job_names_too_long(
+    deployment: str, spec: DeploymentSpec, existing: Iterable[str] = ()
+) -> list[FieldError]:
+    """Jobs (other than ``existing`` ones, made before the rule) whose Job object's name,
+    <deployment>-<job>, would be longer than ``MAX_JOB_OBJECT_NAME``."""
+    old = set(existing)
+    return [
+        FieldError(
+            f"spec.jobs[{n}].name",
+            f"the Job {deployment}-{job.name} would be {len(deployment) + 1 + len(job.name)} "
+            f"characters, more than {MAX_JOB_OBJECT_NAME} (it prefixes its disks' names)",
+        )
+        for n, job in enumerate(spec.jobs)
+        if job.name not in old and len(deployment) + 1 + len(job.name) > MAX_JOB_OBJECT_NAME
+    ]
+
+
+def host_port_clashes(spec: DeploymentSpec | JobSpec) -> list[FieldError]:
+    """A host port (and protocol) published twice on one VM: every container of a job runs on
+    each of its VMs, so the engine would refuse the second one ("port is already allocated")."""
+    errors: list[FieldError] = []
+    for path, containers in _groups(spec):
+        first: dict[tuple[int, str], str] = {}
+        for c_index, container in enumerate(containers):
+            for p_index, port in enumerate(container.ports):
+                if port.host_port is None:
+                    continue
+                field = f"{path}.containers[{c_index}].ports[{p_index}].hostPort"
+                key = (port.host_port, port.protocol)
+                if key in first:
+                    errors.append(
+                        FieldError(
+                            field,
+                            f"{port.host_port}/{port.protocol} is already published by "
+                            f"{first[key]} (the job's containers share each VM)",
+                        )
+                    )
+                else:
+                    first[key] = f"{path}.containers[{c_index}] ({container.name})"
+    return errors
 
 
 def validate_dependencies(

@@ -22,7 +22,12 @@ from pydantic import ValidationError
 
 from dockyard.api.models import DeploymentSpec, JobSpec
 from dockyard.api.schema import GROUP, VERSION
-from dockyard.api.validation import FieldError, errors_from_validation, validate_dependencies
+from dockyard.api.validation import (
+    FieldError,
+    errors_from_validation,
+    job_names_too_long,
+    validate_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +44,19 @@ def _errors(spec: Any, model: type[DeploymentSpec] | type[JobSpec], name: str) -
         parsed = model.model_validate(dict(spec or {}))
     except ValidationError as error:
         return [FieldError(f"spec.{e.field}", e.message) for e in errors_from_validation(error)]
-    return validate_dependencies(parsed, job_name=name)
+    return validate_spec(parsed, job_name=name)
 
 
-def validate_deployment(spec: Any, **_: Any) -> None:
-    """Dependency cycles and cross-job references of a Deployment."""
-    _reject(_errors(spec, DeploymentSpec, ""))
+def validate_deployment(spec: Any, name: str | None, **kwargs: Any) -> None:
+    """Dependency cycles and cross-job references of a Deployment, host ports published twice
+    on a VM, and jobs whose Job would have too long a name (new ones: an old one keeps its)."""
+    errors = _errors(spec, DeploymentSpec, "")
+    if not errors and name:
+        old = kwargs.get("old") or {}
+        existing = [job.get("name") for job in (old.get("spec") or {}).get("jobs") or []]
+        parsed = DeploymentSpec.model_validate(dict(spec or {}))
+        errors = job_names_too_long(name, parsed, existing)
+    _reject(errors)
 
 
 def validate_job(spec: Any, name: str | None, body: Any, **_: Any) -> None:

@@ -22,6 +22,7 @@ import kopf
 
 from dockyard.api.models import Job, ProviderSpec, parse_job
 from dockyard.api.quantities import parse_duration
+from dockyard.api.validation import validate_spec
 from dockyard.handlers import autosnapshots, kube
 from dockyard.handlers.desired import (
     ACCEPT_DISK_LOSS,
@@ -180,6 +181,7 @@ class JobRuntime:
             known_disks=known_disks(job, disk_records),
             restore_problem=restore.problem,
             restore_stalled=restore.stalled,
+            spec_problem="; ".join(map(str, validate_spec(job.spec, job_name=job.metadata.name))),
         )
         report = await self.reconciler.reconcile(desired, inputs, lambda r: self._publish(job, r))
         self.last_report = report

@@ -14,7 +14,7 @@ import kopf
 
 from dockyard.api.conditions import kstatus
 from dockyard.api.models import Deployment, parse_deployment
-from dockyard.api.validation import validate_dependencies
+from dockyard.api.validation import validate_spec
 from dockyard.handlers import kube
 from dockyard.handlers.fleet import Fleet
 from dockyard.handlers.job import fleet_of
@@ -78,7 +78,7 @@ async def reconcile_deployment(body: dict[str, Any], fleet: Fleet) -> None:
     async with fleet.lock(("deployment", namespace, name)):
         deployment = parse_deployment(body)
         generation = deployment.metadata.generation or 0
-        errors = validate_dependencies(deployment.spec)
+        errors = validate_spec(deployment.spec)
         existing = {
             j["metadata"]["labels"].get(JOB_LABEL): j
             for j in await kube.list_("jobs", namespace, f"{DEPLOYMENT_LABEL}={name}")

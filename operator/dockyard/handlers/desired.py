@@ -3,6 +3,7 @@ the API models."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -129,8 +130,8 @@ def container_want(container: Container, field: str, secrets: Secrets) -> Contai
         working_dir=container.working_dir,
         user=container.user,
         stop_signal=container.stop_signal,
-        stop_timeout=int(parse_duration(container.stop_grace_period))
-        if container.stop_grace_period
+        stop_timeout=math.ceil(parse_duration(container.stop_grace_period))
+        if container.stop_grace_period is not None
         else None,
         labels=dict(container.labels),
         **_healthcheck(container.health_check),  # type: ignore[arg-type]

@@ -103,6 +103,9 @@ class JobIntent:
     restore_stalled: bool = False
     #: Epoch seconds of this look (orphan marks are wall-clock times; ``now`` is monotonic).
     wall_clock: float = 0.0
+    #: What is wrong with the spec that only the operator can check (a host port published
+    #: twice, a dependency cycle), naming the field: nothing is done until it is mended.
+    spec_problem: str = ""
 
 
 class NoticeKind(enum.StrEnum):
@@ -162,10 +165,14 @@ def decide(intent: JobIntent, observed: JobObservation, memory: JobMemory, now: 
     health, memory, notices = _health(intent, observed, memory, now)
     memory, restarts = _engine_restarts(observed, memory)
     looping = _crash_looping(observed, intent.job.instances)
-    try:
-        planned, memory = _plan(intent, observed, memory, health, now)
-    except PlanningError as error:
-        verdict = Verdict(Phase.INVALID_SPEC, f"invalid spec: {error}", 0)
+    problem = intent.spec_problem
+    if not problem:
+        try:
+            planned, memory = _plan(intent, observed, memory, health, now)
+        except PlanningError as error:
+            problem = str(error)
+    if problem:
+        verdict = Verdict(Phase.INVALID_SPEC, f"invalid spec: {problem}", 0)
         return Decision((), memory, verdict, engine_restarts=restarts, crash_looping=looping)
     memory, notices = _larger_disks(intent, observed, memory, notices)
     missing = _missing_disks(intent, observed, memory)
@@ -724,22 +731,26 @@ def _phase(
 
 
 def _refused(memory: JobMemory) -> str:
-    """What the engine or IaaS refused, every time, a few times in a row: it will not heal by
-    itself (a missing image, a name or value the engine does not take). Still retried."""
+    """What the engine or IaaS refused (a request it will not take as it is: a missing image, a
+    value the engine does not accept), in its own words: it will not heal by itself. Still
+    retried, with a back-off."""
     parts = [
-        f"instance {index}: container {name}: the engine refused it {failure.refusals} times "
-        f"in a row ({failure.message}); tried again {failure.backoff.delay:.0f} s after the "
-        "last refusal"
+        f"instance {index}: container {name}: the engine refused it: {failure.message} "
+        f"({_times(failure.refusals)}; tried again {failure.backoff.delay:.0f} s after the last)"
         for (index, name), failure in sorted(memory.start_failures.items())
         if failure.refused
     ]
     parts += [
-        f"instance {index}: {failure.action.kind} refused {failure.refusals} times in a row "
-        f"({failure.message}); tried again {failure.backoff.delay:.0f} s after the last refusal"
+        f"instance {index}: {failure.action.kind} refused: {failure.message} "
+        f"({_times(failure.refusals)}; tried again {failure.backoff.delay:.0f} s after the last)"
         for index, failure in sorted(memory.step_failures.items())
         if failure.refused
     ]
     return "; ".join(parts)
+
+
+def _times(refusals: int) -> str:
+    return "once" if refusals == 1 else f"{refusals} times in a row"
 
 
 def _matches(job: DesiredJob, observed: JobObservation) -> bool:

@@ -26,8 +26,9 @@ from dockyard.planning.observation import ContainerObservation
 
 Slot = tuple[int, str]  # (instance index, container name)
 
-#: A start the engine refused this many times in a row will not heal by itself: Stalled.
-REFUSALS_TO_STALL = 3
+#: A request the engine or IaaS refused (a 4xx: a value it does not take, an image it cannot
+#: have) will not heal by itself: Stalled at once, and still retried with a back-off.
+REFUSALS_TO_STALL = 1
 
 DISK_ACTION_KINDS = frozenset(
     {

@@ -195,6 +195,7 @@ def _translated(what: str) -> Iterator[None]:
 class AWSProvider:
     resizes_attached_disks = True
     mounts_disks = False
+    withheld_capabilities: frozenset[str] = frozenset()
 
     def __init__(self, config: ProviderConfig) -> None:
         check_known(config, OPTIONS)

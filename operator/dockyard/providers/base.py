@@ -169,6 +169,9 @@ class Provider(Protocol):
     #: ``mount_path`` (local). False (aws, gce): it attaches a block device; the runtime formats
     #: a blank one, mounts it in the VM, grows it after a resize and unmounts it before a detach.
     mounts_disks: bool
+    #: Capabilities this provider's VMs cannot give their containers (local VMs on a host that
+    #: refuses --privileged lack SYS_RESOURCE): a privileged container gets every other one.
+    withheld_capabilities: frozenset[str]
 
     def create_vm(self, spec: VMSpec) -> VM: ...
 

@@ -245,6 +245,7 @@ def _last(url: str) -> str:
 class GCEProvider:
     resizes_attached_disks = True
     mounts_disks = False
+    withheld_capabilities: frozenset[str] = frozenset()
 
     def __init__(self, config: ProviderConfig) -> None:
         check_known(config, OPTIONS)

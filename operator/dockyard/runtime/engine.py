@@ -18,6 +18,7 @@ import docker
 import docker.errors
 
 from dockyard.providers import PermanentError, TransientError
+from dockyard.providers.base import STAND_IN_FLAGS
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,56 @@ class EngineRefusedError(PermanentError):
     the same way will not help until someone changes the spec or the image."""
 
 
+def _tagged(image: str) -> str:
+    """``image`` as the engine lists it among an image's tags (``:latest`` when untagged)."""
+    last = image.rsplit("/", 1)[-1]
+    return image if ":" in last or "@" in image else f"{image}:latest"
+
+
+def _bare(capability: str) -> str:
+    return capability.removeprefix("CAP_")
+
+
+def engine_name(name: str) -> str:
+    """The engine's name for a container: Docker wants at least two characters, a DNS label may
+    have one. An underscore never occurs in a DNS label, so no other container gets that name.
+    Containers are found by their label, never by this name."""
+    return name if len(name) >= 2 else f"{name}_"
+
+
+# What an engine answers when it is busy or short of something, not when the request is wrong.
+# Docker reports most refusals of a container's config (its runtime's, a bind, a user the image
+# lacks) as 500s, so the status code alone cannot tell: these words can.
+_TRANSIENT_WORDS = (
+    "no space left",
+    "cannot allocate memory",
+    "resource temporarily unavailable",
+    "too many open files",
+    "device or resource busy",
+    "port is already allocated",
+    "address already in use",
+    "marked for removal",
+    "already in progress",
+    "is restarting",
+    "timeout",
+    "deadline exceeded",
+    "connection refused",
+    "connection reset",
+    "dial tcp",
+    "no such host",
+    "tls handshake",
+)
+
+
 def _start_error(name: str, error: docker.errors.APIError) -> Exception:
-    message = f"starting container {name}: {error.explanation or error}"
-    if error.is_client_error() and error.status_code != 409:  # 409: a name still in use
-        return EngineRefusedError(message)
-    return TransientError(message)
+    """A refusal (it will fail the same way until the spec or image changes) or a hiccup."""
+    explanation = str(error.explanation or error)
+    message = f"starting container {name}: {explanation}"
+    conflict = error.status_code == 409  # a name still in use by a container being removed
+    hiccup = any(word in explanation.lower() for word in _TRANSIENT_WORDS)
+    if conflict or hiccup or error.status_code is None:
+        return TransientError(message)
+    return EngineRefusedError(message)
 
 
 @dataclass(frozen=True)
@@ -120,10 +166,14 @@ class Engine:
     host's, for the local provider, where no registry is reachable); otherwise images are pulled."""
 
     def __init__(
-        self, client: docker.DockerClient, image_source: docker.DockerClient | None = None
+        self,
+        client: docker.DockerClient,
+        image_source: docker.DockerClient | None = None,
+        withheld_capabilities: frozenset[str] = frozenset(),
     ) -> None:
         self.client = client
         self.image_source = image_source
+        self.withheld = withheld_capabilities
 
     def containers(self, labels: Mapping[str, str] | None = None) -> dict[str, ObservedContainer]:
         filters = [f"{LABEL_CONTAINER}"] + [f"{k}={v}" for k, v in (labels or {}).items()]
@@ -147,7 +197,12 @@ class Engine:
                 raise EngineRefusedError(
                     f"image {image!r} is on neither the VM nor the host"
                 ) from error
-            self.client.images.load(b"".join(source.save(named=True)))
+            # Saved under the name asked for: an image with several tags would otherwise arrive
+            # under its first one only.
+            named: str | bool = _tagged(image)
+            if named not in source.tags:
+                named = True
+            self.client.images.load(b"".join(source.save(named=named)))
             return
         try:
             self.client.images.pull(image)
@@ -179,10 +234,11 @@ class Engine:
                 "start_period": config.healthcheck_start_period_ns,
             }
         restart = _ENGINE_RESTART.get(config.restart_policy, "always")
+        privileges = self._privileges(config)
         try:
             container = self.client.containers.run(
                 config.image,
-                name=config.name,
+                name=engine_name(config.name),
                 entrypoint=list(config.entrypoint) if config.entrypoint else None,
                 command=list(config.command) if config.command else None,
                 environment=dict(config.env),
@@ -191,9 +247,7 @@ class Engine:
                 restart_policy={"Name": restart},
                 mem_limit=config.memory_bytes,
                 cpu_shares=config.cpu_shares,
-                privileged=config.privileged,
-                cap_add=list(config.cap_add) or None,
-                cap_drop=list(config.cap_drop) or None,
+                **privileges,
                 working_dir=config.working_dir,
                 user=config.user,
                 stop_signal=config.stop_signal,
@@ -205,6 +259,28 @@ class Engine:
             raise _start_error(config.name, error) from error
         container.reload()
         return observe(container)
+
+    def _privileges(self, config: ContainerConfig) -> dict[str, Any]:
+        """privileged, capAdd and capDrop as this engine can grant them: where the VM withholds
+        capabilities, a privileged container gets every other one (and no seccomp or AppArmor
+        confinement, every device), as the local provider's VMs themselves do."""
+        wanted = {_bare(cap) for cap in config.cap_add}
+        denied = sorted(wanted & self.withheld)
+        if denied:
+            raise EngineRefusedError(
+                f"starting container {config.name}: capAdd {', '.join(denied)}: "
+                "this provider's VMs cannot grant it"
+            )
+        drop = [*config.cap_drop]
+        if self.withheld and (config.privileged or "ALL" in wanted):
+            drop += sorted(self.withheld - {_bare(cap) for cap in drop})
+        if self.withheld and config.privileged:
+            return {**STAND_IN_FLAGS, "cap_drop": drop}
+        return {
+            "privileged": config.privileged,
+            "cap_add": list(config.cap_add) or None,
+            "cap_drop": drop or None,
+        }
 
     def restart(self, name: str, timeout: int = 10) -> ObservedContainer:
         try:

@@ -319,5 +319,8 @@ def snapshot_name(disk_name: str, generation: int) -> str:
 
 
 def _grace(want: ContainerWant | None) -> int:
-    """Seconds a container gets to stop before SIGKILL: its stopGracePeriod, else Docker's 10."""
-    return want.config.stop_timeout if want and want.config.stop_timeout else 10
+    """Seconds a container gets to stop before SIGKILL: its stopGracePeriod (0: at once), else
+    Docker's 10."""
+    if want is None or want.config.stop_timeout is None:
+        return 10
+    return want.config.stop_timeout

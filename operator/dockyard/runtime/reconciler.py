@@ -84,6 +84,7 @@ class PassInputs:
     known_disks: Mapping[int, str] = field(default_factory=dict)
     restore_problem: str = ""  # why persistentDisk.restoreFrom cannot be used (yet)
     restore_stalled: bool = False  # ...and only a change of spec mends it
+    spec_problem: str = ""  # what is wrong with the spec, naming the field (nothing is done)
 
 
 @dataclass
@@ -265,6 +266,7 @@ def job_intent(desired: JobDesired, inputs: PassInputs, detach_to_resize: bool) 
         restore_problem=inputs.restore_problem,
         restore_stalled=inputs.restore_stalled,
         wall_clock=time.time(),
+        spec_problem=inputs.spec_problem,
     )
 
 

@@ -217,7 +217,11 @@ class JobWorld:
             known = self._engines.get(vm_id)
         if known is not None:
             return known
-        made = Engine(self.provider.docker_client(vm_id), self.image_source)
+        made = Engine(
+            self.provider.docker_client(vm_id),
+            self.image_source,
+            self.provider.withheld_capabilities,
+        )
         with self._engines_lock:
             return self._engines.setdefault(vm_id, made)
 

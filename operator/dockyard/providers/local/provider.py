@@ -298,6 +298,12 @@ class LocalProvider:
             if self.vms_root.parent != self.root:
                 self.vms_root.parent.rmdir()
 
+    @property
+    def withheld_capabilities(self) -> frozenset[str]:
+        """What the stand-in drops, when VMs run with it: their containers cannot have it."""
+        flags = self._flags(self.default_stemcell)
+        return frozenset() if flags.get("privileged") else frozenset(flags.get("cap_drop", ()))
+
     def _flags(self, image: str) -> dict[str, Any]:
         """--privileged when this host allows it, else the stand-in (decided once per engine)."""
         key = str(self.client.api.base_url)
