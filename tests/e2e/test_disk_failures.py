@@ -57,14 +57,16 @@ def test_a_failing_copy_migration_keeps_the_old_disk_serving_and_backs_off(
 
         wait_for(serving, timeout=60, what="db back on the old disk")
 
-        # Not Ready (the grow is not done), and the status says why.
-        def backing_off() -> dict[str, str] | None:
+        # Not Ready (the grow is not done), and the status says why: a helper image that is
+        # nowhere will not appear by itself, so it is Stalled (and still retried).
+        def refused() -> dict[str, str] | None:
             conditions = get_object("dyj", "stuck-store")["status"]["conditions"]
             ready = next(c for c in conditions if c["type"] == "Ready")
-            return ready if ready["reason"] == "BackOff" else None
+            return ready if ready["reason"] == "Refused" else None
 
-        ready = wait_for(backing_off, timeout=60, what="Ready=False, reason BackOff")
+        ready = wait_for(refused, timeout=60, what="Ready=False, reason Refused")
         assert ready["status"] == "False" and "MigrateDisk" in ready["message"], ready
+        assert MISSING_HELPER in ready["message"], ready
 
         # Retried after a back-off (10 s, then 20 s), not on every pass.
         times = wait_for(
