@@ -181,11 +181,11 @@ class HttpProbe(ApiModel):
     """Request path."""
 
 
-_AT_LEAST_1MS = rule(
+_AT_LEAST_MIN_PROBE = rule(
     f"duration(self) >= duration('{MIN_PROBE_DURATION}')",
     f"must be at least {MIN_PROBE_DURATION} (0 would mean Docker's default)",
 )
-ProbeDuration = Annotated[Duration, Field(json_schema_extra=validations(_AT_LEAST_1MS))]
+ProbeDuration = Annotated[Duration, Field(json_schema_extra=validations(_AT_LEAST_MIN_PROBE))]
 
 
 class HealthCheck(ApiModel):
@@ -230,6 +230,34 @@ _MEMORY_MINIMUM = rule(
     f"!isQuantity(string(self)) || quantity(string(self)).compareTo(quantity('{MIN_MEMORY}')) >= 0",
     f"must be at least {MIN_MEMORY} (Docker's minimum memory limit)",
 )
+
+
+class LifecycleHook(ApiModel):
+    """A command run in the container (no shell unless you call one) at a point of its life."""
+
+    exec: ExecProbe
+    """The command."""
+    timeout: ProbeDuration = "30s"
+    """How long it may run (at least 1s); longer counts as failed."""
+
+    @model_validator(mode="after")
+    def _long_enough(self) -> LifecycleHook:
+        if parse_duration(self.timeout) < parse_duration(MIN_PROBE_DURATION):
+            raise ValueError(f"timeout must be at least {MIN_PROBE_DURATION}")
+        return self
+
+
+class Lifecycle(ApiModel):
+    """Hooks around the operator's starts and stops of the container (BOSH's drain and
+    post-start)."""
+
+    pre_stop: LifecycleHook | None = None
+    """The drain: run before every stop the operator makes (a rollout, a dependent restart, a
+    scale-down, a VM replacement, a delete; not a crash). During a rollout a failed drain halts
+    it, unless update.skipDrain; otherwise the stop goes on and an Event says so."""
+    post_start: LifecycleHook | None = None
+    """Run after every start the operator makes; failing (or timing out) fails that start,
+    the container is stopped, and a rollout (its canary) halts."""
 
 
 class Resources(ApiModel):
@@ -369,6 +397,8 @@ class Container(ApiModel):
     """Backoff between restarts."""
     health_check: HealthCheck | None = None
     """Health check (none: running means healthy)."""
+    lifecycle: Lifecycle | None = None
+    """preStop (drain) and postStart hooks."""
     resources: Resources | None = None
     """Resource limits."""
     privileged: bool = False

@@ -143,6 +143,12 @@ class UpdatePolicy(ApiModel):
     ``<job>-<index>-g<generation>``, labelled ``dockyard.dev/snapshot-before=true``."""
     snapshots_kept: Annotated[int, Field(ge=1, le=100)] = 3
     """Automatic snapshots kept per disk (snapshotBefore); older ones are deleted."""
+    vm_strategy: Literal["DeleteCreate", "CreateSwapDelete"] = "DeleteCreate"
+    """How a VM is replaced (a new stemcell or VM type, a recreate): DeleteCreate deletes it,
+    then creates the new one; CreateSwapDelete creates the new one first, so the instance is
+    down only while its containers stop, its disk moves and they start again."""
+    skip_drain: bool = False
+    """Stop containers without running their lifecycle.preStop (drain) hooks."""
 
     @model_validator(mode="after")
     def _check_max_in_flight(self) -> UpdatePolicy:

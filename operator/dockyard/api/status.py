@@ -63,7 +63,12 @@ class InstanceStatus(ApiModel):
     disk: Text | None = None
     """Name of its PersistentDisk object."""
     state: Annotated[str, Field(max_length=64)] | None = None
-    """VM state: creating, running, stopped, missing, deleting."""
+    """running, starting, missing; or what an operator asked: stopped, stopped-hard (no VM,
+    disk kept), ignored."""
+    stemcell: Annotated[str, Field(max_length=512)] | None = None
+    """The stemcell its VM was made from ("default": the provider's), when known."""
+    vm_type: Text | None = None
+    """The VM type its VM was made with ("default": the provider's), when known."""
     containers: Annotated[
         list[ContainerStatus], Field(max_length=MAX_CONTAINERS, json_schema_extra=map_list("name"))
     ] = Field(default_factory=list)
@@ -75,6 +80,9 @@ class JobStatus(ApiModel):
 
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """metadata.generation last reconciled."""
+    observed_commands: Annotated[str, Field(max_length=64)] | None = None
+    """A digest of the operator-command annotations (dockyard.dev/restartedAt, stopped...) the
+    last pass acted on; "" for none."""
     conditions: Conditions = Field(default_factory=list)
     """Ready, Reconciling, Stalled."""
     replicas: Count = 0

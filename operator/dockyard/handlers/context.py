@@ -28,6 +28,7 @@ from dockyard.handlers.desired import (
     ACCEPT_DISK_LOSS,
     SnapshotSeen,
     cross_job_upstreams,
+    instance_commands,
     job_desired,
     known_disks,
     known_vms,
@@ -136,7 +137,11 @@ class JobRuntime:
         elif retention > 0:
             fate = "orphan"
         indices = sorted(known_disks(self.job, disk_records))
-        await self.reconciler.teardown(fate, indices)
+        try:
+            desired = job_desired(self.job, self.secrets)
+        except PermanentError:  # a Secret gone: the VMs go without their drains
+            desired = None
+        await self.reconciler.teardown(fate, indices, desired)
         self.woken.set()  # the daemon sees it is closed and ends
         if fate == "keep":
             await self.disks.detached()
@@ -181,7 +186,7 @@ class JobRuntime:
             known_disks=known_disks(job, disk_records),
             restore_problem=restore.problem,
             restore_stalled=restore.stalled,
-            spec_problem="; ".join(map(str, validate_spec(job.spec, job_name=job.metadata.name))),
+            spec_problem=spec_problem(job),
         )
         report = await self.reconciler.reconcile(desired, inputs, lambda r: self._publish(job, r))
         self.last_report = report
@@ -265,6 +270,13 @@ class JobRuntime:
 
 
 DRIFT_INTERVAL = 15.0  # seconds between full observations when nothing else wakes the daemon
+
+
+def spec_problem(job: Job) -> str:
+    """What only the operator can find wrong with a Job (its spec, its command annotations),
+    naming the field: nothing is done for it until it is mended."""
+    problems = [str(e) for e in validate_spec(job.spec, job_name=job.metadata.name)]
+    return "; ".join(problems + instance_commands(job)[2])
 
 
 async def _read_secrets(job: Job) -> dict[str, dict[str, str]]:

@@ -7,6 +7,7 @@ previous is Ready at its new generation (BOSH's serial instance groups).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from dockyard.api.conditions import kstatus
 from dockyard.api.models import Deployment, parse_deployment
 from dockyard.api.validation import validate_spec
 from dockyard.handlers import kube
+from dockyard.handlers.desired import DEPLOYMENT_WIDE, PAUSED, commands_fingerprint
 from dockyard.handlers.fleet import Fleet
 from dockyard.handlers.job import fleet_of
 from dockyard.observability import metrics
@@ -52,16 +54,35 @@ def child_job(deployment: Deployment, index: int) -> dict[str, Any]:
                 JOB_LABEL: spec.jobs[index].name,
                 "app.kubernetes.io/part-of": "dockyard",
             },
+            "annotations": deployment_commands(deployment.metadata.annotations),
         },
         "spec": child_spec,
     }
     return body
 
 
+def deployment_commands(annotations: Mapping[str, str]) -> dict[str, str]:
+    """The Deployment-wide operator commands (pause, restart, recreate) its Jobs carry too."""
+    return {key: annotations[key] for key in DEPLOYMENT_WIDE if key in annotations}
+
+
+def _commands_patch(current: dict[str, Any], wanted: Mapping[str, str]) -> dict[str, Any]:
+    """The annotations patch that makes a Job carry ``wanted`` (None removes one)."""
+    have = (current.get("metadata") or {}).get("annotations") or {}
+    patch: dict[str, str | None] = {
+        key: wanted.get(key) for key in DEPLOYMENT_WIDE if have.get(key) != wanted.get(key)
+    }
+    return {"metadata": {"annotations": patch}} if patch else {}
+
+
 def _ready_at_generation(job: dict[str, Any]) -> bool:
+    """Ready at its spec and at the operator commands it carries (a restart or recreate asked
+    after its last pass is not done yet)."""
     status = job.get("status") or {}
-    generation = job.get("metadata", {}).get("generation")
-    if status.get("observedGeneration") != generation:
+    metadata = job.get("metadata") or {}
+    if status.get("observedGeneration") != metadata.get("generation"):
+        return False
+    if status.get("observedCommands", "") != commands_fingerprint(metadata.get("annotations")):
         return False
     return any(
         c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])
@@ -99,19 +120,30 @@ async def reconcile_deployment(body: dict[str, Any], fleet: Fleet) -> None:
                 )
                 await kube.delete("jobs", namespace, job["metadata"]["name"])
 
+        paused = deployment.metadata.annotations.get(PAUSED, "").lower() in ("true", "yes", "1")
         for index, template in enumerate(deployment.spec.jobs):
             child = child_job(deployment, index)
             kopf.adopt(child, owner=kube.as_body(body))
             current = existing.get(template.name)
-            if current is None:
+            commands = _commands_patch(current or {}, child["metadata"]["annotations"])
+            if current is None and not paused:
                 kopf.info(kube.as_body(body), reason="CreatingJob", message=f"job {template.name}")
                 current = await kube.create("jobs", namespace, child)
-            elif _spec_differs(current.get("spec", {}), child["spec"]):
+            elif current is not None and (commands or paused):
+                # Paused: the Jobs pause too, and no spec change reaches them meanwhile.
+                if commands:
+                    await kube.patch("jobs", namespace, child["metadata"]["name"], commands)
+                    current = await kube.get("jobs", namespace, child["metadata"]["name"])
+                if paused:
+                    continue
+            elif current is not None and _spec_differs(current.get("spec", {}), child["spec"]):
                 kopf.info(kube.as_body(body), reason="UpdatingJob", message=f"job {template.name}")
                 await kube.patch(
                     "jobs", namespace, child["metadata"]["name"], {"spec": child["spec"]}
                 )
                 current = await kube.get("jobs", namespace, child["metadata"]["name"]) or current
+            if current is None:
+                continue  # paused before it was made
             if deployment.spec.update.serial and not _ready_at_generation(current):
                 break  # later jobs wait for this one (the Job's status change wakes us)
         children = await kube.list_("jobs", namespace, f"{DEPLOYMENT_LABEL}={name}")
@@ -234,11 +266,24 @@ def _fleet(memo: kopf.Memo) -> Fleet:
 @kopf.on.create(kube.GROUP, kube.VERSION, "deployments")
 @kopf.on.update(kube.GROUP, kube.VERSION, "deployments", field="spec")
 async def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _reconcile_live(body, memo)
+
+
+async def _reconcile_live(body: kopf.Body, memo: kopf.Memo) -> None:
     # kopf retries a failed handler with the body it had: the Deployment may be gone since (its
     # Jobs would be made again, orphans the garbage collector deletes later). Act on it as it is.
     live = await kube.get("deployments", body.metadata.namespace or "", body.metadata.name or "")
     if live is not None and live["metadata"].get("uid") == body.metadata.uid:
         await reconcile_deployment(live, _fleet(memo))
+
+
+@kopf.on.field(kube.GROUP, kube.VERSION, "deployments", field="metadata.annotations")
+async def commands_changed(body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, **_: Any) -> None:
+    """kubectl annotate of a Deployment-wide command (pause, restart, recreate): its Jobs carry
+    it too (in order, job after job when the Deployment is serial)."""
+    if deployment_commands(old or {}) == deployment_commands(new or {}):
+        return
+    await _reconcile_live(body, memo)
 
 
 @kopf.on.event(kube.GROUP, kube.VERSION, "jobs")

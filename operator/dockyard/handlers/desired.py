@@ -3,11 +3,13 @@ the API models."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from dockyard.api.containers import Container, HealthCheck
+from dockyard.api.containers import Container, HealthCheck, LifecycleHook
 from dockyard.api.models import Job, ProviderSpec
 from dockyard.api.quantities import (
     format_quantity,
@@ -16,12 +18,12 @@ from dockyard.api.quantities import (
     parse_watch_time,
     resolve_max_in_flight,
 )
-from dockyard.planning import ContainerKey, parse_dependency
+from dockyard.planning import ContainerKey, InstanceCommands, parse_dependency
 from dockyard.planning.decide import ResurrectionPolicy
 from dockyard.providers import PermanentError, ProviderConfig
 from dockyard.runtime.engine import ContainerConfig
 from dockyard.runtime.reconciler import DiskWant, JobDesired
-from dockyard.runtime.world import BindVolume, ContainerWant, VolumeMount
+from dockyard.runtime.world import BindVolume, ContainerWant, Hook, VolumeMount
 
 MIB = 1024 * 1024
 
@@ -112,6 +114,12 @@ def _healthcheck(check: HealthCheck | None) -> dict[str, object]:
     }
 
 
+def _hook(hook: LifecycleHook | None) -> Hook | None:
+    if hook is None:
+        return None
+    return Hook(tuple(hook.exec.command), parse_duration(hook.timeout))
+
+
 def container_want(container: Container, field: str, secrets: Secrets) -> ContainerWant:
     resources = container.resources
     config = ContainerConfig(
@@ -147,6 +155,8 @@ def container_want(container: Container, field: str, secrets: Secrets) -> Contai
             BindVolume(host_path=b.host_path or "", mount_path=b.mount_path, read_only=b.read_only)
             for b in container.bind_volumes
         ),
+        pre_stop=_hook(container.lifecycle.pre_stop if container.lifecycle else None),
+        post_start=_hook(container.lifecycle.post_start if container.lifecycle else None),
     )
 
 
@@ -164,6 +174,7 @@ def job_desired(job: Job, secrets: Secrets, restore_snapshot: str = "") -> JobDe
         )
     update = spec.update
     watch = update.update_watch_time
+    commands, paused, _ = instance_commands(job)
     return JobDesired(
         instances=spec.instances,
         containers=tuple(
@@ -180,7 +191,97 @@ def job_desired(job: Job, secrets: Secrets, restore_snapshot: str = "") -> JobDe
         generation=job.metadata.generation or 0,
         name=job.job_name,
         snapshot_before=update.snapshot_before,
+        vm_strategy=update.vm_strategy,
+        skip_drain=update.skip_drain,
+        commands=commands,
+        paused=paused,
     )
+
+
+# Operator commands, kubectl-native: annotations on a Job (or on its Deployment, which copies
+# the Deployment-wide ones to its Jobs). Times are RFC 3339, as `kubectl rollout restart`
+# writes kubectl.kubernetes.io/restartedAt; index lists are "0,2".
+PAUSED = "dockyard.dev/paused"  # "true": nothing is done
+RESTARTED_AT = "dockyard.dev/restartedAt"  # every instance's containers restart once, rolling
+RECREATED_AT = "dockyard.dev/recreatedAt"  # every instance gets a new VM (disk kept), rolling
+STOPPED = "dockyard.dev/stopped"  # these instances' containers stop; their VMs stay
+STOPPED_HARD = "dockyard.dev/stopped-hard"  # ...and their VMs go; their disks stay
+IGNORED = "dockyard.dev/ignored"  # left out of rollouts and repairs
+#: What a Deployment passes on to its Jobs.
+DEPLOYMENT_WIDE = (PAUSED, RESTARTED_AT, RECREATED_AT)
+_COMMAND_PREFIXES = (PAUSED, RESTARTED_AT, RECREATED_AT, STOPPED, STOPPED_HARD, IGNORED)
+
+
+def commands_fingerprint(annotations: Mapping[str, str] | None) -> str:
+    """A short digest of the command annotations: a Job's status records the one its last
+    pass acted on, so a Deployment can wait for its Jobs to have done what it passed on."""
+    ours = sorted(
+        (key, value)
+        for key, value in (annotations or {}).items()
+        if key.startswith(_COMMAND_PREFIXES)
+    )
+    return hashlib.sha256(repr(ours).encode()).hexdigest()[:12] if ours else ""
+
+
+def instance_key(annotation: str, index: int) -> str:
+    """The annotation for one instance: dockyard.dev/restartedAt.2"""
+    return f"{annotation}.{index}"
+
+
+def _when(annotations: Mapping[str, str], key: str, problems: list[str]) -> float | None:
+    text = annotations.get(key)
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        problems.append(f'metadata.annotations["{key}"]: {text!r} is not an RFC 3339 time')
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return float(int(moment.timestamp()))  # whole seconds: VMs are tagged with them
+
+
+def _indices(annotations: Mapping[str, str], key: str, problems: list[str]) -> frozenset[int]:
+    parts = [p.strip() for p in annotations.get(key, "").split(",") if p.strip()]
+    if not all(p.isdigit() for p in parts):
+        problems.append(
+            f'metadata.annotations["{key}"]: {annotations[key]!r} is not a list of instance '
+            'indices such as "0,2"'
+        )
+        return frozenset()
+    return frozenset(int(p) for p in parts)
+
+
+def _per_instance(
+    annotations: Mapping[str, str], key: str, instances: int, problems: list[str]
+) -> dict[int, float]:
+    """index -> the latest of the Job-wide request and the instance's own."""
+    everyone = _when(annotations, key, problems)
+    requests: dict[int, float] = {}
+    for index in range(instances):
+        times = [everyone, _when(annotations, instance_key(key, index), problems)]
+        latest = max((t for t in times if t is not None), default=None)
+        if latest is not None:
+            requests[index] = latest
+    return requests
+
+
+def instance_commands(job: Job) -> tuple[InstanceCommands, bool, list[str]]:
+    """The operator's commands in a Job's annotations: (commands, paused, problems naming the
+    annotation)."""
+    annotations = job.metadata.annotations
+    problems: list[str] = []
+    instances = job.spec.instances
+    commands = InstanceCommands(
+        restart=_per_instance(annotations, RESTARTED_AT, instances, problems),
+        recreate=_per_instance(annotations, RECREATED_AT, instances, problems),
+        stopped=_indices(annotations, STOPPED, problems),
+        detached=_indices(annotations, STOPPED_HARD, problems),
+        ignored=_indices(annotations, IGNORED, problems),
+    )
+    paused = annotations.get(PAUSED, "").strip().lower() in ("true", "yes", "1")
+    return commands, paused, problems
 
 
 def resurrection_policy(job: Job) -> ResurrectionPolicy:

@@ -47,6 +47,12 @@ async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     fleet_of(memo).wake((body.metadata.namespace or "", body.metadata.name or ""))
 
 
+@kopf.on.field(kube.GROUP, kube.VERSION, "jobs", field="metadata.annotations")
+async def commands_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """kubectl annotate (an operator command: restart, recreate, stop, pause...): act now."""
+    fleet_of(memo).wake((body.metadata.namespace or "", body.metadata.name or ""))
+
+
 @kopf.index(kube.GROUP, kube.VERSION, "persistentdisks")
 def disk_records(
     name: str, namespace: str | None, labels: kopf.Labels, status: kopf.Status, **_: Any
@@ -144,4 +150,12 @@ async def delete_job(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     metrics.forget_job(job.metadata.namespace or "", deployment, job.job_name)
 
 
-__all__ = ["DRIFT_INTERVAL", "converge", "delete_job", "disk_records", "fleet_of", "spec_changed"]
+__all__ = [
+    "DRIFT_INTERVAL",
+    "commands_changed",
+    "converge",
+    "delete_job",
+    "disk_records",
+    "fleet_of",
+    "spec_changed",
+]

@@ -10,9 +10,11 @@ from typing import Any
 from dockyard.api.conditions import kstatus
 from dockyard.api.containers import Container
 from dockyard.api.models import Job
+from dockyard.handlers.desired import commands_fingerprint
 from dockyard.planning.observation import ContainerObservation, InstanceObservation
 from dockyard.planning.verdict import Phase
 from dockyard.runtime.reconciler import JobReport
+from dockyard.runtime.world import vm_fingerprint
 
 RestartReasons = dict[tuple[int, str], str]
 
@@ -66,6 +68,7 @@ def job_status(
     stalled = verdict.phase.stalled
     return {
         "observedGeneration": generation,
+        "observedCommands": commands_fingerprint(job.metadata.annotations),
         "replicas": sum(1 for i in instances if "vmId" in i),
         "readyInstances": verdict.ready_instances,
         "instances": instances,
@@ -109,16 +112,43 @@ def _instance(
     all_ready = seen.has_vm and seen.engine_ok and all(c["ready"] for c in containers)
     instance: dict[str, Any] = {
         "index": index,
-        "state": "running" if all_ready else ("missing" if not seen.has_vm else "starting"),
+        "state": _commanded(report, index)
+        or ("running" if all_ready else ("missing" if not seen.has_vm else "starting")),
         "containers": containers,
     }
     if seen.vm_id is not None and seen.has_vm:
         instance["vmId"] = seen.vm_id
         if seen.address:
             instance["address"] = seen.address
+        instance.update(_made_from(job, seen, old))
     if seen.disk is not None:
         instance["disk"] = f"{job.metadata.name}-{index}"
     return instance
+
+
+def _commanded(report: JobReport, index: int) -> str:
+    """What an operator asked of the instance, as its state ("" : nothing)."""
+    commands = report.commands
+    for which, state in (
+        (commands.ignored, "ignored"),
+        (commands.detached, "stopped-hard"),
+        (commands.stopped, "stopped"),
+    ):
+        if index in which:
+            return state
+    return ""
+
+
+def _made_from(job: Job, seen: InstanceObservation, old: Mapping[str, Any]) -> dict[str, str]:
+    """The stemcell and VM type of the instance's VM: the spec's when its fingerprint says so
+    (or it has none: made before they were recorded), else what the status said of that VM."""
+    stemcell, vm_type = job.spec.stemcell or "default", job.spec.vm_type or "default"
+    current = vm_fingerprint(job.spec.stemcell or "", job.spec.vm_type or "")
+    if seen.vm_config in (None, current):
+        return {"stemcell": stemcell, "vmType": vm_type}
+    if old.get("vmId") == seen.vm_id:
+        return {key: old[key] for key in ("stemcell", "vmType") if key in old}
+    return {}
 
 
 def _container(

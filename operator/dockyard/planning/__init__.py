@@ -68,6 +68,7 @@ from dockyard.planning.model import (
     DesiredDisk,
     DesiredJob,
     DetachDisk,
+    InstanceCommands,
     InstanceRef,
     MigrateDisk,
     ObservedContainer,
@@ -86,6 +87,7 @@ from dockyard.planning.model import (
     StartContainer,
     StopContainer,
     UpdatePolicy,
+    VMStrategy,
     World,
 )
 from dockyard.planning.planner import plan
@@ -120,6 +122,7 @@ __all__ = [
     "DesiredDisk",
     "DesiredJob",
     "DetachDisk",
+    "InstanceCommands",
     "InstanceRef",
     "MigrateDisk",
     "ObservedContainer",
@@ -139,6 +142,7 @@ __all__ = [
     "Step",
     "StopContainer",
     "UpdatePolicy",
+    "VMStrategy",
     "World",
     "build_graph",
     "external_upstreams",

@@ -67,6 +67,7 @@ from dockyard.planning.verdict import Phase, UpstreamState, Verdict
 
 _PLANNER_STATES = frozenset({"running", "restarting", "paused", "created", "exited"})
 UPSTREAM_RECHECK = 5.0  # a Job waiting for an upstream is woken when it settles; this is a net
+PAUSED_MESSAGE = "paused (dockyard.dev/paused): nothing is done until it is resumed"
 PAUSED_RECHECK = 5.0  # meltdown, resurrection disabled: look again this often
 WATCH_POLL = 0.25
 
@@ -106,6 +107,8 @@ class JobIntent:
     #: What is wrong with the spec that only the operator can check (a host port published
     #: twice, a dependency cycle), naming the field: nothing is done until it is mended.
     spec_problem: str = ""
+    #: Paused by an operator: nothing is done at all (the status says so).
+    paused: bool = False
 
 
 class NoticeKind(enum.StrEnum):
@@ -165,6 +168,9 @@ def decide(intent: JobIntent, observed: JobObservation, memory: JobMemory, now: 
     health, memory, notices = _health(intent, observed, memory, now)
     memory, restarts = _engine_restarts(observed, memory)
     looping = _crash_looping(observed, intent.job.instances)
+    if intent.paused:
+        verdict = Verdict(Phase.PAUSED, PAUSED_MESSAGE, ready_instances(intent.job, observed))
+        return Decision((), memory, verdict, engine_restarts=restarts, crash_looping=looping)
     problem = intent.spec_problem
     if not problem:
         try:
@@ -178,7 +184,8 @@ def decide(intent: JobIntent, observed: JobObservation, memory: JobMemory, now: 
     missing = _missing_disks(intent, observed, memory)
     memory, notices = _tell_missing(missing, memory, notices)
     held = _gates(intent, planned, memory, now, missing)
-    memory, rollout, held, notices = _rollout(intent, observed, planned, memory, held, now, notices)
+    memory, rollout, held = _rollout(intent, observed, planned, memory, held, now)
+    memory, notices = _tell_halt(memory, notices)
     actions = tuple(a for a in planned if a not in held)
     verdict = _verdict(intent, observed, memory, health, planned, actions, held, looping, now)
     return Decision(actions, memory, verdict, rollout, notices, held, restarts, looping)
@@ -187,10 +194,21 @@ def decide(intent: JobIntent, observed: JobObservation, memory: JobMemory, now: 
 # --- 1. forget --------------------------------------------------------------------------------
 
 
+def rollout_key(job: DesiredJob) -> str:
+    """What, besides the generation, a rollout is for: the operator's restart and recreate
+    requests (a new one starts a new rollout, as a new spec does)."""
+    commands = job.commands
+    return (
+        f"restart={sorted(commands.restart.items())} recreate={sorted(commands.recreate.items())}"
+    )
+
+
 def _forget(memory: JobMemory, intent: JobIntent) -> JobMemory:
     job, generation = intent.job, intent.generation
     hashes = {c.name: c.config_hash for c in job.containers}
     wanted = job.instances
+    key = rollout_key(job)
+    halted, watch = memory.halted, memory.watch
     return replace(
         memory,
         start_failures={
@@ -200,8 +218,8 @@ def _forget(memory: JobMemory, intent: JobIntent) -> JobMemory:
         },
         step_failures={i: f for i, f in memory.step_failures.items() if i < wanted},
         health_restarts={slot: b for slot, b in memory.health_restarts.items() if slot[0] < wanted},
-        halted=memory.halted if memory.halted and memory.halted.generation == generation else None,
-        watch=memory.watch if memory.watch and memory.watch.generation == generation else None,
+        halted=halted if halted and (halted.generation, halted.key) == (generation, key) else None,
+        watch=watch if watch and (watch.generation, watch.key) == (generation, key) else None,
     )
 
 
@@ -217,8 +235,12 @@ def _health(
     deaf: set[int] = set()
     seen = {i.vm_id for i in observed.instances.values() if i.vm_id}
     since = {vm: t for vm, t in memory.unresponsive_since.items() if vm in seen}
+    commands = intent.job.commands
+    left_alone = commands.stopped | commands.detached | commands.ignored
     for index in range(wanted):
         instance = observed.get(index)
+        if index in left_alone:
+            continue  # down on purpose, or not ours to look after
         if not instance.has_vm or instance.vm_phase is VMPhase.STOPPED:
             if index in intent.known_vms or instance.vm_id is not None:
                 down.add(index)
@@ -358,7 +380,8 @@ def _plan(
         vm: ObservedVM | None = None
         if instance.has_vm:
             assert instance.vm_id is not None
-            vm = ObservedVM(instance.vm_id, healthy=index not in health.down)
+            healthy = index not in health.down
+            vm = ObservedVM(instance.vm_id, healthy, instance.vm_config, instance.made_for)
         elif index in intent.known_vms and index in health.down:
             # Gone from the IaaS although we made it: resurrected, not created anew.
             vm = ObservedVM(intent.known_vms[index], healthy=False)
@@ -367,7 +390,10 @@ def _plan(
             for name, found in (instance.containers.items() if instance.engine_ok else ())
         }
         disk = _planner_disk(index, instance, job, memory, now)
-        world[index] = ObservedInstance(vm, disk, containers)
+        incoming = None
+        if instance.incoming_id is not None:
+            incoming = ObservedVM(instance.incoming_id, healthy=instance.incoming_running)
+        world[index] = ObservedInstance(vm, disk, containers, incoming)
     for index in health.down - set(world):
         if index in intent.known_vms:
             world[index] = ObservedInstance(ObservedVM(intent.known_vms[index], healthy=False))
@@ -560,8 +586,7 @@ def _rollout(
     memory: JobMemory,
     held: dict[Action, Hold],
     now: float,
-    notices: tuple[Notice, ...],
-) -> tuple[JobMemory, RolloutStep | None, dict[Action, Hold], tuple[Notice, ...]]:
+) -> tuple[JobMemory, RolloutStep | None, dict[Action, Hold]]:
     """Which spec changes run now: none while a batch is watched or after a halt; else the
     next batch (:func:`~dockyard.planning.next_step`) of the instances whose actions all may run.
     """
@@ -574,20 +599,20 @@ def _rollout(
         elif now >= watch.since + watch.window[1]:
             kind = "canary" if watch.canary else "batch"
             reason = f"rollout halted: {kind} {failure}"
-            memory = replace(memory, halted=Halt(intent.generation, reason), watch=None)
-            notices += (Notice(NoticeKind.ROLLOUT_HALTED, watch.indices[0], reason),)
+            halt = Halt(intent.generation, reason, rollout_key(intent.job), watch.indices[0])
+            memory = replace(memory, halted=halt, watch=None)
             watch = None
         else:
             for action in actions:
                 if action.index in watch.indices or action.index in updating:
                     held.setdefault(action, Hold.WATCHED)
-            return replace(memory, watch=watch), None, held, notices
+            return replace(memory, watch=watch), None, held
     memory = replace(memory, watch=None)
     if memory.halted is not None:
         for action in actions:
             if action.index in updating:
                 held[action] = Hold.HALTED
-        return memory, None, held, notices
+        return memory, None, held
     blocked = {a.index for a in held if a.index in updating}
     candidates = [a for a in actions if a.index in updating and a.index not in blocked]
     step = next_step(candidates, [intent.job])
@@ -596,7 +621,7 @@ def _rollout(
         if action.index in updating and action not in chosen:
             held.setdefault(action, Hold.ROLLOUT)
     if step.done:
-        return memory, None, held, notices
+        return memory, None, held
     indices = tuple(dict.fromkeys(ref.index for ref in step.instances))
     window = intent.canary_watch_time if step.canary else intent.watch_time
     baseline = {
@@ -604,8 +629,23 @@ def _rollout(
         for index in indices
         for name, found in observed.get(index).containers.items()
     }
-    step_memory = RolloutStep(intent.generation, indices, step.canary, window, baseline)
-    return memory, step_memory, held, notices
+    key = rollout_key(intent.job)
+    step_memory = RolloutStep(intent.generation, indices, step.canary, window, baseline, key)
+    return memory, step_memory, held
+
+
+def _tell_halt(
+    memory: JobMemory, notices: tuple[Notice, ...]
+) -> tuple[JobMemory, tuple[Notice, ...]]:
+    """A halted rollout is said once (an Event), however it halted."""
+    halted = memory.halted
+    if halted is None:
+        return memory, notices
+    told = (NoticeKind.ROLLOUT_HALTED, halted.generation, halted.key)
+    if told in memory.told:
+        return memory, notices
+    notice = Notice(NoticeKind.ROLLOUT_HALTED, halted.index, halted.reason)
+    return replace(memory, told=memory.told | {told}), (*notices, notice)
 
 
 def _watch_failure(
@@ -659,7 +699,7 @@ def _verdict(
 ) -> Verdict:
     job = intent.job
     ready = ready_instances(job, observed)
-    progress = f"{ready}/{job.instances} instances ready"
+    progress = f"{ready}/{job.instances} instances ready" + _commanded(job)
     waits = describe_waits(memory, now)
     refused = _refused(memory)
     outstanding = [a for a in planned if held.get(a) is not Hold.HALTED]
@@ -730,6 +770,22 @@ def _phase(
     return Phase.RECONCILING, restore[0]
 
 
+def _commanded(job: DesiredJob) -> str:
+    """The instances an operator stopped, detached or ignored, for the status message."""
+    commands = job.commands
+    parts = [
+        f"{'instance' if len(which) == 1 else 'instances'} {', '.join(map(str, sorted(which)))} "
+        f"{what}"
+        for which, what in (
+            (commands.stopped, "stopped"),
+            (commands.detached, "stopped --hard"),
+            (commands.ignored, "ignored"),
+        )
+        if which
+    ]
+    return "".join(f"; {part}" for part in parts)
+
+
 def _refused(memory: JobMemory) -> str:
     """What the engine or IaaS refused (a request it will not take as it is: a missing image, a
     value the engine does not accept), in its own words: it will not heal by itself. Still
@@ -754,13 +810,28 @@ def _times(refusals: int) -> str:
 
 
 def _matches(job: DesiredJob, observed: JobObservation) -> bool:
-    """Every wanted instance runs every container with its spec; nothing beyond them."""
-    if any(i >= job.instances and o.has_vm for i, o in observed.instances.items()):
+    """Every wanted instance runs every container with its spec (a stopped one has them
+    stopped, a detached one has no VM, an ignored one is not looked at); nothing beyond them."""
+    commands = job.commands
+    if any(
+        i >= job.instances and o.has_vm and i not in commands.ignored
+        for i, o in observed.instances.items()
+    ):
         return False
     for index in range(job.instances):
         instance = observed.get(index)
+        if index in commands.ignored:
+            continue
+        if index in commands.detached:
+            if instance.has_vm:
+                return False
+            continue
         if not instance.has_vm or not instance.engine_ok:
             return False
+        if index in commands.stopped:
+            if any(c.state in ("running", "restarting") for c in instance.containers.values()):
+                return False
+            continue
         for spec in job.containers:
             found = instance.containers.get(spec.name)
             if found is None or found.config_hash != spec.config_hash:

@@ -51,7 +51,13 @@ class Failure(enum.StrEnum):
     TRANSIENT = "Transient"  # worth trying again: the engine or IaaS was busy or away
     REFUSED = "Refused"  # the engine or IaaS refused the request (a bad image, name, mount...)
     RESIZE_UNSUPPORTED = "ResizeUnsupported"  # grow by copy-migration instead
+    HOOK = "Hook"  # a lifecycle hook failed: the drain before a stop, the post-start after a start
     CANCELLED = "Cancelled"  # not run: the pass was cancelled first
+
+
+#: Failures of a rollout batch's action that halt the rollout (as a failed canary halts BOSH's
+#: deploy); others are tried again after a back-off.
+HALTING_FAILURES = frozenset({Failure.REFUSED, Failure.HOOK})
 
 
 @dataclass(frozen=True)
@@ -118,12 +124,18 @@ class Watch:
     since: float
     window: tuple[float, float]
     baseline: Mapping[Slot, tuple[str, int]] = field(default_factory=dict)
+    key: str = ""  # the rollout's requests (see Halt)
 
 
 @dataclass(frozen=True)
 class Halt:
+    """A halted rollout: of ``generation``, and of the operator's requests ``key`` names (a new
+    spec or a new request starts a new rollout)."""
+
     generation: int
     reason: str
+    key: str = ""
+    index: int = 0  # the instance whose failure halted it
 
 
 @dataclass(frozen=True)
@@ -150,6 +162,7 @@ class RolloutStep:
     canary: bool
     window: tuple[float, float]
     baseline: Mapping[Slot, tuple[str, int]] = field(default_factory=dict)
+    key: str = ""  # the rollout's requests (see Halt)
 
 
 def record(
@@ -189,6 +202,7 @@ def record(
                 del steps[action.index]  # what failed works now
         else:
             steps[action.index] = _step_failed(steps.get(action.index), outcome, now)
+    halted = _halt(rollout, outcomes) if rollout else None
     return replace(
         memory,
         start_failures=starts,
@@ -196,8 +210,24 @@ def record(
         health_restarts=health,
         copy_grow=frozenset(copy_grow),
         deleted_disks=frozenset(deleted),
-        watch=_watch_after(rollout, outcomes, now) if rollout else memory.watch,
+        watch=None if halted else _watch_after(rollout, outcomes, now) if rollout else memory.watch,
+        halted=halted or memory.halted,
     )
+
+
+def _halt(rollout: RolloutStep, outcomes: Sequence[Outcome]) -> Halt | None:
+    """A batch whose action failed in a way a retry will not mend halts the rollout: the rest
+    of the instances stay as they are."""
+    for outcome in outcomes:
+        action = outcome.action
+        if outcome.failure in HALTING_FAILURES and action.index in rollout.indices:
+            kind = "canary" if rollout.canary else "batch"
+            reason = (
+                f"rollout halted: {kind} instance {action.index}: {action.kind} failed: "
+                f"{outcome.message}"
+            )
+            return Halt(rollout.generation, reason, rollout.key, action.index)
+    return None
 
 
 def _start_failed(
@@ -233,4 +263,6 @@ def _watch_after(rollout: RolloutStep, outcomes: Sequence[Outcome], now: float) 
         action, found = outcome.action, outcome.container
         if found is not None and isinstance(action, ContainerAction):
             baseline[(action.index, action.container)] = (found.id, found.restart_count)
-    return Watch(rollout.generation, indices, rollout.canary, now, rollout.window, baseline)
+    return Watch(
+        rollout.generation, indices, rollout.canary, now, rollout.window, baseline, rollout.key
+    )

@@ -13,6 +13,9 @@ from typing import ClassVar, Literal, NamedTuple
 
 RestartPolicy = Literal["Always", "OnFailure", "Never"]
 ReclaimPolicy = Literal["Retain", "Delete"]
+#: BOSH's update.vm_strategy: delete the old VM, then create its replacement; or create the
+#: replacement first (the instance is down only while its disk moves).
+VMStrategy = Literal["DeleteCreate", "CreateSwapDelete"]
 
 #: Docker's container states. "running" and "restarting" count as up (the engine restarts a
 #: crashed container itself); "paused" is left alone; the others are down.
@@ -64,6 +67,7 @@ class UpdatePolicy:
     serial: bool = True
     #: Snapshot an instance's disk before a rollout stops its users.
     snapshot_before: bool = False
+    vm_strategy: VMStrategy = "DeleteCreate"
 
 
 @dataclass(frozen=True)
@@ -100,10 +104,28 @@ class DesiredDisk:
 
 
 @dataclass(frozen=True)
+class InstanceCommands:
+    """What the operator asked of single instances (BOSH's instance commands), by index.
+
+    ``restart``/``recreate``: the time of the request; containers started (VMs made) for an
+    earlier one are restarted (recreated), through the rollout. ``stopped``: containers stopped,
+    the VM kept; ``detached``: containers stopped, the disk detached and kept, the VM deleted
+    (``stop --hard``); ``ignored``: left out of rollouts and repairs alike."""
+
+    restart: Mapping[int, float] = field(default_factory=dict)
+    recreate: Mapping[int, float] = field(default_factory=dict)
+    stopped: frozenset[int] = frozenset()
+    detached: frozenset[int] = frozenset()
+    ignored: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
 class DesiredJob:
     """A job (instance group): ``instances`` VMs with indices ``0..instances-1``, each running
     ``containers`` (in declaration order). ``resurrect``: replace VMs observed unhealthy (false
-    when resurrection is disabled or in meltdown: such instances are then left alone)."""
+    when resurrection is disabled or in meltdown: such instances are then left alone).
+    ``vm_config``: what the VMs are made from (stemcell and VM type, as a fingerprint; "" for
+    any): a VM made from another is replaced through the rollout."""
 
     name: str
     instances: int
@@ -111,6 +133,8 @@ class DesiredJob:
     disk: DesiredDisk | None = None
     update: UpdatePolicy = UpdatePolicy()
     resurrect: bool = True
+    vm_config: str = ""
+    commands: InstanceCommands = InstanceCommands()
 
 
 # --- observed -----------------------------------------------------------------------------------
@@ -119,10 +143,14 @@ class DesiredJob:
 @dataclass(frozen=True)
 class ObservedVM:
     """The instance's VM. ``healthy`` is false when it is stopped, gone from the IaaS although
-    Dockyard made it, or its engine stopped answering (the caller decides the timeout)."""
+    Dockyard made it, or its engine stopped answering (the caller decides the timeout).
+    ``config``: the vm_config it was made from (None: not recorded, taken as current);
+    ``made_for``: the recreate request it was made for (0: none)."""
 
     id: str
     healthy: bool = True
+    config: str | None = None
+    made_for: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +193,8 @@ class ObservedInstance:
     vm: ObservedVM | None = None
     disk: ObservedDisk | None = None
     containers: Mapping[str, ObservedContainer] = field(default_factory=dict)
+    #: The replacement of ``vm`` a create-swap-delete made and has not swapped in yet.
+    incoming: ObservedVM | None = None
 
 
 #: The observed world: job name -> instance index -> instance.
@@ -198,11 +228,25 @@ class Cause(enum.StrEnum):
     NOT_IN_SPEC = "NotInSpec"
     ADOPTED = "Adopted"  # an orphaned disk wanted again: its data comes back
     ORPHAN_EXPIRED = "OrphanExpired"  # a migrated disk's old one, once its retention passed
+    VM_CHANGED = "VMChanged"  # the stemcell or VM type changed: the VM is replaced
+    RECREATE_REQUESTED = "RecreateRequested"  # an operator asked for new VMs
+    RESTART_REQUESTED = "RestartRequested"  # an operator asked for a (rolling) restart
+    INSTANCE_STOPPED = "InstanceStopped"  # an operator stopped the instance
+    INSTANCE_DETACHED = "InstanceDetached"  # ...hard: its VM goes, its disk stays
+    SWAP_NOT_WANTED = "SwapNotWanted"  # a replacement VM no longer needed
 
 
-#: Causes of a rollout (the spec changed): batched, watched, halted on failure. Anything else is
-#: a repair, run at once on every instance.
-ROLLOUT_CAUSES: frozenset[Cause] = frozenset({Cause.SPEC_CHANGED, Cause.DISK_GROWN})
+#: Causes of a rollout (the spec changed, or an operator asked): batched, watched, halted on
+#: failure. Anything else is a repair, run at once on every instance.
+ROLLOUT_CAUSES: frozenset[Cause] = frozenset(
+    {
+        Cause.SPEC_CHANGED,
+        Cause.DISK_GROWN,
+        Cause.VM_CHANGED,
+        Cause.RECREATE_REQUESTED,
+        Cause.RESTART_REQUESTED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -234,7 +278,11 @@ class Action:
 
 @dataclass(frozen=True)
 class CreateVM(Action):
+    """Create the instance's VM; with ``replaces``, its replacement beside the old one (which
+    stays the instance's VM until DeleteVM of it swaps the new one in)."""
+
     reason: str
+    replaces: str = ""
 
     def _detail(self) -> str:
         return f": {self.reason}"

@@ -65,6 +65,13 @@ class InstanceObservation:
     address: str | None = None
     #: Old disks of finished copy-migrations, orphaned: deleted when their retention passed.
     superseded: tuple[DiskObservation, ...] = ()
+    #: What the VM was made from (its fingerprint; None: not recorded) and for which recreate
+    #: request (epoch seconds).
+    vm_config: str | None = None
+    made_for: float = 0.0
+    #: A create-swap-delete's replacement VM, not swapped in yet, and whether it runs.
+    incoming_id: str | None = None
+    incoming_running: bool = False
 
     @property
     def has_vm(self) -> bool:

@@ -74,6 +74,12 @@ from dockyard.planning.model import (
 )
 
 _NOTHING = ObservedInstance()
+#: Why a VM is replaced, in words.
+_REPLACED = {
+    Cause.VM_UNHEALTHY: "VM unhealthy",
+    Cause.VM_CHANGED: "stemcell or VM type changed",
+    Cause.RECREATE_REQUESTED: "recreate requested",
+}
 
 
 @dataclass(frozen=True)
@@ -174,8 +180,10 @@ class _Planner:
             removed = name not in self.jobs
             reason = "job removed" if removed else "scaled down"
             cause = Cause.JOB_REMOVED if removed else Cause.SCALED_DOWN
+            ignored = self.jobs[name].commands.ignored if name in self.jobs else frozenset()
             for index in sorted(i for i in self._instances_of(name) if i >= wanted):
-                self._remove_instance(name, index, reason, cause)
+                if index not in ignored:
+                    self._remove_instance(name, index, reason, cause)
 
     def _remove_instance(self, job: str, index: int, reason: str, cause: Cause) -> None:
         instance = self._instances_of(job)[index]
@@ -213,12 +221,19 @@ class _Planner:
 
     def _instance(self, job: DesiredJob, index: int) -> None:
         ref = InstanceRef(job.name, index)
+        commands = job.commands
+        if index in commands.ignored:
+            return  # left alone, repairs and rollouts alike (BOSH's ignore)
         instance = self._instances_of(job.name).get(index, _NOTHING)
+        if index in commands.detached:
+            self._detach_instance(job.name, index, instance)
+            return
         vm, disk = instance.vm, instance.disk
-        if vm is not None and not vm.healthy and not job.resurrect:
-            return  # resurrection is off (or in meltdown): leave the instance as it is
-        kept = vm if vm is not None and vm.healthy else None
-        add = self.actions.append
+        if vm is not None and not vm.healthy and (not job.resurrect or index in commands.stopped):
+            return  # resurrection is off (in meltdown, or the instance is stopped): left as is
+        replacing = self._replacement(job, index, vm)
+        kept = vm if vm is not None and vm.healthy and replacing is None else None
+        self._replace_or_keep(job, index, instance, replacing)
         self.usable[ref] = instance.containers if kept is not None else {}
         if kept is None:
             self.fresh.add(ref)
@@ -238,17 +253,94 @@ class _Planner:
                 self._stop_disk_users(job, index, "disk attached", Cause.DISK_ATTACHED)
             elif grow and self.detach_to_resize:
                 self._stop_disk_users(job, index, "disk grown", Cause.DISK_GROWN)
-        name = job.name
         if disk is not None and attached is not None and not on_vm:
-            why = "not on the instance's VM"
-            add(DetachDisk(name, index, disk.id, attached, why, cause=Cause.NOT_ON_VM))
-        if vm is not None and kept is None:
-            add(DeleteVM(name, index, vm.id, "VM unhealthy", cause=Cause.VM_UNHEALTHY))
-            add(CreateVM(name, index, f"replaces unhealthy VM {vm.id}", cause=Cause.VM_UNHEALTHY))
-        elif vm is None:
-            add(CreateVM(name, index, "new instance", cause=Cause.NEW_INSTANCE))
+            why, cause = "not on the instance's VM", Cause.NOT_ON_VM
+            if replacing is not None:
+                why, cause = "its VM is replaced", replacing
+            self.actions.append(DetachDisk(job.name, index, disk.id, attached, why, cause=cause))
+        self._vm_steps(job, index, vm, kept, replacing)
         if job.disk is not None:  # a disk dropped from the spec stays until the instance goes
             self._disk_steps(job, index, disk, kept, on_vm=on_vm, grow=grow, copy=copy)
+        if index in commands.stopped:
+            self._stop_instance(job.name, index)
+
+    def _replacement(self, job: DesiredJob, index: int, vm: ObservedVM | None) -> Cause | None:
+        """Why a healthy VM is replaced (through the rollout), or None."""
+        if vm is None or not vm.healthy:
+            return None
+        if job.commands.recreate.get(index, 0.0) > vm.made_for:
+            return Cause.RECREATE_REQUESTED
+        if job.vm_config and vm.config is not None and vm.config != job.vm_config:
+            return Cause.VM_CHANGED
+        return None
+
+    def _replace_or_keep(
+        self, job: DesiredJob, index: int, instance: ObservedInstance, replacing: Cause | None
+    ) -> None:
+        """Before a VM is replaced: its containers stop (dependents first, each drained); with
+        create-swap-delete its replacement is made first, so the instance is down only while
+        its disk moves. A replacement no longer needed goes."""
+        add, incoming = self.actions.append, instance.incoming
+        if replacing is None or job.update.vm_strategy != "CreateSwapDelete":
+            if incoming is not None:
+                add(DeleteVM(job.name, index, incoming.id, "replacement not needed",
+                             cause=Cause.SWAP_NOT_WANTED))  # fmt: skip
+        elif incoming is None or not incoming.healthy:
+            assert instance.vm is not None
+            if incoming is not None:
+                add(
+                    DeleteVM(job.name, index, incoming.id, "replacement unhealthy", cause=replacing)
+                )
+            why = f"replacement of VM {instance.vm.id} ({_REPLACED[replacing]})"
+            add(CreateVM(job.name, index, why, instance.vm.id, cause=replacing))
+        if replacing is not None:
+            up = [n for n, c in instance.containers.items() if c.state in UP_STATES]
+            why = f"its VM is replaced ({_REPLACED[replacing]})"
+            for name in self._stop_order(job.name, up):
+                add(StopContainer(job.name, index, name, why, cause=replacing))
+
+    def _vm_steps(
+        self,
+        job: DesiredJob,
+        index: int,
+        vm: ObservedVM | None,
+        kept: ObservedVM | None,
+        replacing: Cause | None,
+    ) -> None:
+        add, name = self.actions.append, job.name
+        if vm is not None and kept is None:
+            cause = replacing or Cause.VM_UNHEALTHY
+            why = _REPLACED[cause]
+            add(DeleteVM(name, index, vm.id, why, cause=cause))
+            if replacing is None or job.update.vm_strategy != "CreateSwapDelete":
+                add(CreateVM(name, index, f"replaces VM {vm.id} ({why})", cause=cause))
+        elif vm is None:
+            add(CreateVM(name, index, "new instance", cause=Cause.NEW_INSTANCE))
+
+    def _stop_instance(self, job: str, index: int) -> None:
+        """A stopped instance: its running containers stop (dependents first), none starts."""
+        ref = InstanceRef(job, index)
+        found = self.usable.pop(ref, {})
+        self.fresh.discard(ref)
+        up = [n for n, c in found.items() if c.state in UP_STATES]
+        for name in self._stop_order(job, up):
+            self.actions.append(
+                StopContainer(job, index, name, "instance stopped", cause=Cause.INSTANCE_STOPPED)
+            )
+
+    def _detach_instance(self, job: str, index: int, instance: ObservedInstance) -> None:
+        """``stop --hard``: containers stop, the disk is detached and kept, the VM goes."""
+        vm, disk, add = instance.vm, instance.disk, self.actions.append
+        why, cause = "instance stopped --hard", Cause.INSTANCE_DETACHED
+        if vm is not None and vm.healthy:
+            up = [n for n, c in instance.containers.items() if c.state in UP_STATES]
+            for name in self._stop_order(job, up):
+                add(StopContainer(job, index, name, why, cause=cause))
+        if disk is not None and disk.attached_to is not None:
+            add(DetachDisk(job, index, disk.id, disk.attached_to, why, cause=cause))
+        for gone in (vm, instance.incoming):
+            if gone is not None:
+                add(DeleteVM(job, index, gone.id, why, cause=cause))
 
     def _disk_steps(
         self,
@@ -358,6 +450,10 @@ class _Planner:
             return StartContainer(job, index, name, f"{found.state}{code}", cause=Cause.EXITED)
         if found.state in UP_STATES and found.unhealthy:
             return RestartContainer(job, index, name, "unhealthy", cause=Cause.UNHEALTHY)
+        asked = self.jobs[job].commands.restart.get(index)
+        if found.state in UP_STATES and asked is not None and (found.started_at or 0.0) < asked:
+            why = "restart requested"
+            return RestartContainer(job, index, name, why, cause=Cause.RESTART_REQUESTED)
         if found.state in UP_STATES and found.started_at is not None:
             mine = _Start(planned=False, at=found.started_at)
             latest, upstream = self._latest_upstream_start(key, index)

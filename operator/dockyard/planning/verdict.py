@@ -19,6 +19,7 @@ class Phase(enum.StrEnum):
     ROLLING_OUT = "RollingOut"  # a batch is updated or watched
     BACK_OFF = "BackOff"  # an action failed and waits before it is tried again
     CRASH_LOOP = "CrashLoopBackOff"  # the engine keeps restarting a container
+    PAUSED = "Paused"  # an operator paused it: nothing is done
     # Stalled: it will not get better without a change from someone.
     INVALID_SPEC = "InvalidSpec"
     ROLLOUT_HALTED = "RolloutHalted"

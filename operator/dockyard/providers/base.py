@@ -22,6 +22,10 @@ TAG_OWNER_UID = "owner-uid"
 TAG_DEPLOYMENT = "deployment"
 TAG_JOB = "job"
 TAG_INDEX = "index"
+# What a VM was made from (a fingerprint of its stemcell and VM type) and for which recreate
+# request (epoch seconds, "0" for none): a VM made from something else is rolled.
+TAG_VM_CONFIG = "vm-config"
+TAG_MADE_FOR = "made-for"
 TAG_DISK = "disk"
 # On the new disk of a copy-migration: the id of the disk it replaces. While that disk exists it
 # is still the instance's disk, and this one an unfinished copy.

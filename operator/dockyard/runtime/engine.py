@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -17,7 +18,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from dockyard.providers import PermanentError, TransientError
+from dockyard.providers import PermanentError, ProviderError, TransientError
 from dockyard.providers.base import STAND_IN_FLAGS
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,11 @@ LABEL_JOB = LABEL + "job"
 LABEL_INDEX = LABEL + "index"
 
 _ENGINE_RESTART = {"Always": "always", "OnFailure": "on-failure", "Never": "no"}
+
+
+class HookFailedError(ProviderError):
+    """A lifecycle hook failed or timed out: the drain before a stop, the post-start after a
+    start."""
 
 
 class EngineRefusedError(PermanentError):
@@ -307,6 +313,30 @@ class Engine:
             pass
         except docker.errors.APIError as error:
             raise TransientError(f"removing container {name}: {error}") from error
+
+    def run_hook(self, name: str, command: Sequence[str], timeout: float) -> str | None:
+        """Exec ``command`` in the running container: None when it exited 0 within ``timeout``
+        seconds, else what went wrong. A hook that outlives its timeout is left to end with
+        the container (an engine cannot kill an exec)."""
+        try:
+            exec_id = self.client.api.exec_create(self._get(name).id, list(command))["Id"]
+        except docker.errors.APIError as error:
+            return f"could not run {list(command)}: {error.explanation or error}"
+        output: list[bytes] = []
+        runner = threading.Thread(
+            target=lambda: output.append(self.client.api.exec_start(exec_id)),
+            name=f"hook-{name}",
+            daemon=True,
+        )
+        runner.start()
+        runner.join(timeout)
+        if runner.is_alive():
+            return f"{list(command)} still running after {timeout:g} s"
+        code = self.client.api.exec_inspect(exec_id).get("ExitCode")
+        if code == 0:
+            return None
+        said = b"".join(output).decode(errors="replace").strip()[-500:]
+        return f"{list(command)} exited with {code}" + (f": {said}" if said else "")
 
     def _get(self, name: str) -> Any:
         found = self.client.containers.list(

@@ -29,7 +29,7 @@ from dockyard.providers import (
     TransientError,
 )
 from dockyard.providers.base import TAG_ORPHANED_AT, TAG_SNAPSHOT
-from dockyard.runtime.engine import ObservedContainer
+from dockyard.runtime.engine import HookFailedError, ObservedContainer
 from dockyard.runtime.world import (
     ENGINE_ERRORS,
     ContainerWant,
@@ -87,6 +87,8 @@ def failure_kind(action: planning.Action) -> str:
 def classify(error: Exception) -> Failure:
     if isinstance(error, InPlaceResizeUnsupportedError):
         return Failure.RESIZE_UNSUPPORTED
+    if isinstance(error, HookFailedError):
+        return Failure.HOOK
     if isinstance(error, PermanentError):
         return Failure.REFUSED
     return Failure.TRANSIENT
@@ -110,6 +112,8 @@ class _Instance:
     """What one execution knows of an instance while its actions run."""
 
     vm: VM | None = None
+    #: A create-swap-delete's replacement: the instance's VM once DeleteVM of ``vm`` ran.
+    incoming: VM | None = None
     disk: Disk | None = None
     migration_target: Disk | None = None
     attachment: Attachment | None = None
@@ -125,12 +129,16 @@ class Performer:
         wants: Mapping[str, ContainerWant],
         stemcell: str,
         machine_type: str,
+        recreate: Mapping[int, float] | None = None,
+        skip_drain: bool = False,
     ) -> None:
         self.world = world
         self.wants = wants
+        self.skip_drain = skip_drain
         self.stemcell, self.machine_type = stemcell, machine_type
+        self.recreate = recreate or {}  # index -> the recreate request new VMs are made for
         self._instances = {
-            index: _Instance(i.vm, i.disk, i.migration_target, None, dict(i.containers))
+            index: _Instance(i.vm, i.incoming, i.disk, i.migration_target, None, dict(i.containers))
             for index, i in seen.items()
         }
         self._guard = threading.Lock()
@@ -185,13 +193,25 @@ class Performer:
         """A VM or disk action: (what it acted on, why) for its record."""
         index = action.index
         if isinstance(action, planning.CreateVM):
-            state.vm = self.world.create_vm(index, self.stemcell, self.machine_type)
-            state.containers, state.attachment = {}, None
-            return state.vm.id, action.reason
+            made = self.world.create_vm(
+                index,
+                self.stemcell,
+                self.machine_type,
+                self.recreate.get(index, 0.0),
+                action.replaces,
+            )
+            if action.replaces:
+                state.incoming = made  # swapped in when its predecessor goes
+                return made.id, action.reason
+            state.vm, state.containers, state.attachment = made, {}, None
+            return made.id, action.reason
         if isinstance(action, planning.DeleteVM):
             self.world.delete_vm_id(action.vm_id)
+            if state.incoming is not None and state.incoming.id == action.vm_id:
+                state.incoming = None
             if state.vm is not None and state.vm.id == action.vm_id:
-                state.vm, state.containers = None, {}
+                state.vm, state.containers, state.attachment = state.incoming, {}, None
+                state.incoming = None
             return action.vm_id, action.reason
         if isinstance(action, planning.CreateDisk):
             state.disk = self.world.create_disk(
@@ -273,6 +293,13 @@ class Performer:
         kind = _RECORD_KINDS.get(action.kind, action.kind)
         grace = _grace(self.wants.get(name))
         found: ObservedContainer | None = None
+        running = state.containers.get(name)
+        if (
+            running is not None
+            and running.state == "running"
+            and not (isinstance(action, planning.StartContainer))
+        ):
+            self._drain(vm, action)
         if isinstance(action, planning.StopContainer):
             self.world.stop_container(vm.id, name, grace)
         elif isinstance(action, planning.RemoveContainer):
@@ -292,8 +319,39 @@ class Performer:
                 kind = "StartedContainer" if action.cause in _FIRST_STARTS else "RecreatedContainer"
         if found is not None:
             state.containers[name] = found
+            self._post_start(vm, action, grace)
         record = ActionRecord(kind, action.index, name, action.reason, cause=action.cause)
         return record, found
+
+    def _drain(self, vm: VM, action: planning.ContainerAction) -> None:
+        """The container's preStop before the operator stops it. A failure during a rollout
+        fails the action (and halts the rollout); otherwise the stop goes on, and says so."""
+        want = self.wants.get(action.container)
+        if want is None or want.pre_stop is None or self.skip_drain:
+            return
+        problem = self.world.run_hook(vm, action.container, want.pre_stop)
+        if problem is None:
+            self._record(ActionRecord("Drained", action.index, action.container, action.reason))
+            return
+        why = f"preStop (drain) of {action.container} failed: {problem}"
+        if action.cause in planning.ROLLOUT_CAUSES:
+            raise HookFailedError(f"{why} (set update.skipDrain to roll out anyway)")
+        log.warning("%s; stopping it anyway (%s)", why, action.reason)
+        record = ActionRecord("DrainFailed", action.index, action.container, why, False)
+        self._record(record)
+
+    def _post_start(self, vm: VM, action: planning.ContainerAction, grace: int) -> None:
+        """The container's postStart after the operator started it: a failure fails the start
+        (the container is stopped again)."""
+        want = self.wants.get(action.container)
+        if want is None or want.post_start is None:
+            return
+        problem = self.world.run_hook(vm, action.container, want.post_start)
+        if problem is None:
+            self._record(ActionRecord("PostStarted", action.index, action.container, "done"))
+            return
+        self.world.stop_container(vm.id, action.container, grace)
+        raise HookFailedError(f"postStart of {action.container} failed: {problem}")
 
     def _attach(self, state: _Instance) -> str:
         vm, disk = state.vm, state.disk

@@ -13,6 +13,7 @@ Nothing here talks to the Kubernetes API: a repair never waits for it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -37,11 +38,18 @@ from dockyard.planning.observation import (
 )
 from dockyard.planning.ordering import order
 from dockyard.planning.verdict import UpstreamState, Verdict
-from dockyard.providers import Disk, ProviderError
-from dockyard.providers.base import TAG_INDEX, TAG_ORPHANED_AT
+from dockyard.providers import Disk, ProviderError, VMState
+from dockyard.providers.base import TAG_INDEX, TAG_MADE_FOR, TAG_ORPHANED_AT, TAG_VM_CONFIG
 from dockyard.runtime.executor import ActionPool, Execution
 from dockyard.runtime.perform import ActionRecord, Performer, container_observation
-from dockyard.runtime.world import ContainerWant, InstanceWorld, JobWorld, orphan_stamp
+from dockyard.runtime.world import (
+    ENGINE_ERRORS,
+    ContainerWant,
+    InstanceWorld,
+    JobWorld,
+    orphan_stamp,
+    vm_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,10 @@ class JobDesired:
     generation: int = 0
     name: str = "job"  # the job's name inside its deployment ("job/name" references use it)
     snapshot_before: bool = False  # a disk snapshot before a rollout stops its users
+    vm_strategy: planning.VMStrategy = "DeleteCreate"
+    skip_drain: bool = False  # stops do not run the containers' preStop hooks
+    commands: planning.InstanceCommands = field(default_factory=planning.InstanceCommands)
+    paused: bool = False  # an operator paused the Job: nothing is done
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,7 @@ class JobReport:
     crash_looping: dict[tuple[int, str], str] = field(default_factory=dict)
     acting: bool = False
     upstreams_seen: Mapping[planning.ContainerKey, float | None] = field(default_factory=dict)
+    commands: planning.InstanceCommands = field(default_factory=planning.InstanceCommands)
 
     @property
     def failed(self) -> list[ActionRecord]:
@@ -134,13 +147,19 @@ class JobReconciler:
         if not decision.actions or self.closed:
             return report
         if announce is not None:
-            announce(JobReport(observation, decision.verdict, [], acting=True))
+            announce(
+                JobReport(
+                    observation, decision.verdict, [], acting=True, commands=intent.job.commands
+                )
+            )
         performer = Performer(
             self.world,
             seen,
             {want.name: want for want in desired.containers},
             desired.stemcell,
             desired.machine_type,
+            desired.commands.recreate,
+            desired.skip_drain,
         )
         graph = order(decision.actions, intent.job)
         self.execution = Execution(graph, performer.perform, self.pool)  # kept: cancel() finds it
@@ -193,22 +212,66 @@ class JobReconciler:
         if execution is not None:
             await execution.settle(containers_too)
 
-    async def teardown(self, disks: DiskFate, indices: list[int] | None = None) -> None:
-        """Delete the Job's VMs; its disks (of ``indices`` too: those with a record) are kept,
-        orphaned or deleted (kept and orphaned ones are detached)."""
+    async def teardown(
+        self, disks: DiskFate, indices: list[int] | None = None, desired: JobDesired | None = None
+    ) -> None:
+        """Delete the Job's VMs — their containers drained and stopped first, dependents
+        first, when ``desired`` says how; its disks (of ``indices`` too: those with a record)
+        are kept, orphaned or deleted (kept and orphaned ones are detached)."""
         self.closed = True
         await self.cancel(containers_too=False)
-        await self.pool.act(lambda: _teardown(self.world, disks, indices or []))
+        stops = _stop_order(desired) if desired is not None else []
+        skip = desired is not None and desired.skip_drain
+        await self.pool.act(lambda: _teardown(self.world, disks, indices or [], stops, skip))
 
 
 DiskFate = Literal["keep", "orphan", "delete"]
 
 
-def _teardown(world: JobWorld, disks: DiskFate, indices: list[int]) -> None:
+def _drain_and_delete(
+    world: JobWorld, instance: InstanceWorld, stops: list[ContainerWant], skip_drain: bool
+) -> None:
+    """The VM's running containers drained (dependents first), then the VM deleted (which ends
+    them: no graceful stop to wait for, whatever their PID 1 does with SIGTERM)."""
+    assert instance.vm is not None
+    for want in stops if instance.engine_ok and not skip_drain else ():
+        running = instance.containers.get(want.name)
+        if want.pre_stop is None or running is None or running.state != "running":
+            continue
+        try:
+            problem = world.run_hook(instance.vm, want.name, want.pre_stop)
+        except ENGINE_ERRORS as error:
+            problem = str(error)
+        if problem:  # the VM goes anyway
+            log.warning("preStop (drain) of %s failed: %s", want.name, problem)
+    world.delete_vm(instance.vm, instance.disk)
+    if instance.incoming is not None:  # a create-swap-delete's replacement, not swapped in
+        world.delete_vm_id(instance.incoming.id)
+
+
+def _stop_order(desired: JobDesired) -> list[ContainerWant]:
+    """The Job's containers, dependents before their upstreams."""
+    job = planning_job(desired)
+    graph = planning.build_graph([job], external=planning.external_upstreams([job]))
+    wants = {want.name: want for want in desired.containers}
+    return [wants[key.container] for key in reversed(graph.topological_order())]
+
+
+def _teardown(
+    world: JobWorld,
+    disks: DiskFate,
+    indices: list[int],
+    stops: list[ContainerWant],
+    skip_drain: bool,
+) -> None:
     found = world.observe(indices)
-    for instance in found.values():
-        if instance.vm is not None:
-            world.delete_vm(instance.vm, instance.disk)
+    vms = [i for i in found.values() if i.vm is not None]
+    for lone in (i for i in found.values() if i.vm is None and i.incoming is not None):
+        assert lone.incoming is not None
+        world.delete_vm_id(lone.incoming.id)
+    if vms:
+        with concurrent.futures.ThreadPoolExecutor(min(len(vms), 16), "teardown") as threads:
+            list(threads.map(lambda i: _drain_and_delete(world, i, stops, skip_drain), vms))
     for index in found:
         for disk in world.provider.find_disks(world.identity.disk_tags(index)):
             if disks == "delete":
@@ -232,6 +295,7 @@ def _report(observation: JobObservation, decision: Decision, intent: JobIntent) 
         dict(decision.engine_restarts),
         dict(decision.crash_looping),
         upstreams_seen={k: u.latest_start for k, u in intent.upstreams.items()},
+        commands=intent.job.commands,
     )
 
 
@@ -267,6 +331,7 @@ def job_intent(desired: JobDesired, inputs: PassInputs, detach_to_resize: bool) 
         restore_stalled=inputs.restore_stalled,
         wall_clock=time.time(),
         spec_problem=inputs.spec_problem,
+        paused=desired.paused,
     )
 
 
@@ -298,7 +363,10 @@ def planning_job(desired: JobDesired) -> planning.DesiredJob:
             canaries=desired.canaries,
             max_in_flight=max(desired.max_in_flight, 1),
             snapshot_before=desired.snapshot_before,
+            vm_strategy=desired.vm_strategy,
         ),
+        vm_config=vm_fingerprint(desired.stemcell, desired.machine_type),
+        commands=desired.commands,
     )
 
 
@@ -315,8 +383,9 @@ def observation_of(
 ) -> JobObservation:
     instances: dict[int, InstanceObservation] = {}
     for index, world in seen.items():
-        vm, disk = world.vm, world.disk
+        vm, disk, incoming = world.vm, world.disk, world.incoming
         target = world.migration_target.id if world.migration_target else None
+        tags: Mapping[str, str] = vm.tags if vm else {}
         instances[index] = InstanceObservation(
             vm_id=vm.id if vm else None,
             vm_phase=VMPhase(vm.state.value) if vm else VMPhase.MISSING,
@@ -325,6 +394,10 @@ def observation_of(
             containers={n: container_observation(c) for n, c in world.containers.items()},
             address=vm.address if vm else None,
             superseded=tuple(_disk_observation(old) for old in world.superseded),
+            vm_config=tags.get(TAG_VM_CONFIG),
+            made_for=_number(tags.get(TAG_MADE_FOR)),
+            incoming_id=incoming.id if incoming else None,
+            incoming_running=incoming is not None and incoming.state is VMState.RUNNING,
         )
     return JobObservation(instances, duplicates)
 
@@ -340,6 +413,13 @@ def _orphaned_at(tags: Mapping[str, str]) -> float | None:
         return float(tags[TAG_ORPHANED_AT])
     except (KeyError, ValueError):
         return None
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text or 0)
+    except ValueError:
+        return 0.0
 
 
 __all__ = [

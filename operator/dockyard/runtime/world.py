@@ -7,6 +7,7 @@ Calls are blocking (provider SDKs are); the reconciler runs them in threads.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -34,10 +35,12 @@ from dockyard.providers.base import (
     TAG_DISK,
     TAG_INDEX,
     TAG_JOB,
+    TAG_MADE_FOR,
     TAG_ORPHANED_AT,
     TAG_OWNER_UID,
     TAG_REPLACES,
     TAG_SUPERSEDED_BY,
+    TAG_VM_CONFIG,
 )
 from dockyard.runtime import diskfs
 from dockyard.runtime.engine import (
@@ -102,13 +105,24 @@ class BindVolume:
 
 
 @dataclass(frozen=True)
+class Hook:
+    """A lifecycle hook: a command exec'd in the container, allowed ``timeout`` seconds."""
+
+    command: tuple[str, ...]
+    timeout: float
+
+
+@dataclass(frozen=True)
 class ContainerWant:
-    """A container as the spec wants it; disk paths are resolved when it runs."""
+    """A container as the spec wants it; disk paths are resolved when it runs. Its hooks run
+    from outside the container: changing them recreates nothing."""
 
     config: ContainerConfig
     depends_on: tuple[str, ...] = ()  # "name" (same job) or "job/name"
     volumes: tuple[VolumeMount, ...] = ()
     bind_volumes: tuple[BindVolume, ...] = ()
+    pre_stop: Hook | None = None  # the drain, before every stop the operator makes
+    post_start: Hook | None = None  # after every start the operator makes
 
     @property
     def name(self) -> str:
@@ -126,10 +140,17 @@ class ContainerWant:
         return described.config_hash()
 
 
+def vm_fingerprint(stemcell: str, machine_type: str) -> str:
+    """What a VM is made from, as a short tag value every IaaS takes."""
+    return hashlib.sha256(f"{stemcell}\n{machine_type}".encode()).hexdigest()[:16]
+
+
 @dataclass
 class InstanceWorld:
     index: int
     vm: VM | None = None
+    #: A create-swap-delete's replacement of ``vm``, made and not swapped in yet.
+    incoming: VM | None = None
     disk: Disk | None = None
     migration_target: Disk | None = None  # the unfinished copy of ``disk``, if any
     #: Old disks of finished copy-migrations, orphaned for their retention.
@@ -172,11 +193,15 @@ class JobWorld:
             self.provider.find_vms(self.identity.vm_tags()),
             key=lambda vm: vm.state is not VMState.RUNNING,
         )
+        ids = {vm.id for vm in found}
         for vm in found:
             index = int(vm.tags.get(TAG_INDEX, "-1"))
             if index < 0:
                 continue
             instance = world.setdefault(index, InstanceWorld(index))
+            if vm.tags.get(TAG_REPLACES) in ids and instance.incoming is None:
+                instance.incoming = vm  # its predecessor still stands: not the instance's yet
+                continue
             if instance.vm is not None:
                 log.warning(
                     "two VMs for %s/%d: keeping %s, %s is a duplicate",
@@ -227,9 +252,25 @@ class JobWorld:
 
     # --- act -------------------------------------------------------------------------------
 
-    def create_vm(self, index: int, stemcell: str, machine_type: str) -> VM:
+    def create_vm(
+        self,
+        index: int,
+        stemcell: str,
+        machine_type: str,
+        made_for: float = 0.0,
+        replaces: str = "",
+    ) -> VM:
+        """The instance's VM, tagged with what it is made from and for (and, for a
+        create-swap-delete, the VM it replaces)."""
+        tags = {
+            **self.identity.vm_tags(index),
+            TAG_VM_CONFIG: vm_fingerprint(stemcell, machine_type),
+            TAG_MADE_FOR: f"{made_for:.0f}",
+        }
+        if replaces:
+            tags[TAG_REPLACES] = replaces
         spec = VMSpec(
-            tags=self.identity.vm_tags(index),
+            tags=tags,
             stemcell=stemcell,
             machine_type=machine_type,
             metadata={"dockyard.dev/job-object": f"{self.identity.namespace}/{self.identity.name}"},
@@ -341,6 +382,10 @@ class JobWorld:
             LABEL_CONFIG_HASH: want.config_hash(),
         }
         return self.engine(vm.id).run(config, labels)
+
+    def run_hook(self, vm: VM, name: str, hook: Hook) -> str | None:
+        """Run a lifecycle hook in the container: None when it succeeded, else why not."""
+        return self.engine(vm.id).run_hook(name, hook.command, hook.timeout)
 
     def restart_container(self, vm: VM, name: str, grace: int = 10) -> ObservedContainer:
         return self.engine(vm.id).restart(name, timeout=grace)
