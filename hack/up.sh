@@ -18,9 +18,16 @@ kubectl wait --for=condition=Established -f "$REPO_ROOT/crds/" --timeout=60s >/d
 pidfile="$DOCKYARD_STATE/operator.pid"
 if ! { [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
   log "starting the operator (log: $DOCKYARD_STATE/operator.log)"
-  nohup "$REPO_ROOT/.venv/bin/dockyard" run --metrics-port 9090 >"$DOCKYARD_STATE/operator.log" 2>&1 &
+  nohup bash "$HACK_DIR/operator.sh" --metrics-port 9090 >"$DOCKYARD_STATE/operator.log" 2>&1 &
   echo $! >"$pidfile"
 fi
+# Its admission webhook refuses what the CRDs' rules cannot (dependency cycles, a job that is
+# not there...) at kubectl apply: wait until the apiserver knows where to call it.
+webhook_configured() {
+  kubectl get validatingwebhookconfiguration "${DOCKYARD_WEBHOOK_CONFIGURATION:-validate.dockyard.dev}" \
+    -o jsonpath='{.webhooks[*].name}' | grep -q dependencies
+}
+wait_until 60 "the operator's admission webhook" webhook_configured
 
 log "applying $(basename "$EXAMPLE")"
 kubectl apply -f "$EXAMPLE"

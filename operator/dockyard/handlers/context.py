@@ -27,6 +27,7 @@ from dockyard.handlers import autosnapshots, kube
 from dockyard.handlers.desired import (
     ACCEPT_DISK_LOSS,
     SnapshotSeen,
+    commands_fingerprint,
     cross_job_upstreams,
     instance_commands,
     job_desired,
@@ -90,6 +91,7 @@ class JobRuntime:
         self.last_status: dict[str, Any] = stored
         self.pending_reasons: dict[tuple[int, str], str] = {}
         self.last_report: JobReport | None = None
+        self.commands_seen = ""  # the operator commands (annotations) the last pass acted on
         self.status = Publisher(self._write_status, f"status of Job {self.ref[1]}", stored)
         self.disks = DiskRecords(job, world.identity)
         fleet.register(self.ref, self.woken.set)
@@ -177,6 +179,7 @@ class JobRuntime:
         the namespace's DiskSnapshots by name — both from the watch."""
         job = parse_job(body)
         self.job = job
+        self.commands_seen = commands_fingerprint(job.metadata.annotations)
         restore = restore_source(job, snapshots or {})
         desired = job_desired(job, self.secrets, restore.snapshot_id)
         inputs = PassInputs(

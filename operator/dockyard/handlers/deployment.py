@@ -17,7 +17,12 @@ from dockyard.api.conditions import kstatus
 from dockyard.api.models import Deployment, parse_deployment
 from dockyard.api.validation import validate_spec
 from dockyard.handlers import kube
-from dockyard.handlers.desired import DEPLOYMENT_WIDE, PAUSED, commands_fingerprint
+from dockyard.handlers.desired import (
+    DEPLOYMENT_WIDE,
+    PAUSED,
+    commands_fingerprint,
+    is_paused,
+)
 from dockyard.handlers.fleet import Fleet
 from dockyard.handlers.job import fleet_of
 from dockyard.observability import metrics
@@ -25,6 +30,7 @@ from dockyard.observability import metrics
 log = logging.getLogger(__name__)
 
 DEPLOYMENT_LABEL = "dockyard.dev/deployment"
+_PASSED_ON = "commands_passed_on"  # a Deployment's memo: the commands last passed to its Jobs
 JOB_LABEL = "dockyard.dev/job"
 
 
@@ -120,7 +126,7 @@ async def reconcile_deployment(body: dict[str, Any], fleet: Fleet) -> None:
                 )
                 await kube.delete("jobs", namespace, job["metadata"]["name"])
 
-        paused = deployment.metadata.annotations.get(PAUSED, "").lower() in ("true", "yes", "1")
+        paused = is_paused(deployment.metadata.annotations)
         for index, template in enumerate(deployment.spec.jobs):
             child = child_job(deployment, index)
             kopf.adopt(child, owner=kube.as_body(body))
@@ -204,7 +210,10 @@ async def _publish(
     total = sum(c["instances"] for c in counts)
     ready_instances = sum(c["ready"] for c in counts)
     progress = f"{ready_instances}/{total} instances ready"
-    if not ready and not stalled:
+    paused = is_paused(deployment.metadata.annotations)
+    if paused:
+        ready, progress = False, f"{progress}; paused ({PAUSED}): nothing is done until resumed"
+    elif not ready and not stalled:
         settling = [f"a cascade runs: {', '.join(unsettled)} not settled"] if unsettled else []
         progress = "; ".join([progress, *settling, *_not_ready(deployment, by_job)])
     status = {
@@ -215,7 +224,9 @@ async def _publish(
         "conditions": kstatus(
             previous,
             ready=ready,
-            reason="Converged" if ready else ("Stalled" if stalled else "Reconciling"),
+            reason="Converged"
+            if ready
+            else ("Stalled" if stalled else "Paused" if paused else "Reconciling"),
             message=stalled or progress,
             generation=generation,
             now=now,
@@ -277,12 +288,16 @@ async def _reconcile_live(body: kopf.Body, memo: kopf.Memo) -> None:
         await reconcile_deployment(live, _fleet(memo))
 
 
-@kopf.on.field(kube.GROUP, kube.VERSION, "deployments", field="metadata.annotations")
-async def commands_changed(body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, **_: Any) -> None:
+@kopf.on.event(kube.GROUP, kube.VERSION, "deployments")
+async def commands_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
     """kubectl annotate of a Deployment-wide command (pause, restart, recreate): its Jobs carry
-    it too (in order, job after job when the Deployment is serial)."""
-    if deployment_commands(old or {}) == deployment_commands(new or {}):
+    it too (in order, job after job when the Deployment is serial). Our annotations are under
+    kopf's own prefix, which kopf leaves out of its diffs: the watch events tell."""
+    commands = deployment_commands(body.metadata.annotations)
+    if type in (None, "DELETED") or memo.get(_PASSED_ON) == commands:
+        memo[_PASSED_ON] = commands
         return
+    memo[_PASSED_ON] = commands
     await _reconcile_live(body, memo)
 
 

@@ -280,8 +280,11 @@ def instance_commands(job: Job) -> tuple[InstanceCommands, bool, list[str]]:
         detached=_indices(annotations, STOPPED_HARD, problems),
         ignored=_indices(annotations, IGNORED, problems),
     )
-    paused = annotations.get(PAUSED, "").strip().lower() in ("true", "yes", "1")
-    return commands, paused, problems
+    return commands, is_paused(annotations), problems
+
+
+def is_paused(annotations: Mapping[str, str]) -> bool:
+    return annotations.get(PAUSED, "").strip().lower() in ("true", "yes", "1")
 
 
 def resurrection_policy(job: Job) -> ResurrectionPolicy:

@@ -18,7 +18,7 @@ import kopf
 
 from dockyard.handlers import kube
 from dockyard.handlers.context import DRIFT_INTERVAL, JobRuntime
-from dockyard.handlers.desired import SnapshotSeen
+from dockyard.handlers.desired import SnapshotSeen, commands_fingerprint
 from dockyard.handlers.fleet import Fleet
 from dockyard.observability import metrics
 from dockyard.providers.redaction import redact
@@ -47,10 +47,16 @@ async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     fleet_of(memo).wake((body.metadata.namespace or "", body.metadata.name or ""))
 
 
-@kopf.on.field(kube.GROUP, kube.VERSION, "jobs", field="metadata.annotations")
+@kopf.on.event(kube.GROUP, kube.VERSION, "jobs")
 async def commands_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """kubectl annotate (an operator command: restart, recreate, stop, pause...): act now."""
-    fleet_of(memo).wake((body.metadata.namespace or "", body.metadata.name or ""))
+    """kubectl annotate of an operator command (restart, recreate, stop, pause...): act now.
+    Our annotations are under kopf's own prefix, which kopf leaves out of its diffs: the watch
+    events tell, and only a change of the commands wakes the Job (not its own status writes)."""
+    runtime = memo.get(RUNTIME)
+    if not isinstance(runtime, JobRuntime):
+        return
+    if commands_fingerprint(body.metadata.annotations) != runtime.commands_seen:
+        runtime.wake()
 
 
 @kopf.index(kube.GROUP, kube.VERSION, "persistentdisks")
