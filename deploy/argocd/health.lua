@@ -61,6 +61,12 @@ if stalled ~= nil and stalled.status == "True" then
   return hs
 end
 
+if ready ~= nil and ready.reason == "Paused" then
+  hs.status = "Suspended"
+  hs.message = describe(ready, "Paused")
+  return hs
+end
+
 if status.phase == "Failed" then
   hs.status = "Degraded"
   hs.message = describe(ready, "Failed")

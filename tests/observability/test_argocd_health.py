@@ -106,6 +106,23 @@ CASES = [
         job(), ("Progressing", "Waiting for the operator to report status"), id="no-status"
     ),
     pytest.param(
+        {
+            "apiVersion": "dockyard.dev/v1alpha1",
+            "kind": "Job",
+            "metadata": {"name": "redis-store", "generation": 2},
+            "status": {
+                "observedGeneration": 2,
+                "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "Paused", "message": "paused"},
+                    {"type": "Reconciling", "status": "False", "reason": "Paused"},
+                    {"type": "Stalled", "status": "False", "reason": "Paused"},
+                ],
+            },
+        },
+        ("Suspended", "paused"),
+        id="paused",
+    ),
+    pytest.param(
         job(generation=3, status=conditions("True", "False", "False", "3/3 instances ready")),
         ("Progressing", "Waiting for the operator to observe generation 3"),
         id="generation-behind",
