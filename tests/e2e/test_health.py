@@ -75,8 +75,12 @@ def test_failing_http_check_restarts_the_container_and_its_dependents(
     assert after["client"]["lastRestartReason"].startswith("upstream probed/web")
     assert after["tcp"]["startedAt"] == before["tcp"]["startedAt"], "healthy tcp-probed moved"
     assert after["tcp"]["ready"], "the tcp probe passes against a listening port"
-    events = kubectl("get", "events", "-n", namespace, "-o", "jsonpath={.items[*].message}").stdout
-    assert "web: unhealthy" in events
+
+    def told() -> str | None:
+        said = kubectl("get", "events", "-n", namespace, "-o", "jsonpath={.items[*].message}")
+        return said.stdout if "web: unhealthy" in said.stdout else None
+
+    wait_for(told, timeout=30, what="the Event of web's restart")  # Events are posted after
 
 
 def test_crash_loop_is_reported_and_backs_off(

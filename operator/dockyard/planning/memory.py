@@ -216,10 +216,13 @@ def record(
 
 
 def _halt(rollout: RolloutStep, outcomes: Sequence[Outcome]) -> Halt | None:
-    """A batch whose action failed in a way a retry will not mend halts the rollout: the rest
+    """A batch whose container or VM action failed in a way a retry will not mend (the new
+    spec's container or stemcell refused, a lifecycle hook failed) halts the rollout: the rest
     of the instances stay as they are."""
     for outcome in outcomes:
         action = outcome.action
+        if action.kind in DISK_ACTION_KINDS:
+            continue  # the IaaS's side: backed off and retried, the old disk serving meanwhile
         if outcome.failure in HALTING_FAILURES and action.index in rollout.indices:
             kind = "canary" if rollout.canary else "batch"
             reason = (
