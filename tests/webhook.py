@@ -3,6 +3,7 @@ served (a plugin of tests/conftest.py, so the API and end-to-end tests share the
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def admission_webhook(kubectl: Kubectl, crds_installed: None) -> Iterator[str]:
+def admission_webhook(kubectl: Kubectl, kubeconfig: str, crds_installed: None) -> Iterator[str]:
     """Dockyard's validating webhook served by a kopf operator on 127.0.0.1; kopf installs the
     ValidatingWebhookConfiguration itself. Yields that configuration's name."""
     import kopf
@@ -60,6 +61,8 @@ def admission_webhook(kubectl: Kubectl, crds_installed: None) -> Iterator[str]:
         info: kopf.ConnectionInfo | None = kopf.login_with_kubeconfig(**kwargs)
         return info
 
+    # The webhook reads a namespace's labels (its policy level) with the operator's own client.
+    os.environ.setdefault("KUBECONFIG", kubeconfig)
     configuration = f"validate-test-{uuid.uuid4().hex[:8]}.dockyard.dev"
     settings = kopf.OperatorSettings()
     admission.configure_webhook(

@@ -16,7 +16,15 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import os
+
     from dockyard.handlers.main import run_operator
+
+    # The policy reaches the operator (and the webhook it serves) through its environment.
+    if args.policy:
+        os.environ["DOCKYARD_POLICY"] = args.policy
+    if args.allowed_host_path is not None:
+        os.environ["DOCKYARD_ALLOWED_HOST_PATHS"] = ":".join(args.allowed_host_path)
 
     return run_operator(
         namespace=args.namespace,
@@ -59,6 +67,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TYPE=N",
         help="actions in flight at once for a provider type, e.g. local=32 (repeatable; "
         "defaults: local=32, aws=8, gce=8; also DOCKYARD_POOL_SIZES=local=32,aws=8)",
+    )
+    run.add_argument(
+        "--policy",
+        choices=["privileged", "baseline", "restricted"],
+        help="the level for namespaces without a dockyard.dev/enforce label (default: baseline; "
+        "also DOCKYARD_POLICY)",
+    )
+    run.add_argument(
+        "--allowed-host-path",
+        action="append",
+        metavar="PATH",
+        help="a VM directory baseline lets bindVolumes.hostPath use, with what is below it "
+        "(repeatable; default: /var/vcap/data; also DOCKYARD_ALLOWED_HOST_PATHS=a:b)",
     )
     run.set_defaults(func=_run)
 

@@ -23,6 +23,7 @@ from dockyard.api.models import (
     parse_job,
     parse_persistent_disk,
 )
+from dockyard.api.policy import Level, violations
 from dockyard.api.validation import validate_spec
 from tests.conftest import Kubectl
 
@@ -96,7 +97,8 @@ def test_models_refuse_it_too(case: Case) -> None:
         return
     job_name = document["metadata"]["name"] if document["kind"] == "Job" else None
     spec: Any = parsed.spec
-    errors = validate_spec(spec, job_name=job_name)
+    # The webhook also applies the namespace's policy level: baseline, by default.
+    errors = validate_spec(spec, job_name=job_name) + violations(spec, Level.BASELINE)
     assert any(error.field.startswith(case.field) for error in errors), errors
 
 

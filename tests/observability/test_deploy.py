@@ -61,8 +61,7 @@ def test_cluster_role_is_least_privilege(base_objects: list[dict[str, Any]]) -> 
         **{("dockyard.dev", f"{kind}/status"): {"get", "update", "patch"} for kind in KINDS},
         **{("dockyard.dev", f"{kind}/finalizers"): {"update"} for kind in KINDS},
         ("", "events"): {"create", "patch"},
-        ("", "secrets"): {"get"},
-        ("", "namespaces"): {"list", "watch"},
+        ("", "namespaces"): {"get", "list", "watch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
         ("admissionregistration.k8s.io", "validatingwebhookconfigurations"): {
             "get",
@@ -72,6 +71,12 @@ def test_cluster_role_is_least_privilege(base_objects: list[dict[str, Any]]) -> 
     }
     assert granted == expected
     assert not any("*" in key or "*" in verbs for key, verbs in granted.items())
+
+    # Secrets in a role of their own: a scoped operator binds it only where it works.
+    secrets = one(base_objects, "ClusterRole", "dockyard-secrets")
+    assert secrets["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    secrets_binding = one(base_objects, "ClusterRoleBinding", "dockyard-secrets")
+    assert secrets_binding["roleRef"]["name"] == "dockyard-secrets"
 
     binding = one(base_objects, "ClusterRoleBinding", "dockyard")
     account = one(base_objects, "ServiceAccount", "dockyard")

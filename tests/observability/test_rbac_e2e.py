@@ -66,8 +66,24 @@ def service_account_kubeconfig(
 ) -> Iterator[str]:
     """A kubeconfig holding only a token of ServiceAccount `dockyard`, bound to deploy/'s rules."""
     role = one(kustomize(DEPLOY), "ClusterRole", "dockyard")
+    secrets = one(kustomize(DEPLOY), "ClusterRole", "dockyard-secrets")
     name = f"dockyard-rbac-test-{rbac_namespace}"
     objects = [
+        # Scoped to its namespaces, the operator reads Secrets only there (docs/security.md).
+        {**secrets, "metadata": {"name": f"{name}-secrets"}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "dockyard-secrets", "namespace": rbac_namespace},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": f"{name}-secrets",
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "dockyard", "namespace": rbac_namespace}
+            ],
+        },
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "dockyard"}},
         {**role, "metadata": {"name": name}},
         {
@@ -107,6 +123,7 @@ def service_account_kubeconfig(
         yield str(path)
     finally:
         kubectl("delete", "clusterrolebinding,clusterrole", name, check=False)
+        kubectl("delete", "clusterrole", f"{name}-secrets", check=False)
 
 
 @pytest.fixture
@@ -185,6 +202,7 @@ def test_the_cluster_role_is_enough_to_converge_and_tear_down(
 
     # The operator really runs without admin rights: only what the ClusterRole grants.
     assert can_i("get", "secrets", "-n", rbac_namespace) == "yes"
+    assert can_i("get", "secrets", "-n", "default") == "no"  # scoped: only where it works
     assert can_i("list", "secrets", "-n", rbac_namespace) == "no"
     assert can_i("create", "pods", "-n", rbac_namespace) == "no"
     assert can_i("delete", "customresourcedefinitions") == "no"

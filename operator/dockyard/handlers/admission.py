@@ -21,6 +21,7 @@ import kopf
 from pydantic import ValidationError
 
 from dockyard.api.models import DeploymentSpec, JobSpec
+from dockyard.api.policy import violations
 from dockyard.api.schema import GROUP, VERSION
 from dockyard.api.validation import (
     FieldError,
@@ -28,6 +29,8 @@ from dockyard.api.validation import (
     job_names_too_long,
     validate_spec,
 )
+from dockyard.handlers import kube
+from dockyard.handlers.fleet import fleet_of
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +50,41 @@ def _errors(spec: Any, model: type[DeploymentSpec] | type[JobSpec], name: str) -
     return validate_spec(parsed, job_name=name)
 
 
-def validate_deployment(spec: Any, name: str | None, **kwargs: Any) -> None:
+async def validate_deployment(spec: Any, name: str | None, **kwargs: Any) -> None:
     """Dependency cycles and cross-job references of a Deployment, host ports published twice
-    on a VM, and jobs whose Job would have too long a name (new ones: an old one keeps its)."""
+    on a VM, jobs whose Job would have too long a name (new ones: an old one keeps its), and
+    what its namespace's policy level refuses."""
     errors = _errors(spec, DeploymentSpec, "")
     if not errors and name:
         old = kwargs.get("old") or {}
         existing = [job.get("name") for job in (old.get("spec") or {}).get("jobs") or []]
         parsed = DeploymentSpec.model_validate(dict(spec or {}))
         errors = job_names_too_long(name, parsed, existing)
+        errors += await _policy(parsed, kwargs)
     _reject(errors)
 
 
-def validate_job(spec: Any, name: str | None, body: Any, **_: Any) -> None:
-    """Dependency cycles within a Job (references to other Jobs are the Deployment's business)."""
+async def validate_job(spec: Any, name: str | None, body: Any, **kwargs: Any) -> None:
+    """Dependency cycles within a Job (references to other Jobs are the Deployment's business),
+    and what its namespace's policy level refuses."""
     job_name = name or (body.get("metadata") or {}).get("name") or ""
-    _reject(_errors(spec, JobSpec, job_name))
+    errors = _errors(spec, JobSpec, job_name)
+    if not errors:
+        errors = await _policy(JobSpec.model_validate(dict(spec or {})), kwargs)
+    _reject(errors)
+
+
+async def _policy(spec: DeploymentSpec | JobSpec, kwargs: dict[str, Any]) -> list[FieldError]:
+    """The namespace's level (its dockyard.dev/enforce label, else the operator's default)."""
+    policy = fleet_of(kwargs["memo"]).policy
+    namespace = kwargs.get("namespace") or ""
+    labels: dict[str, str] | None = None
+    if namespace:
+        try:
+            labels = await kube.namespace_labels(namespace)
+        except kube.ApiException as error:  # the default level then: fail closed, not open
+            log.warning("reading namespace %s for its policy level: %s", namespace, error)
+    return violations(spec, policy.level_of(labels), policy)
 
 
 def register(registry: kopf.OperatorRegistry | None = None) -> None:

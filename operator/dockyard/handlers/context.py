@@ -21,6 +21,7 @@ import docker
 import kopf
 
 from dockyard.api.models import Job, ProviderSpec, parse_job
+from dockyard.api.policy import Level, violations
 from dockyard.api.quantities import parse_duration
 from dockyard.api.validation import validate_spec
 from dockyard.handlers import autosnapshots, kube
@@ -81,6 +82,8 @@ class JobRuntime:
         self.woken = asyncio.Event()
         self.watchers = WatcherSet(world.provider.docker_client, lambda _vm, _what: self.wake())
         self.secrets: dict[str, dict[str, str]] = {}
+        #: The namespace's labels (its policy level), re-read with the Secrets; None: unread.
+        self.namespace_labels: dict[str, str] | None = None
         self._secrets_read = (0.0, -1)  # (monotonic, generation) of the last read
         self._refreshing: asyncio.Task[None] | None = None
         stored = {
@@ -106,6 +109,7 @@ class JobRuntime:
         runtime = cls(fleet, job, world, pool)
         runtime.secrets = secrets
         runtime._secrets_read = (time.monotonic(), job.metadata.generation or 0)
+        runtime.namespace_labels = await _namespace_labels(job)
         if job.status.observed_generation != job.metadata.generation:
             runtime._offer(starting_status(job, datetime.now(UTC)))
         return runtime
@@ -181,7 +185,7 @@ class JobRuntime:
         self.job = job
         self.commands_seen = commands_fingerprint(job.metadata.annotations)
         restore = restore_source(job, snapshots or {})
-        desired = job_desired(job, self.secrets, restore.snapshot_id)
+        desired = job_desired(job, self.secrets, restore.snapshot_id, self.host_paths_within())
         inputs = PassInputs(
             resurrection=resurrection_policy(job),
             known_vms=known_vms(job),
@@ -190,6 +194,7 @@ class JobRuntime:
             restore_problem=restore.problem,
             restore_stalled=restore.stalled,
             spec_problem=spec_problem(job),
+            policy_problem=self.policy_problem(job),
         )
         report = await self.reconciler.reconcile(desired, inputs, lambda r: self._publish(job, r))
         self.last_report = report
@@ -240,6 +245,19 @@ class JobRuntime:
     async def _write_status(self, status: dict[str, Any]) -> None:
         await kube.patch_status("jobs", self.ref[0], self.ref[1], status)
 
+    def host_paths_within(self) -> tuple[str, ...]:
+        """Where host paths may lead under the namespace's level (empty: anywhere)."""
+        policy = self.fleet.policy
+        if policy.level_of(self.namespace_labels) is Level.PRIVILEGED:
+            return ()
+        return policy.allowed_host_paths or ("/nowhere",)
+
+    def policy_problem(self, job: Job) -> str:
+        """What the namespace's policy level refuses in the Job, naming fields and the level."""
+        policy = self.fleet.policy
+        level = policy.level_of(self.namespace_labels)
+        return "; ".join(str(e) for e in violations(job.spec, level, policy))
+
     # --- Secrets --------------------------------------------------------------------------------
 
     async def _refresh_secrets(self, job: Job) -> None:
@@ -255,12 +273,14 @@ class JobRuntime:
     async def _refresh_in_background(self, job: Job) -> None:
         try:
             fresh = await _read_secrets(job)
+            labels = await _namespace_labels(job)
         except Exception as error:  # the API is away: the cache serves on
             log.warning("re-reading the Secrets of Job %s failed: %s", self.ref[1], error)
             self._secrets_read = (time.monotonic(), self._secrets_read[1])
         else:
-            changed = fresh != self.secrets
+            changed = fresh != self.secrets or labels != self.namespace_labels
             self._set_secrets(fresh, self._secrets_read[1])
+            self.namespace_labels = labels
             if changed:
                 self.woken.set()
         finally:
@@ -280,6 +300,15 @@ def spec_problem(job: Job) -> str:
     naming the field: nothing is done for it until it is mended."""
     problems = [str(e) for e in validate_spec(job.spec, job_name=job.metadata.name)]
     return "; ".join(problems + instance_commands(job)[2])
+
+
+async def _namespace_labels(job: Job) -> dict[str, str] | None:
+    """The Job's namespace's labels; None when they cannot be read (the default level then)."""
+    try:
+        return await kube.namespace_labels(job.metadata.namespace or "")
+    except kube.ApiException as error:
+        log.warning("reading namespace %s for its policy level: %s", job.metadata.namespace, error)
+        return None
 
 
 async def _read_secrets(job: Job) -> dict[str, dict[str, str]]:

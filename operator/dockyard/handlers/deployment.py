@@ -15,7 +15,8 @@ import kopf
 
 from dockyard.api.conditions import kstatus
 from dockyard.api.models import Deployment, parse_deployment
-from dockyard.api.validation import validate_spec
+from dockyard.api.policy import violations
+from dockyard.api.validation import FieldError, validate_spec
 from dockyard.handlers import kube
 from dockyard.handlers.desired import (
     DEPLOYMENT_WIDE,
@@ -23,8 +24,7 @@ from dockyard.handlers.desired import (
     commands_fingerprint,
     is_paused,
 )
-from dockyard.handlers.fleet import Fleet
-from dockyard.handlers.job import fleet_of
+from dockyard.handlers.fleet import Fleet, fleet_of
 from dockyard.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,16 @@ async def reconcile_deployment(body: dict[str, Any], fleet: Fleet) -> None:
             j["metadata"]["labels"].get(JOB_LABEL): j
             for j in await kube.list_("jobs", namespace, f"{DEPLOYMENT_LABEL}={name}")
         }
-        if errors:
-            message = "; ".join(str(e) for e in errors)
-            kopf.warn(kube.as_body(body), reason="InvalidSpec", message=message)
-            await _publish(deployment, body, list(existing.values()), stalled=message, fleet=fleet)
+        refused = await _policy_violations(deployment, fleet)
+        if errors or refused:
+            reason = "InvalidSpec" if errors else "PolicyViolation"
+            message = "; ".join(str(e) for e in errors or refused)
+            if not errors:
+                message = f"refused by policy: {message}"
+            kopf.warn(kube.as_body(body), reason=reason, message=message)
+            await _publish(
+                deployment, body, list(existing.values()), message, fleet, stalled_reason=reason
+            )
             return
 
         wanted = {job.name for job in deployment.spec.jobs}
@@ -182,12 +188,24 @@ def _all_ready(deployment: Deployment, children: list[dict[str, Any]]) -> bool:
     )
 
 
+async def _policy_violations(deployment: Deployment, fleet: Fleet) -> list[FieldError]:
+    """What the namespace's policy level refuses: no Job is made or changed for it."""
+    namespace = deployment.metadata.namespace or ""
+    try:
+        labels: dict[str, str] | None = await kube.namespace_labels(namespace)
+    except kube.ApiException as error:
+        log.warning("reading namespace %s for its policy level: %s", namespace, error)
+        labels = None
+    return violations(deployment.spec, fleet.policy.level_of(labels), fleet.policy)
+
+
 async def _publish(
     deployment: Deployment,
     body: dict[str, Any],
     children: list[dict[str, Any]],
     stalled: str,
     fleet: Fleet,
+    stalled_reason: str = "InvalidSpecOrHaltedRollout",
 ) -> None:
     by_job = {c["metadata"]["labels"].get(JOB_LABEL): c for c in children}
     counts = []
@@ -230,7 +248,7 @@ async def _publish(
             message=stalled or progress,
             generation=generation,
             now=now,
-            stalled_reason="InvalidSpecOrHaltedRollout",
+            stalled_reason=stalled_reason,
             stalled_message=stalled,
         ),
     }

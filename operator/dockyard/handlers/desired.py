@@ -120,7 +120,9 @@ def _hook(hook: LifecycleHook | None) -> Hook | None:
     return Hook(tuple(hook.exec.command), parse_duration(hook.timeout))
 
 
-def container_want(container: Container, field: str, secrets: Secrets) -> ContainerWant:
+def container_want(
+    container: Container, field: str, secrets: Secrets, host_paths_within: tuple[str, ...] = ()
+) -> ContainerWant:
     resources = container.resources
     config = ContainerConfig(
         name=container.name,
@@ -157,11 +159,18 @@ def container_want(container: Container, field: str, secrets: Secrets) -> Contai
         ),
         pre_stop=_hook(container.lifecycle.pre_stop if container.lifecycle else None),
         post_start=_hook(container.lifecycle.post_start if container.lifecycle else None),
+        host_paths_within=host_paths_within,
     )
 
 
-def job_desired(job: Job, secrets: Secrets, restore_snapshot: str = "") -> JobDesired:
-    """``restore_snapshot``: the provider snapshot ``persistentDisk.restoreFrom`` names."""
+def job_desired(
+    job: Job,
+    secrets: Secrets,
+    restore_snapshot: str = "",
+    host_paths_within: tuple[str, ...] = (),
+) -> JobDesired:
+    """``restore_snapshot``: the provider snapshot ``persistentDisk.restoreFrom`` names;
+    ``host_paths_within``: where bind volumes' host paths may lead (the namespace's policy)."""
     spec = job.spec
     disk = None
     if spec.persistent_disk is not None:
@@ -178,7 +187,7 @@ def job_desired(job: Job, secrets: Secrets, restore_snapshot: str = "") -> JobDe
     return JobDesired(
         instances=spec.instances,
         containers=tuple(
-            container_want(c, f"spec.containers[{n}]", secrets)
+            container_want(c, f"spec.containers[{n}]", secrets, host_paths_within)
             for n, c in enumerate(spec.containers)
         ),
         stemcell=spec.stemcell or "",

@@ -22,8 +22,7 @@ from dockyard.api.quantities import format_quantity
 from dockyard.handlers import kube
 from dockyard.handlers.context import provider_for
 from dockyard.handlers.disks import ORPHANED_LABEL, REPLACED_LABEL
-from dockyard.handlers.fleet import Fleet
-from dockyard.handlers.job import fleet_of
+from dockyard.handlers.fleet import Fleet, fleet_of
 from dockyard.handlers.status import disk_conditions
 from dockyard.providers import DiskSpec, NotFoundError, PermanentError, TransientError
 from dockyard.providers.base import TAG_DISK, TAG_ORPHANED_AT

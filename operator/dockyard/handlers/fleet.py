@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, MutableMapping
 from typing import Any
 
+from dockyard.api.policy import Policy
 from dockyard.planning import ContainerKey
 from dockyard.planning.cascade import ContainerReport, upstream_states
 from dockyard.planning.verdict import UpstreamState
@@ -30,10 +31,14 @@ SettledListener = Callable[["Fleet", Group], Coroutine[Any, Any, None]]
 
 
 class Fleet:
-    def __init__(self, pool_sizes: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self, pool_sizes: Mapping[str, int] | None = None, policy: Policy | None = None
+    ) -> None:
         """``pool_sizes``: actions in flight at once per provider type (``dockyard run
-        --pool local=32``); a default per IaaS otherwise (cloud APIs rate-limit)."""
+        --pool local=32``); a default per IaaS otherwise (cloud APIs rate-limit). ``policy``:
+        what namespaces may run (``dockyard run --policy``), baseline by default."""
         self.pool_sizes = {**DEFAULT_POOL_SIZE, **(pool_sizes or {})}
+        self.policy = policy or Policy()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._providers: dict[ProviderConfig, tuple[Provider, ActionPool]] = {}
         self._providers_guard = threading.Lock()
@@ -151,3 +156,11 @@ class Fleet:
         for other, interest in self._interest.get(group, {}).items():
             if interest & set(gone):
                 self._wake_now(other)
+
+
+def fleet_of(memo: MutableMapping[str, Any]) -> Fleet:
+    """The operator's fleet, in its memo (every object's memo is a shallow copy of it)."""
+    fleet = memo.get("fleet")
+    if not isinstance(fleet, Fleet):  # an operator started without our startup handler
+        fleet = memo["fleet"] = Fleet()
+    return fleet

@@ -19,7 +19,7 @@ import kopf
 from dockyard.handlers import kube
 from dockyard.handlers.context import DRIFT_INTERVAL, JobRuntime
 from dockyard.handlers.desired import SnapshotSeen, commands_fingerprint
-from dockyard.handlers.fleet import Fleet
+from dockyard.handlers.fleet import fleet_of
 from dockyard.observability import metrics
 from dockyard.providers.redaction import redact
 
@@ -28,13 +28,6 @@ log = logging.getLogger(__name__)
 RUNTIME = "job_runtime"  # the key of a Job's runtime in its kopf memo
 DiskIndex = kopf.Index[tuple[str, str], tuple[str, str]]
 JOB_LABEL = "dockyard.dev/job"
-
-
-def fleet_of(memo: kopf.Memo) -> Fleet:
-    fleet = memo.get("fleet")
-    if not isinstance(fleet, Fleet):  # an operator started without our startup handler
-        fleet = memo["fleet"] = Fleet()
-    return fleet
 
 
 @kopf.on.update(kube.GROUP, kube.VERSION, "jobs", field="spec")

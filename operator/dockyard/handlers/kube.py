@@ -172,3 +172,13 @@ async def read_secret(namespace: str, name: str) -> dict[str, str]:
         return {key: base64.b64decode(value).decode() for key, value in data.items()}
 
     return await _run(call)
+
+
+async def namespace_labels(name: str) -> dict[str, str]:
+    """A namespace's labels (its policy level among them)."""
+
+    def call() -> dict[str, str]:
+        found = core().read_namespace(name)
+        return dict((found.metadata.labels if found.metadata else None) or {})
+
+    return await _run(call)

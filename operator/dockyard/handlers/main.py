@@ -9,6 +9,8 @@ from typing import Any
 
 import kopf
 
+from dockyard.api.policy import DEFAULT_ALLOWED_HOST_PATHS, Level, Policy, parse_level
+
 # Importing the handler modules registers their handlers with kopf.
 from dockyard.handlers import deployment, disk, job, series, snapshot  # noqa: F401
 from dockyard.handlers.fleet import Fleet
@@ -25,7 +27,9 @@ log = logging.getLogger(__name__)
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # What Jobs share (providers, action pools, the board of upstreams), in the operator's
     # memo: every object's memo is a shallow copy of it.
-    memo.setdefault("fleet", Fleet(pool_sizes(os.environ.get("DOCKYARD_POOL_SIZES", ""))))
+    memo.setdefault(
+        "fleet", Fleet(pool_sizes(os.environ.get("DOCKYARD_POOL_SIZES", "")), policy_from_env())
+    )
     # Everything kopf keeps goes to annotations under our prefix; our status is ours alone.
     settings.persistence.finalizer = "dockyard.dev/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dockyard.dev")
@@ -61,6 +65,21 @@ def release(memo: kopf.Memo, **_: Any) -> None:
         fleet.close()
 
 
+def policy_from_env() -> Policy:
+    """The operator's policy: DOCKYARD_POLICY (default level) and DOCKYARD_ALLOWED_HOST_PATHS
+    (colon-separated prefixes baseline allows), as ``dockyard run`` sets them."""
+    try:
+        level = parse_level(os.environ.get("DOCKYARD_POLICY", Level.BASELINE.value))
+    except ValueError as error:
+        raise SystemExit(f"--policy: {error}") from None
+    paths = os.environ.get("DOCKYARD_ALLOWED_HOST_PATHS")
+    allowed = tuple(p for p in paths.split(":") if p) if paths is not None else None
+    for path in allowed or ():
+        if not path.startswith("/"):
+            raise SystemExit(f"--allowed-host-path {path!r}: must be an absolute path")
+    return Policy(level, allowed if allowed is not None else DEFAULT_ALLOWED_HOST_PATHS)
+
+
 def pool_sizes(text: str) -> dict[str, int]:
     """``local=32,aws=8`` -> actions in flight at once per provider type."""
     sizes: dict[str, int] = {}
@@ -92,7 +111,7 @@ def run_operator(
             clusterwide=namespace is None,
             namespaces=[namespace] if namespace else [],
             liveness_endpoint=liveness or None,
-            memo=kopf.Memo(fleet=Fleet(pool_sizes(pools))) if pools else None,
+            memo=kopf.Memo(fleet=Fleet(pool_sizes(pools), policy_from_env())),
         )
     )
     return 0

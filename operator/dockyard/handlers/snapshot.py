@@ -18,7 +18,7 @@ from dockyard.api.quantities import format_quantity, parse_quantity
 from dockyard.handlers import kube
 from dockyard.handlers.context import provider_for
 from dockyard.handlers.desired import SnapshotSeen
-from dockyard.handlers.job import fleet_of
+from dockyard.handlers.fleet import fleet_of
 from dockyard.providers import ProviderError, Snapshot
 from dockyard.providers.base import TAG_SNAPSHOT
 

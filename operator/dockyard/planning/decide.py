@@ -109,6 +109,9 @@ class JobIntent:
     spec_problem: str = ""
     #: Paused by an operator: nothing is done at all (the status says so).
     paused: bool = False
+    #: What the namespace's policy level refuses (privileged, a capability, a host path...),
+    #: naming the fields: nothing is started until it is mended (Stalled, PolicyViolation).
+    policy_problem: str = ""
 
 
 class NoticeKind(enum.StrEnum):
@@ -170,6 +173,9 @@ def decide(intent: JobIntent, observed: JobObservation, memory: JobMemory, now: 
     looping = _crash_looping(observed, intent.job.instances)
     if intent.paused:
         verdict = Verdict(Phase.PAUSED, PAUSED_MESSAGE, ready_instances(intent.job, observed))
+        return Decision((), memory, verdict, engine_restarts=restarts, crash_looping=looping)
+    if intent.policy_problem:
+        verdict = Verdict(Phase.POLICY_VIOLATION, f"refused by policy: {intent.policy_problem}", 0)
         return Decision((), memory, verdict, engine_restarts=restarts, crash_looping=looping)
     problem = intent.spec_problem
     if not problem:

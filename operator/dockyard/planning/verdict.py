@@ -27,6 +27,7 @@ class Phase(enum.StrEnum):
     RESURRECTION_DISABLED = "ResurrectionDisabled"
     REFUSED = "Refused"  # the engine or IaaS refuses an action, every time
     DISK_MISSING = "DiskMissing"  # a recorded disk is gone: restore it or accept the loss
+    POLICY_VIOLATION = "PolicyViolation"  # the namespace's policy level refuses the spec
 
     @property
     def stalled(self) -> bool:
@@ -41,6 +42,7 @@ STALLED = frozenset(
         Phase.RESURRECTION_DISABLED,
         Phase.REFUSED,
         Phase.DISK_MISSING,
+        Phase.POLICY_VIOLATION,
     }
 )
 

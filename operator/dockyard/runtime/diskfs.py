@@ -179,3 +179,18 @@ def copy(client: docker.DockerClient, image: str, source_disk: str, target_disk:
     """Copy everything on one mounted disk onto another (both mounted in the VM), and verify."""
     source, target = mount_point(source_disk), mount_point(target_disk)
     _in_vm(client, image, COPY_SCRIPT, source, target, timeout=COPY_TIMEOUT)
+
+
+# $1 a path on the VM: where it really leads (symlinks followed), as far as it exists.
+RESOLVE_SCRIPT = r"""
+set -eu
+p=$1 d=$1
+while [ ! -e "$d" ] && [ "$d" != / ]; do d=$(dirname "$d"); done
+echo "$(readlink -f "$d")${p#"$d"}"
+"""
+
+
+def resolve(client: docker.DockerClient, image: str, path: str) -> str:
+    """Where ``path`` on the VM leads, symlinks followed (the part that does not exist yet as
+    written): what a bind of it would really mount."""
+    return _in_vm(client, image, RESOLVE_SCRIPT, path, timeout=60).splitlines()[-1]

@@ -97,6 +97,7 @@ class PassInputs:
     restore_problem: str = ""  # why persistentDisk.restoreFrom cannot be used (yet)
     restore_stalled: bool = False  # ...and only a change of spec mends it
     spec_problem: str = ""  # what is wrong with the spec, naming the field (nothing is done)
+    policy_problem: str = ""  # what the namespace's policy level refuses (nothing is done)
 
 
 @dataclass
@@ -331,6 +332,7 @@ def job_intent(desired: JobDesired, inputs: PassInputs, detach_to_resize: bool) 
         restore_stalled=inputs.restore_stalled,
         wall_clock=time.time(),
         spec_problem=inputs.spec_problem,
+        policy_problem=inputs.policy_problem,
         paused=desired.paused,
     )
 

@@ -49,6 +49,7 @@ from dockyard.runtime.engine import (
     LABEL_JOB,
     ContainerConfig,
     Engine,
+    EngineRefusedError,
     ObservedContainer,
 )
 
@@ -123,6 +124,9 @@ class ContainerWant:
     bind_volumes: tuple[BindVolume, ...] = ()
     pre_stop: Hook | None = None  # the drain, before every stop the operator makes
     post_start: Hook | None = None  # after every start the operator makes
+    #: Where a bind volume's hostPath may lead, symlinks followed (the namespace's policy
+    #: allows no more); empty: anywhere.
+    host_paths_within: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -374,6 +378,8 @@ class JobWorld:
             source = bind.host_path or (
                 f"{DATA_ROOT_IN_VM}/{self.identity.name}/{want.name}/{number}"
             )
+            if bind.host_path and want.host_paths_within:
+                source = self._confined(vm, want, number, bind.host_path)
             binds.append(f"{source}:{bind.mount_path}{':ro' if bind.read_only else ''}")
         config = replace(want.config, binds=tuple(binds))
         labels: Mapping[str, str] = {
@@ -386,6 +392,23 @@ class JobWorld:
     def run_hook(self, vm: VM, name: str, hook: Hook) -> str | None:
         """Run a lifecycle hook in the container: None when it succeeded, else why not."""
         return self.engine(vm.id).run_hook(name, hook.command, hook.timeout)
+
+    def _confined(self, vm: VM, want: ContainerWant, number: int, host_path: str) -> str:
+        """Where ``host_path`` really leads on the VM, when that stays within what the policy
+        allows: a symlink planted there (by another container) cannot lead a bind to the VM's
+        engine. The resolved path is what is bound."""
+        engine = self.engine(vm.id)
+        engine.ensure_image(self.disk_helper_image)
+        real = diskfs.resolve(engine.client, self.disk_helper_image, host_path)
+        if not any(
+            real == root or real.startswith(root.rstrip("/") + "/")
+            for root in want.host_paths_within
+        ):
+            raise EngineRefusedError(
+                f"bindVolumes[{number}].hostPath {host_path} leads to {real} on the VM, outside "
+                f"what the namespace's policy allows ({', '.join(want.host_paths_within)})"
+            )
+        return real
 
     def restart_container(self, vm: VM, name: str, grace: int = 10) -> ObservedContainer:
         return self.engine(vm.id).restart(name, timeout=grace)
