@@ -187,16 +187,8 @@ class _Planner:
 
     def _remove_instance(self, job: str, index: int, reason: str, cause: Cause) -> None:
         instance = self._instances_of(job)[index]
-        vm, disk = instance.vm, instance.disk
-        add = self.actions.append
-        if vm is not None and vm.healthy:
-            up = [n for n, c in instance.containers.items() if c.state in UP_STATES]
-            for name in self._stop_order(job, up):
-                add(StopContainer(job, index, name, reason, cause=cause))
-        if disk is not None and disk.attached_to is not None:
-            add(DetachDisk(job, index, disk.id, disk.attached_to, reason, cause=cause))
-        if vm is not None:
-            add(DeleteVM(job, index, vm.id, reason, cause=cause))
+        disk, add = instance.disk, self.actions.append
+        self._take_down(job, index, instance, reason, cause)
         if disk is not None and disk.migration_target is not None:
             add(DeleteDisk(job, index, disk.migration_target, cause=Cause.COPY_NOT_WANTED))
         if disk is not None and self._reclaim_policy(job, instance) == "Delete":
@@ -294,10 +286,8 @@ class _Planner:
             why = f"replacement of VM {instance.vm.id} ({_REPLACED[replacing]})"
             add(CreateVM(job.name, index, why, instance.vm.id, cause=replacing))
         if replacing is not None:
-            up = [n for n, c in instance.containers.items() if c.state in UP_STATES]
             why = f"its VM is replaced ({_REPLACED[replacing]})"
-            for name in self._stop_order(job.name, up):
-                add(StopContainer(job.name, index, name, why, cause=replacing))
+            self._stop_running(job.name, index, instance.containers, why, replacing)
 
     def _vm_steps(
         self,
@@ -322,25 +312,38 @@ class _Planner:
         ref = InstanceRef(job, index)
         found = self.usable.pop(ref, {})
         self.fresh.discard(ref)
-        up = [n for n, c in found.items() if c.state in UP_STATES]
-        for name in self._stop_order(job, up):
-            self.actions.append(
-                StopContainer(job, index, name, "instance stopped", cause=Cause.INSTANCE_STOPPED)
-            )
+        self._stop_running(job, index, found, "instance stopped", Cause.INSTANCE_STOPPED)
 
     def _detach_instance(self, job: str, index: int, instance: ObservedInstance) -> None:
         """``stop --hard``: containers stop, the disk is detached and kept, the VM goes."""
+        self._take_down(job, index, instance, "instance stopped --hard", Cause.INSTANCE_DETACHED)
+
+    def _take_down(
+        self, job: str, index: int, instance: ObservedInstance, reason: str, cause: Cause
+    ) -> None:
+        """An instance's running containers stop (dependents first, each drained), its disk is
+        detached, its VM (and a swap's replacement) deleted."""
         vm, disk, add = instance.vm, instance.disk, self.actions.append
-        why, cause = "instance stopped --hard", Cause.INSTANCE_DETACHED
         if vm is not None and vm.healthy:
-            up = [n for n, c in instance.containers.items() if c.state in UP_STATES]
-            for name in self._stop_order(job, up):
-                add(StopContainer(job, index, name, why, cause=cause))
+            self._stop_running(job, index, instance.containers, reason, cause)
         if disk is not None and disk.attached_to is not None:
-            add(DetachDisk(job, index, disk.id, disk.attached_to, why, cause=cause))
+            add(DetachDisk(job, index, disk.id, disk.attached_to, reason, cause=cause))
         for gone in (vm, instance.incoming):
             if gone is not None:
-                add(DeleteVM(job, index, gone.id, why, cause=cause))
+                add(DeleteVM(job, index, gone.id, reason, cause=cause))
+
+    def _stop_running(
+        self,
+        job: str,
+        index: int,
+        containers: Mapping[str, ObservedContainer],
+        reason: str,
+        cause: Cause,
+    ) -> None:
+        """StopContainer for each running one, dependents before their upstreams."""
+        up = [n for n, c in containers.items() if c.state in UP_STATES]
+        for name in self._stop_order(job, up):
+            self.actions.append(StopContainer(job, index, name, reason, cause=cause))
 
     def _disk_steps(
         self,
