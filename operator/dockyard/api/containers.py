@@ -345,6 +345,22 @@ _OUR_LABELS = rule(
 )
 
 
+DependencyRef = Annotated[str, Field(max_length=127, pattern=DEPENDENCY_PATTERN)]
+#: What a dependent waits for before it starts (docker compose's depends_on conditions).
+DependsOnCondition = Literal["Started", "Healthy", "Completed"]
+
+
+class DependencyCondition(ApiModel):
+    """An upstream, and what of it this container waits for before it (re)starts."""
+
+    name: DependencyRef
+    """"name" (same job) or "job/name" (another job of the deployment)."""
+    condition: DependsOnCondition
+    """Started: its process runs (as dependsOn); Healthy: its health check passes, on every
+    instance it runs on; Completed: it exited 0 (a one-shot container, restartPolicy Never or
+    OnFailure, such as a migration)."""
+
+
 class Container(ApiModel):
     """A Docker container run on every instance of the job."""
 
@@ -354,6 +370,13 @@ class Container(ApiModel):
                 "!has(self.dependsOn) || !(self.name in self.dependsOn)",
                 "a container cannot depend on itself",
                 field_path=".dependsOn",
+            ),
+            rule(
+                "!has(self.dependsOnConditions) || self.dependsOnConditions.all(d,"
+                " d.name != self.name && !(has(self.dependsOn) && d.name in self.dependsOn))",
+                "an upstream is named once, in dependsOn or in dependsOnConditions, and never "
+                "the container itself",
+                field_path=".dependsOnConditions",
             ),
             _OUR_LABELS,
         )
@@ -386,11 +409,16 @@ class Container(ApiModel):
     ] = Field(default_factory=list)
     """VM directories to bind-mount."""
     depends_on: Annotated[
-        list[Annotated[str, Field(max_length=127, pattern=DEPENDENCY_PATTERN)]],
-        Field(max_length=MAX_DEPENDS_ON, json_schema_extra=SET_LIST),
+        list[DependencyRef], Field(max_length=MAX_DEPENDS_ON, json_schema_extra=SET_LIST)
     ] = Field(default_factory=list)
     """Containers that must run before this one: "name" (same job) or "job/name" (another job of
     the deployment). When one of them restarts or changes, this container restarts too."""
+    depends_on_conditions: Annotated[
+        list[DependencyCondition],
+        Field(max_length=MAX_DEPENDS_ON, json_schema_extra=map_list("name")),
+    ] = Field(default_factory=list)
+    """Upstreams as dependsOn, each with what to wait for: {name: db, condition: Healthy},
+    {name: migrate, condition: Completed}. Restarts cascade the same way."""
     restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
     """When an exited container is restarted."""
     restart_backoff: RestartBackoff = defaulted(RestartBackoff)
@@ -424,10 +452,25 @@ class Container(ApiModel):
     labels: StringMap = Field(default_factory=dict)
     """Extra Docker labels; keys starting with dockyard.dev/ are Dockyard's own."""
 
+    def dependencies(self) -> list[tuple[str, DependsOnCondition]]:
+        """Every upstream reference, with what this container waits for of it."""
+        started: list[tuple[str, DependsOnCondition]] = [(r, "Started") for r in self.depends_on]
+        return started + [(d.name, d.condition) for d in self.depends_on_conditions]
+
+    @property
+    def upstream_refs(self) -> list[str]:
+        """Every upstream reference, dependsOn's and dependsOnConditions' alike."""
+        return [reference for reference, _ in self.dependencies()]
+
     @model_validator(mode="after")
     def _consistent(self) -> Container:
-        if self.name in self.depends_on:
+        if self.name in self.upstream_refs:
             raise ValueError(f"container {self.name!r} cannot depend on itself")
+        twice = sorted({r for r in self.upstream_refs if self.upstream_refs.count(r) > 1})
+        if twice:
+            raise ValueError(
+                f"upstream {twice[0]!r} is named twice (dependsOn, dependsOnConditions)"
+            )
         for field, mounts in (("volumes", self.volumes), ("bindVolumes", self.bind_volumes)):
             paths = [m.mount_path for m in mounts]
             twice = sorted({p for p in paths if paths.count(p) > 1})

@@ -140,6 +140,7 @@ def validate_dependencies(
         groups = [_Group(spec.name or job_name or "", "spec", spec.containers)]
         closed = False
     known = {group.job: {c.name for c in group.containers} for group in groups}
+    specs = {(group.job, c.name): c for group in groups for c in group.containers}
     fields = {
         (group.job, container.name): f"{group.path}.containers[{index}].dependsOn"
         for group in groups
@@ -150,11 +151,11 @@ def validate_dependencies(
     for group in groups:
         for container in group.containers:
             node = (group.job, container.name)
-            field = fields[node]
             graph[node] = []
-            for reference in container.depends_on:
+            for reference, condition, field in _references(container, fields[node]):
                 target = resolve_dependency(reference, group.job)
                 problem = _reference_problem(reference, node, target, known, closed)
+                problem = problem or _condition_problem(reference, condition, specs.get(target))
                 if problem:
                     errors.append(FieldError(field, problem))
                 elif target in fields:
@@ -164,6 +165,29 @@ def validate_dependencies(
         names = [name if single_job else f"{job}/{name}" for job, name in cycle]
         errors.append(FieldError(fields[cycle[0]], "dependency cycle " + " -> ".join(names)))
     return errors
+
+
+def _references(container: Container, field: str) -> Iterable[tuple[str, str, str]]:
+    """(reference, condition, the field naming it) of each upstream of ``container``."""
+    for reference in container.depends_on:
+        yield reference, "Started", field
+    base = field.removesuffix("dependsOn") + "dependsOnConditions"
+    for number, entry in enumerate(container.depends_on_conditions):
+        yield entry.name, entry.condition, f"{base}[{number}].name"
+
+
+def _condition_problem(reference: str, condition: str, upstream: Container | None) -> str | None:
+    """What the upstream must be for the condition to ever hold."""
+    if upstream is None:
+        return None  # another Job object: checked when the Deployment is
+    if condition == "Healthy" and upstream.health_check is None:
+        return f"{reference!r} has no healthCheck: condition Healthy would never hold"
+    if condition == "Completed" and upstream.restart_policy == "Always":
+        return (
+            f"{reference!r} has restartPolicy Always: it never completes "
+            "(condition Completed needs Never or OnFailure)"
+        )
+    return None
 
 
 def _reference_problem(

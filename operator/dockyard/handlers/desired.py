@@ -148,7 +148,8 @@ def container_want(
     )
     return ContainerWant(
         config=config,
-        depends_on=tuple(container.depends_on),
+        depends_on=tuple(container.upstream_refs),
+        conditions=tuple((r, c) for r, c in container.dependencies() if c != "Started"),
         volumes=tuple(
             VolumeMount(sub_path=v.sub_path or v.name or "", mount_path=v.mount_path)
             for v in container.volumes
@@ -314,7 +315,7 @@ def known_vms(job: Job) -> dict[int, str]:
 def cross_job_upstreams(job: Job) -> set[ContainerKey]:
     """The ``job/name`` containers of other jobs this Job's containers depend on."""
     keys = {
-        parse_dependency(ref, job.job_name) for c in job.spec.containers for ref in c.depends_on
+        parse_dependency(ref, job.job_name) for c in job.spec.containers for ref in c.upstream_refs
     }
     return {key for key in keys if key.job != job.job_name}
 

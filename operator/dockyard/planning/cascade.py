@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from dockyard.planning.graph import build_graph, external_upstreams
 from dockyard.planning.model import ContainerKey, DesiredJob
-from dockyard.planning.verdict import UpstreamState, Verdict
+from dockyard.planning.verdict import Readiness, UpstreamState, Verdict
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class ContainerReport:
     settled: bool = True
     #: Its upstreams in other jobs, with the latest start the Job decided against.
     upstreams: Mapping[ContainerKey, float | None] = field(default_factory=dict)
+    #: Healthy everywhere, completed: what dependsOn conditions wait for.
+    readiness: Readiness = field(default_factory=Readiness)
 
 
 Board = Mapping[ContainerKey, ContainerReport]
@@ -47,7 +49,8 @@ def upstream_states(
         report = board.get(key)
         if report is None:
             continue
-        states[key] = UpstreamState(report.latest_start, _settled(board, key, memo, set()))
+        settled = _settled(board, key, memo, set())
+        states[key] = UpstreamState(report.latest_start, settled, report.readiness)
     return states
 
 
@@ -86,5 +89,6 @@ def reports_of(
             latest_start=verdict.latest_starts.get(key),
             settled=key not in verdict.unsettled,
             upstreams={u: upstreams_seen.get(u) for u in outside},
+            readiness=verdict.readiness.get(key, Readiness()),
         )
     return reports

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from dockyard.planning.backoff import HEALTHY_RESET, Backoff
+from dockyard.planning.conditions import Waiting, readiness, waiting
 from dockyard.planning.graph import DependencyGraph, build_graph, external_upstreams
 from dockyard.planning.memory import (
     Halt,
@@ -141,6 +142,7 @@ class Hold(enum.StrEnum):
     ROLLOUT = "Rollout"  # its instance waits for a later rollout batch
     HALTED = "Halted"  # the rollout of this generation halted
     DISK_MISSING = "DiskMissing"  # its recorded disk is gone: no blank one, no users started
+    CONDITION = "Condition"  # an upstream is not yet what it waits for (Healthy, Completed)
     RESTORE = "Restore"  # the snapshot a new disk starts from is not usable yet
 
 
@@ -191,9 +193,14 @@ def decide(intent: JobIntent, observed: JobObservation, memory: JobMemory, now: 
     memory, notices = _tell_missing(missing, memory, notices)
     held = _gates(intent, planned, memory, now, missing)
     memory, rollout, held = _rollout(intent, observed, planned, memory, held, now)
+    conditions = waiting(intent.job, planned, held, observed, intent.upstreams)
+    for action in conditions:
+        held.setdefault(action, Hold.CONDITION)
     memory, notices = _tell_halt(memory, notices)
     actions = tuple(a for a in planned if a not in held)
-    verdict = _verdict(intent, observed, memory, health, planned, actions, held, looping, now)
+    verdict = _verdict(
+        intent, observed, memory, health, planned, actions, held, looping, now, conditions
+    )
     return Decision(actions, memory, verdict, rollout, notices, held, restarts, looping)
 
 
@@ -609,8 +616,10 @@ def _rollout(
             memory = replace(memory, halted=halt, watch=None)
             watch = None
         else:
+            deferred = _deferred_starts(intent.job)
             for action in actions:
-                if action.index in watch.indices or action.index in updating:
+                finishing = action.index in watch.indices and _in(action, deferred)
+                if not finishing and (action.index in watch.indices or action.index in updating):
                     held.setdefault(action, Hold.WATCHED)
             return replace(memory, watch=watch), None, held
     memory = replace(memory, watch=None)
@@ -652,6 +661,26 @@ def _tell_halt(
         return memory, notices
     notice = Notice(NoticeKind.ROLLOUT_HALTED, halted.index, halted.reason)
     return replace(memory, told=memory.told | {told}), (*notices, notice)
+
+
+def _deferred_starts(job: DesiredJob) -> frozenset[str]:
+    """Containers whose start waits for a condition (or is behind one that does): the batch
+    being watched finishes them while it is watched."""
+    graph = _graph(job)
+    waiting = {c.name for c in job.containers if c.waits_for}
+    return frozenset(
+        c.name
+        for c in job.containers
+        if c.name in waiting
+        or any(
+            u.job == job.name and u.container in waiting
+            for u in graph.upstreams_of(ContainerKey(job.name, c.name), transitive=True)
+        )
+    )
+
+
+def _in(action: Action, containers: frozenset[str]) -> bool:
+    return isinstance(action, STARTS) and action.container in containers
 
 
 def _watch_failure(
@@ -702,21 +731,27 @@ def _verdict(
     held: Mapping[Action, Hold],
     looping: Mapping[Slot, str],
     now: float,
+    conditions: Mapping[Action, Waiting],
 ) -> Verdict:
     job = intent.job
     ready = ready_instances(job, observed)
     progress = f"{ready}/{job.instances} instances ready" + _commanded(job)
-    waits = describe_waits(memory, now)
-    refused = _refused(memory)
-    outstanding = [a for a in planned if held.get(a) is not Hold.HALTED]
     # An upstream in another job that (re)starts may restart containers here: not Ready yet.
     upstreams = sorted(str(key) for key, state in intent.upstreams.items() if not state.settled)
-    converged = not outstanding and not waits and memory.watch is None and not upstreams
-    converged = converged and not memory.halted and _matches(job, observed)
-    restore = (intent.restore_problem, intent.restore_stalled)
-    phase, message = _phase(
-        memory, health, refused, converged, looping, waits, actions, upstreams, restore
+    situation = _Situation(
+        refused=_refused(memory),
+        waits=describe_waits(memory, now),
+        looping=looping,
+        actions=actions,
+        upstreams=upstreams,
+        restore=(intent.restore_problem, intent.restore_stalled),
+        conditions=sorted({str(w) for w in conditions.values()}),
+        blocked=sorted({str(w) for w in conditions.values() if w.failed}),
     )
+    outstanding = [a for a in planned if held.get(a) is not Hold.HALTED]
+    converged = not outstanding and not situation.waits and memory.watch is None
+    converged = converged and not upstreams and not memory.halted and _matches(job, observed)
+    phase, message = _phase(memory, health, situation, converged)
     if phase in (Phase.RECONCILING, Phase.ROLLING_OUT, Phase.CONVERGED):
         message = f"{progress}; {message}" if message else progress
     return Verdict(
@@ -729,19 +764,26 @@ def _verdict(
         ),
         unsettled=_unsettled(planned, held),
         latest_starts=_latest_starts(job, observed),
+        readiness=readiness(job, observed),
     )
 
 
+@dataclass(frozen=True)
+class _Situation:
+    """What a verdict is made of, besides memory and health."""
+
+    refused: str
+    waits: str
+    looping: Mapping[Slot, str]
+    actions: Sequence[Action]
+    upstreams: Sequence[str]
+    restore: tuple[str, bool]
+    conditions: Sequence[str]  # starts that wait for an upstream's condition
+    blocked: Sequence[str]  # ...for one that failed for good
+
+
 def _phase(
-    memory: JobMemory,
-    health: _Health,
-    refused: str,
-    converged: bool,
-    looping: Mapping[Slot, str],
-    waits: str,
-    actions: Sequence[Action],
-    upstreams: Sequence[str],
-    restore: tuple[str, bool] = ("", False),
+    memory: JobMemory, health: _Health, now: _Situation, converged: bool
 ) -> tuple[Phase, str]:
     """The Ready reason, most specific first: stalled causes, then what runs or waits."""
     if memory.halted is not None:
@@ -750,30 +792,34 @@ def _phase(
         return Phase.MELTDOWN, health.paused
     if health.paused:
         return Phase.RESURRECTION_DISABLED, health.paused
-    if refused:
-        return Phase.REFUSED, refused
-    if restore[1]:
-        return Phase.INVALID_SPEC, restore[0]
+    if now.refused:
+        return Phase.REFUSED, now.refused
+    if now.restore[1]:
+        return Phase.INVALID_SPEC, now.restore[0]
+    if now.blocked:
+        return Phase.UPSTREAM_FAILED, "; ".join(now.blocked)
     missing = [key for key in memory.told if key[0] is NoticeKind.DISK_MISSING]
     if missing:
         return Phase.DISK_MISSING, "; ".join(
             missing_message(int(str(k[1])), str(k[2])) for k in sorted(missing, key=str)
         )
-    if actions:
-        return Phase.RECONCILING, describe_actions(actions)
+    if now.actions:
+        return Phase.RECONCILING, describe_actions(now.actions)
     if converged:
         return Phase.CONVERGED, ""
-    if looping:
-        return Phase.CRASH_LOOP, "; ".join(looping[slot] for slot in sorted(looping))
-    if waits:
-        return Phase.BACK_OFF, waits
+    if now.looping:
+        return Phase.CRASH_LOOP, "; ".join(now.looping[slot] for slot in sorted(now.looping))
+    if now.waits:
+        return Phase.BACK_OFF, now.waits
     if memory.watch is not None:
         kind = "canary" if memory.watch.canary else "batch"
         watched = ", ".join(map(str, memory.watch.indices))
         return Phase.ROLLING_OUT, f"rollout: {kind} (instances {watched}) watched"
-    if upstreams:
-        return Phase.RECONCILING, f"waiting for upstream {', '.join(upstreams)} to settle"
-    return Phase.RECONCILING, restore[0]
+    if now.conditions:
+        return Phase.RECONCILING, "; ".join(now.conditions)
+    if now.upstreams:
+        return Phase.RECONCILING, f"waiting for upstream {', '.join(now.upstreams)} to settle"
+    return Phase.RECONCILING, now.restore[0]
 
 
 def _commanded(job: DesiredJob) -> str:

@@ -86,6 +86,11 @@ class DesiredContainer:
     depends_on: tuple[str, ...] = ()
     restart_policy: RestartPolicy = "Always"
     uses_disk: bool = False
+    #: Upstreams (of ``depends_on``) it waits for more than the start of before it (re)starts:
+    #: (reference, "Healthy" | "Completed").
+    waits_for: tuple[tuple[str, str], ...] = ()
+    #: It has a health check (its health is known, not taken from running).
+    checked: bool = False
 
 
 @dataclass(frozen=True)

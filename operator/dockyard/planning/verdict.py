@@ -27,6 +27,7 @@ class Phase(enum.StrEnum):
     RESURRECTION_DISABLED = "ResurrectionDisabled"
     REFUSED = "Refused"  # the engine or IaaS refuses an action, every time
     DISK_MISSING = "DiskMissing"  # a recorded disk is gone: restore it or accept the loss
+    UPSTREAM_FAILED = "UpstreamFailed"  # an upstream a container waits to complete failed
     POLICY_VIOLATION = "PolicyViolation"  # the namespace's policy level refuses the spec
 
     @property
@@ -43,17 +44,37 @@ STALLED = frozenset(
         Phase.REFUSED,
         Phase.DISK_MISSING,
         Phase.POLICY_VIOLATION,
+        Phase.UPSTREAM_FAILED,
     }
 )
+
+
+class Completion(enum.StrEnum):
+    """Whether a one-shot container did its work (a dependsOn condition Completed)."""
+
+    DONE = "Done"  # exited 0
+    FAILED = "Failed"  # exited non-zero, and its restart policy will not run it again
+    PENDING = "Pending"  # not yet (running, restarting, never started)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """A container of a job over every wanted instance of it, for its dependents' conditions:
+    healthy everywhere, and whether it completed."""
+
+    healthy: bool = False
+    completion: Completion = Completion.PENDING
 
 
 @dataclass(frozen=True)
 class UpstreamState:
     """A container of another job, as its own Job last reported it: its latest start over its
-    instances, and whether it is settled (nothing of it (re)starts now or is about to)."""
+    instances, whether it is settled (nothing of it (re)starts now or is about to), and its
+    readiness (for dependsOn conditions)."""
 
     latest_start: float | None
     settled: bool = True
+    readiness: Readiness = field(default_factory=Readiness)
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,8 @@ class Verdict:
     unsettled: frozenset[ContainerKey] = frozenset()
     #: Latest start of each of this Job's containers, over its instances.
     latest_starts: Mapping[ContainerKey, float | None] = field(default_factory=dict)
+    #: Each of this Job's containers over its instances: healthy, completed (for dependents).
+    readiness: Mapping[ContainerKey, Readiness] = field(default_factory=dict)
 
     @property
     def stalled(self) -> bool:

@@ -357,6 +357,8 @@ def planning_job(desired: JobDesired) -> planning.DesiredJob:
                 depends_on=want.depends_on,
                 restart_policy=_restart_policy(want.config.restart_policy),
                 uses_disk=bool(want.volumes),
+                waits_for=want.conditions,
+                checked=bool(want.config.healthcheck_command),
             )
             for want in desired.containers
         ),

@@ -127,6 +127,8 @@ class ContainerWant:
     #: Where a bind volume's hostPath may lead, symlinks followed (the namespace's policy
     #: allows no more); empty: anywhere.
     host_paths_within: tuple[str, ...] = ()
+    #: Upstreams it waits for more than the start of: (reference, "Healthy" | "Completed").
+    conditions: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
