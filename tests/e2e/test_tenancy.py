@@ -245,10 +245,12 @@ def test_a_container_cannot_reach_its_vm_engine_nor_another_namespace_secret(
         assert team.apply(deployment("peek", peek), dry_run=False).returncode == 0
 
         def said_missing() -> str | None:
-            events = kubectl(
-                "get", "events", "-n", team.namespace, "-o", "jsonpath={.items[*].message}"
+            job = json.loads(
+                kubectl("get", "dyj", "peek-j", "-n", team.namespace, "-o", "json").stdout
             )
-            return events.stdout if "of Secret 'token' does not exist" in events.stdout else None
+            found = condition(job, "Stalled")
+            said = found["message"] if found and found["status"] == "True" else ""
+            return said if "of Secret 'token' does not exist" in said else None
 
         told = wait_for(said_missing, timeout=60, what="the missing Secret said")
         assert "s3cr3t-b" not in told

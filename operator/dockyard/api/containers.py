@@ -42,12 +42,12 @@ MIN_PROBE_DURATION = "1s"
 
 
 class SecretKeySelector(ApiModel):
-    """One key of a Secret in the object's namespace."""
+    """One key of a Secret (or ConfigMap) in the object's namespace."""
 
     name: Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")]
-    """Name of the Secret."""
+    """Name of the Secret (or ConfigMap)."""
     key: Annotated[str, Field(max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
-    """Key within the Secret."""
+    """Key within it."""
 
 
 class EnvVarSource(ApiModel):
@@ -130,6 +130,36 @@ class BindVolume(ApiModel):
     no '.', '..' or empty part, no ':'."""
     read_only: bool = False
     """Mount read-only."""
+
+
+class ContainerFile(ApiModel):
+    """A file written into the container before it starts, from a key of a ConfigMap or a
+    Secret of the object's namespace. A change of its content recreates the container (through
+    the rollout) and then its dependents."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "has(self.configMapRef) != has(self.secretRef)",
+                "set exactly one of configMapRef or secretRef",
+            )
+        )
+    )
+
+    path: ContainerPath
+    """Absolute path of the file in the container."""
+    config_map_ref: SecretKeySelector | None = None
+    """A key of a ConfigMap (same namespace)."""
+    secret_ref: SecretKeySelector | None = None
+    """A key of a Secret (same namespace)."""
+    mode: Annotated[int, Field(ge=0, le=0o777)] = 0o644
+    """File mode, as a number (420 is 0644; 511 is 0777)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ContainerFile:
+        if (self.config_map_ref is None) == (self.secret_ref is None):
+            raise ValueError("set exactly one of configMapRef or secretRef")
+        return self
 
 
 class RestartBackoff(ApiModel):
@@ -427,6 +457,10 @@ class Container(ApiModel):
     """Health check (none: running means healthy)."""
     lifecycle: Lifecycle | None = None
     """preStop (drain) and postStart hooks."""
+    files: Annotated[
+        list[ContainerFile], Field(max_length=16, json_schema_extra=map_list("path"))
+    ] = Field(default_factory=list)
+    """Configuration files from ConfigMaps and Secrets, written into the container."""
     resources: Resources | None = None
     """Resource limits."""
     privileged: bool = False

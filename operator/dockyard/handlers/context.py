@@ -29,6 +29,7 @@ from dockyard.handlers.desired import (
     ACCEPT_DISK_LOSS,
     SnapshotSeen,
     commands_fingerprint,
+    config_map_names,
     cross_job_upstreams,
     instance_commands,
     job_desired,
@@ -47,6 +48,7 @@ from dockyard.handlers.status import job_status, starting_status
 from dockyard.monitor.watch import WatcherSet
 from dockyard.planning import ContainerKey
 from dockyard.planning.cascade import reports_of
+from dockyard.planning.verdict import UpstreamState
 from dockyard.providers import PermanentError, Provider, ProviderError
 from dockyard.providers.base import ProviderConfig
 from dockyard.providers.redaction import protect, redact
@@ -82,6 +84,7 @@ class JobRuntime:
         self.woken = asyncio.Event()
         self.watchers = WatcherSet(world.provider.docker_client, lambda _vm, _what: self.wake())
         self.secrets: dict[str, dict[str, str]] = {}
+        self.config_maps: dict[str, dict[str, str]] = {}  # read and refreshed with the Secrets
         #: The namespace's labels (its policy level), re-read with the Secrets; None: unread.
         self.namespace_labels: dict[str, str] | None = None
         self._secrets_read = (0.0, -1)  # (monotonic, generation) of the last read
@@ -108,6 +111,7 @@ class JobRuntime:
         world, pool = await _world(fleet, job, secrets)
         runtime = cls(fleet, job, world, pool)
         runtime.secrets = secrets
+        runtime.config_maps = await _read_config_maps(job)
         runtime._secrets_read = (time.monotonic(), job.metadata.generation or 0)
         runtime.namespace_labels = await _namespace_labels(job)
         if job.status.observed_generation != job.metadata.generation:
@@ -143,10 +147,8 @@ class JobRuntime:
         elif retention > 0:
             fate = "orphan"
         indices = sorted(known_disks(self.job, disk_records))
-        try:
-            desired = job_desired(self.job, self.secrets)
-        except PermanentError:  # a Secret gone: the VMs go without their drains
-            desired = None
+        # What is missing (a Secret gone) only leaves a value empty: the drains still run.
+        desired = job_desired(self.job, self.secrets, config_maps=self.config_maps, problems=[])
         await self.reconciler.teardown(fate, indices, desired)
         self.woken.set()  # the daemon sees it is closed and ends
         if fate == "keep":
@@ -185,15 +187,30 @@ class JobRuntime:
         self.job = job
         self.commands_seen = commands_fingerprint(job.metadata.annotations)
         restore = restore_source(job, snapshots or {})
-        desired = job_desired(job, self.secrets, restore.snapshot_id, self.host_paths_within())
+        upstreams = self.fleet.upstreams(self.group, self.ref, cross_job_upstreams(job))
+        links = {key: state.endpoints for key, state in upstreams.items()}
+        missing: list[str] = []  # references to Secrets or ConfigMaps that are not there
+        desired = job_desired(
+            job,
+            self.secrets,
+            restore.snapshot_id,
+            self.host_paths_within(),
+            links,
+            self.config_maps,
+            missing,
+        )
+        # An upstream whose Job has not reported yet: its dependents' links are not known, so
+        # nothing (re)starts for it until it has (no container recreated with an empty list).
+        for key in cross_job_upstreams(job) - set(upstreams):
+            upstreams[key] = UpstreamState(None, settled=False)
         inputs = PassInputs(
             resurrection=resurrection_policy(job),
             known_vms=known_vms(job),
-            upstreams=self.fleet.upstreams(self.group, self.ref, cross_job_upstreams(job)),
+            upstreams=upstreams,
             known_disks=known_disks(job, disk_records),
             restore_problem=restore.problem,
             restore_stalled=restore.stalled,
-            spec_problem=spec_problem(job),
+            spec_problem="; ".join(filter(None, [spec_problem(job), *missing])),
             policy_problem=self.policy_problem(job),
         )
         report = await self.reconciler.reconcile(desired, inputs, lambda r: self._publish(job, r))
@@ -212,7 +229,9 @@ class JobRuntime:
     def _publish(self, job: Job, report: JobReport) -> None:
         """The board, the status and the disk records after a decision (before its actions
         run, when ``report.acting``, and after)."""
-        planned = planning_job(job_desired(job, self.secrets))
+        planned = planning_job(
+            job_desired(job, self.secrets, config_maps=self.config_maps, problems=[])
+        )
         self.fleet.report(
             self.group, self.ref, reports_of(planned, report.verdict, report.upstreams_seen)
         )
@@ -265,22 +284,32 @@ class JobRuntime:
         re-read in the background now and then (a changed value wakes the daemon)."""
         generation = job.metadata.generation or 0
         read_at, read_for = self._secrets_read
-        if generation != read_for or not secret_names(job) <= set(self.secrets):
+        if (
+            generation != read_for
+            or not secret_names(job) <= set(self.secrets)
+            or not config_map_names(job) <= set(self.config_maps)
+        ):
             self._set_secrets(await _read_secrets(job), generation)
+            self.config_maps = await _read_config_maps(job)
         elif time.monotonic() - read_at >= SECRETS_REFRESH and self._refreshing is None:
             self._refreshing = asyncio.create_task(self._refresh_in_background(job))
 
     async def _refresh_in_background(self, job: Job) -> None:
         try:
             fresh = await _read_secrets(job)
+            config_maps = await _read_config_maps(job)
             labels = await _namespace_labels(job)
         except Exception as error:  # the API is away: the cache serves on
             log.warning("re-reading the Secrets of Job %s failed: %s", self.ref[1], error)
             self._secrets_read = (time.monotonic(), self._secrets_read[1])
         else:
-            changed = fresh != self.secrets or labels != self.namespace_labels
+            changed = (fresh, config_maps, labels) != (
+                self.secrets,
+                self.config_maps,
+                self.namespace_labels,
+            )
             self._set_secrets(fresh, self._secrets_read[1])
-            self.namespace_labels = labels
+            self.config_maps, self.namespace_labels = config_maps, labels
             if changed:
                 self.woken.set()
         finally:
@@ -309,6 +338,18 @@ async def _namespace_labels(job: Job) -> dict[str, str] | None:
     except kube.ApiException as error:
         log.warning("reading namespace %s for its policy level: %s", job.metadata.namespace, error)
         return None
+
+
+async def _read_config_maps(job: Job) -> dict[str, dict[str, str]]:
+    namespace = job.metadata.namespace or ""
+    found: dict[str, dict[str, str]] = {}
+    for name in config_map_names(job):
+        try:
+            found[name] = await kube.read_config_map(namespace, name)
+        except kube.ApiException as error:
+            if error.status != 404:
+                raise
+    return found
 
 
 async def _read_secrets(job: Job) -> dict[str, dict[str, str]]:

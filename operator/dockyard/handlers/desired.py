@@ -23,7 +23,7 @@ from dockyard.planning.decide import ResurrectionPolicy
 from dockyard.providers import PermanentError, ProviderConfig
 from dockyard.runtime.engine import ContainerConfig
 from dockyard.runtime.reconciler import DiskWant, JobDesired
-from dockyard.runtime.world import BindVolume, ContainerWant, Hook, VolumeMount
+from dockyard.runtime.world import BindVolume, ContainerWant, Hook, VolumeMount, link
 
 MIB = 1024 * 1024
 
@@ -31,16 +31,58 @@ Secrets = Mapping[str, Mapping[str, str]]  # Secret name -> decoded data
 
 
 def secret_names(job: Job) -> set[str]:
-    """Secrets the Job reads: env valueFrom and provider credentials."""
+    """Secrets the Job reads: env valueFrom, files and provider credentials."""
     names = {
         env.value_from.secret_key_ref.name
         for container in job.spec.containers
         for env in container.env
         if env.value_from is not None
     }
+    names |= {f.secret_ref.name for c in job.spec.containers for f in c.files if f.secret_ref}
     if job.spec.provider.credentials_secret_ref is not None:
         names.add(job.spec.provider.credentials_secret_ref.name)
     return names
+
+
+def config_map_names(job: Job) -> set[str]:
+    """ConfigMaps the Job reads: files."""
+    return {f.config_map_ref.name for c in job.spec.containers for f in c.files if f.config_map_ref}
+
+
+def _missing(problem: str, problems: list[str] | None) -> str:
+    """A reference that is not there: an error, or (``problems`` given) said there and an
+    empty value in its place (the Job is then Stalled naming it, and nothing runs)."""
+    if problems is None:
+        raise PermanentError(problem)
+    problems.append(problem)
+    return ""
+
+
+def _files(
+    container: Container,
+    field: str,
+    secrets: Secrets,
+    config_maps: Secrets,
+    problems: list[str] | None = None,
+) -> tuple[tuple[str, str, int], ...]:
+    files = []
+    for number, entry in enumerate(container.files):
+        source, ref, kind = (
+            (config_maps, entry.config_map_ref, "configMapRef")
+            if entry.config_map_ref is not None
+            else (secrets, entry.secret_ref, "secretRef")
+        )
+        assert ref is not None
+        content = source.get(ref.name, {}).get(ref.key)
+        if content is None:
+            what = "ConfigMap" if kind == "configMapRef" else "Secret"
+            content = _missing(
+                f"{field}.files[{number}].{kind}: key {ref.key!r} of {what} {ref.name!r} "
+                "does not exist",
+                problems,
+            )
+        files.append((entry.path, content, entry.mode))
+    return tuple(files)
 
 
 def provider_config(spec: ProviderSpec, secrets: Secrets) -> ProviderConfig:
@@ -64,7 +106,9 @@ def provider_config(spec: ProviderSpec, secrets: Secrets) -> ProviderConfig:
     )
 
 
-def _env(container: Container, field: str, secrets: Secrets) -> dict[str, str]:
+def _env(
+    container: Container, field: str, secrets: Secrets, problems: list[str] | None = None
+) -> dict[str, str]:
     env: dict[str, str] = {}
     for number, var in enumerate(container.env):
         if var.value is not None:
@@ -74,9 +118,10 @@ def _env(container: Container, field: str, secrets: Secrets) -> dict[str, str]:
         ref = var.value_from.secret_key_ref
         value = secrets.get(ref.name, {}).get(ref.key)
         if value is None:
-            raise PermanentError(
+            value = _missing(
                 f"{field}.env[{number}].valueFrom.secretKeyRef: "
-                f"key {ref.key!r} of Secret {ref.name!r} does not exist"
+                f"key {ref.key!r} of Secret {ref.name!r} does not exist",
+                problems,
             )
         env[var.name] = value
     return env
@@ -120,16 +165,53 @@ def _hook(hook: LifecycleHook | None) -> Hook | None:
     return Hook(tuple(hook.exec.command), parse_duration(hook.timeout))
 
 
+Links = Mapping[ContainerKey, tuple[str, ...]]  # upstream in another job -> its endpoints
+
+
+def _links(
+    container: Container, job: str, own: Mapping[str, tuple[int, ...]], links: Links
+) -> tuple[
+    dict[str, str], tuple[tuple[str, str, int], ...], tuple[tuple[str, tuple[int, ...]], ...]
+]:
+    """A container's links: to other jobs' upstreams as env and files of its config (so a
+    change of their addresses recreates it), and its own job's (resolved on its VM)."""
+    env: dict[str, str] = {}
+    files: list[tuple[str, str, int]] = []
+    local: list[tuple[str, tuple[int, ...]]] = []
+    for reference in container.upstream_refs:
+        key = parse_dependency(reference, job)
+        if key.job == job:
+            local.append((key.container, own.get(key.container, ())))
+            continue
+        endpoints = links.get(key, ())
+        name, value, path = link(key.job, key.container, endpoints)
+        env[name] = value
+        files.append((path, "".join(f"{e}\n" for e in endpoints), 0o644))
+    return env, tuple(files), tuple(local)
+
+
 def container_want(
-    container: Container, field: str, secrets: Secrets, host_paths_within: tuple[str, ...] = ()
+    container: Container,
+    field: str,
+    secrets: Secrets,
+    host_paths_within: tuple[str, ...] = (),
+    job: str = "",
+    own: Mapping[str, tuple[int, ...]] | None = None,
+    links: Links | None = None,
+    config_maps: Secrets | None = None,
+    problems: list[str] | None = None,
 ) -> ContainerWant:
+    """``job``: its job's name; ``own``: the host ports each container of that job publishes;
+    ``links``: the endpoints of its upstreams in other jobs; ``config_maps``: the ConfigMaps
+    its files read (name -> data)."""
     resources = container.resources
+    link_env, link_files, local_links = _links(container, job, own or {}, links or {})
     config = ContainerConfig(
         name=container.name,
         image=container.image,
         entrypoint=tuple(container.command) or None,
         command=tuple(container.args) or None,
-        env=_env(container, field, secrets),
+        env={**_env(container, field, secrets, problems), **link_env},
         ports=tuple((p.container_port, p.host_port, p.protocol) for p in container.ports),
         restart_policy=container.restart_policy,
         memory_bytes=parse_quantity(resources.memory) if resources and resources.memory else None,
@@ -144,6 +226,7 @@ def container_want(
         if container.stop_grace_period is not None
         else None,
         labels=dict(container.labels),
+        files=_files(container, field, secrets, config_maps or {}, problems) + link_files,
         **_healthcheck(container.health_check),  # type: ignore[arg-type]
     )
     return ContainerWant(
@@ -161,6 +244,7 @@ def container_want(
         pre_stop=_hook(container.lifecycle.pre_stop if container.lifecycle else None),
         post_start=_hook(container.lifecycle.post_start if container.lifecycle else None),
         host_paths_within=host_paths_within,
+        local_links=local_links,
     )
 
 
@@ -169,9 +253,13 @@ def job_desired(
     secrets: Secrets,
     restore_snapshot: str = "",
     host_paths_within: tuple[str, ...] = (),
+    links: Links | None = None,
+    config_maps: Secrets | None = None,
+    problems: list[str] | None = None,
 ) -> JobDesired:
     """``restore_snapshot``: the provider snapshot ``persistentDisk.restoreFrom`` names;
-    ``host_paths_within``: where bind volumes' host paths may lead (the namespace's policy)."""
+    ``host_paths_within``: where bind volumes' host paths may lead (the namespace's policy);
+    ``links``: where its upstreams in other jobs are reached (their Jobs report it)."""
     spec = job.spec
     disk = None
     if spec.persistent_disk is not None:
@@ -185,10 +273,21 @@ def job_desired(
     update = spec.update
     watch = update.update_watch_time
     commands, paused, _ = instance_commands(job)
+    own = {c.name: tuple(p.host_port for p in c.ports if p.host_port) for c in spec.containers}
     return JobDesired(
         instances=spec.instances,
         containers=tuple(
-            container_want(c, f"spec.containers[{n}]", secrets, host_paths_within)
+            container_want(
+                c,
+                f"spec.containers[{n}]",
+                secrets,
+                host_paths_within,
+                job.job_name,
+                own,
+                links,
+                config_maps,
+                problems,
+            )
             for n, c in enumerate(spec.containers)
         ),
         stemcell=spec.stemcell or "",

@@ -174,6 +174,16 @@ async def read_secret(namespace: str, name: str) -> dict[str, str]:
     return await _run(call)
 
 
+async def read_config_map(namespace: str, name: str) -> dict[str, str]:
+    """A ConfigMap's data."""
+
+    def call() -> dict[str, str]:
+        found = core().read_namespaced_config_map(name, namespace)
+        return dict(found.data or {})
+
+    return await _run(call)
+
+
 async def namespace_labels(name: str) -> dict[str, str]:
     """A namespace's labels (its policy level among them)."""
 

@@ -34,6 +34,8 @@ class ContainerReport:
     upstreams: Mapping[ContainerKey, float | None] = field(default_factory=dict)
     #: Healthy everywhere, completed: what dependsOn conditions wait for.
     readiness: Readiness = field(default_factory=Readiness)
+    #: address:port of every instance of it: its dependents' links.
+    endpoints: tuple[str, ...] = ()
 
 
 Board = Mapping[ContainerKey, ContainerReport]
@@ -50,7 +52,9 @@ def upstream_states(
         if report is None:
             continue
         settled = _settled(board, key, memo, set())
-        states[key] = UpstreamState(report.latest_start, settled, report.readiness)
+        states[key] = UpstreamState(
+            report.latest_start, settled, report.readiness, report.endpoints
+        )
     return states
 
 
@@ -90,5 +94,6 @@ def reports_of(
             settled=key not in verdict.unsettled,
             upstreams={u: upstreams_seen.get(u) for u in outside},
             readiness=verdict.readiness.get(key, Readiness()),
+            endpoints=verdict.endpoints.get(key, ()),
         )
     return reports

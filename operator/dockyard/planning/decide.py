@@ -765,6 +765,7 @@ def _verdict(
         unsettled=_unsettled(planned, held),
         latest_starts=_latest_starts(job, observed),
         readiness=readiness(job, observed),
+        endpoints=endpoints(job, observed),
     )
 
 
@@ -939,6 +940,25 @@ def _unsettled(planned: Sequence[Action], held: Mapping[Action, Hold]) -> frozen
     start waits for a back-off is not: its dependents need not wait minutes for it."""
     failed = {Hold.BACKOFF, Hold.STEP_BACKOFF, Hold.HALTED, Hold.DISK_MISSING, Hold.RESTORE}
     return frozenset(a.key for a in planned if isinstance(a, STARTS) and held.get(a) not in failed)
+
+
+def endpoints(job: DesiredJob, observed: JobObservation) -> dict[ContainerKey, tuple[str, ...]]:
+    """Where each container of the job is reached, for its dependents' links: address:port for
+    each port it publishes (the address alone when none), on every wanted instance with a VM,
+    in index order. Container restarts do not change it; a VM replaced or a scale does."""
+    addresses = [
+        address
+        for index in range(job.instances)
+        if (address := observed.get(index).address) and observed.get(index).has_vm
+    ]
+    return {
+        ContainerKey(job.name, spec.name): tuple(
+            f"{address}:{port}" if spec.published else address
+            for address in addresses
+            for port in (spec.published or (0,))
+        )
+        for spec in job.containers
+    }
 
 
 def _latest_starts(job: DesiredJob, observed: JobObservation) -> dict[ContainerKey, float | None]:

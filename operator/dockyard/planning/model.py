@@ -91,6 +91,8 @@ class DesiredContainer:
     waits_for: tuple[tuple[str, str], ...] = ()
     #: It has a health check (its health is known, not taken from running).
     checked: bool = False
+    #: The ports it publishes on its VM: its dependents' links are address:port of these.
+    published: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,8 @@ class UpstreamState:
     latest_start: float | None
     settled: bool = True
     readiness: Readiness = field(default_factory=Readiness)
+    #: address:port of every instance of it (its dependents' links).
+    endpoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class Verdict:
     latest_starts: Mapping[ContainerKey, float | None] = field(default_factory=dict)
     #: Each of this Job's containers over its instances: healthy, completed (for dependents).
     readiness: Mapping[ContainerKey, Readiness] = field(default_factory=dict)
+    #: Each of this Job's containers: where it is reached (its dependents' links).
+    endpoints: Mapping[ContainerKey, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def stalled(self) -> bool:

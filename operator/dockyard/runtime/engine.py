@@ -7,8 +7,10 @@ the operator is down; the operator's part is the dependents (it watches the engi
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import tarfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +32,8 @@ LABEL_JOB = LABEL + "job"
 LABEL_INDEX = LABEL + "index"
 
 _ENGINE_RESTART = {"Always": "always", "OnFailure": "on-failure", "Never": "no"}
+#: ContainerConfig fields added after containers were running: left out of the hash when empty.
+_ADDED_LATER = ("files",)
 
 
 class HookFailedError(ProviderError):
@@ -40,6 +44,27 @@ class HookFailedError(ProviderError):
 class EngineRefusedError(PermanentError):
     """The engine refused the request (a 4xx answer, an image it cannot have): trying again
     the same way will not help until someone changes the spec or the image."""
+
+
+def _archive(files: Sequence[tuple[str, str, int]]) -> bytes:
+    """A tar of ``files`` (with their directories) to extract at the container's root."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        made: set[str] = set()
+        for path, content, mode in files:
+            parts = path.strip("/").split("/")
+            for depth in range(1, len(parts)):
+                directory = "/".join(parts[:depth])
+                if directory not in made:
+                    made.add(directory)
+                    entry = tarfile.TarInfo(directory)
+                    entry.type, entry.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(entry)
+            data = content.encode()
+            entry = tarfile.TarInfo("/".join(parts))
+            entry.size, entry.mode = len(data), mode
+            tar.addfile(entry, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def _tagged(image: str) -> str:
@@ -121,9 +146,15 @@ class ContainerConfig:
     healthcheck_timeout_ns: int = 0
     healthcheck_retries: int = 0
     healthcheck_start_period_ns: int = 0
+    #: Files written into the container before it starts: (absolute path, content, mode).
+    files: Sequence[tuple[str, str, int]] = ()
 
     def config_hash(self) -> str:
-        encoded = json.dumps(asdict(self), sort_keys=True, default=list).encode()
+        described = asdict(self)
+        for later in _ADDED_LATER:  # absent as before they existed: no container recreated
+            if not described[later]:
+                del described[later]
+        encoded = json.dumps(described, sort_keys=True, default=list).encode()
         return hashlib.sha256(encoded).hexdigest()[:16]
 
 
@@ -242,7 +273,7 @@ class Engine:
         restart = _ENGINE_RESTART.get(config.restart_policy, "always")
         privileges = self._privileges(config)
         try:
-            container = self.client.containers.run(
+            container = self.client.containers.create(
                 config.image,
                 name=engine_name(config.name),
                 entrypoint=list(config.entrypoint) if config.entrypoint else None,
@@ -259,8 +290,10 @@ class Engine:
                 stop_signal=config.stop_signal,
                 labels=all_labels,
                 healthcheck=healthcheck,
-                detach=True,
             )
+            if config.files:  # written before its first start: there from its first breath
+                container.put_archive("/", _archive(config.files))
+            container.start()
         except docker.errors.APIError as error:
             raise _start_error(config.name, error) from error
         container.reload()

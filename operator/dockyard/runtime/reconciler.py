@@ -359,6 +359,7 @@ def planning_job(desired: JobDesired) -> planning.DesiredJob:
                 uses_disk=bool(want.volumes),
                 waits_for=want.conditions,
                 checked=bool(want.config.healthcheck_command),
+                published=tuple(host for _, host, _ in want.config.ports if host),
             )
             for want in desired.containers
         ),

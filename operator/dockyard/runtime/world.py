@@ -129,6 +129,9 @@ class ContainerWant:
     host_paths_within: tuple[str, ...] = ()
     #: Upstreams it waits for more than the start of: (reference, "Healthy" | "Completed").
     conditions: tuple[tuple[str, str], ...] = ()
+    #: Its upstreams in its own job, with the ports they publish: linked at its VM's address
+    #: when it runs (the links to other jobs are in its config).
+    local_links: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     @property
     def name(self) -> str:
@@ -383,7 +386,13 @@ class JobWorld:
             if bind.host_path and want.host_paths_within:
                 source = self._confined(vm, want, number, bind.host_path)
             binds.append(f"{source}:{bind.mount_path}{':ro' if bind.read_only else ''}")
-        config = replace(want.config, binds=tuple(binds))
+        env, files = self._identity(vm, index, want)
+        config = replace(
+            want.config,
+            binds=tuple(binds),
+            env={**want.config.env, **env},
+            files=(*want.config.files, *files),
+        )
         labels: Mapping[str, str] = {
             LABEL_JOB: self.identity.name,
             LABEL_INDEX: str(index),
@@ -394,6 +403,27 @@ class JobWorld:
     def run_hook(self, vm: VM, name: str, hook: Hook) -> str | None:
         """Run a lifecycle hook in the container: None when it succeeded, else why not."""
         return self.engine(vm.id).run_hook(name, hook.command, hook.timeout)
+
+    def _identity(
+        self, vm: VM, index: int, want: ContainerWant
+    ) -> tuple[dict[str, str], list[tuple[str, str, int]]]:
+        """What a container learns of where it runs, and its links to upstreams of its own job
+        (on its own VM): its VM, not its spec, so not in its config hash."""
+        address = vm.address or ""
+        env = {
+            "DOCKYARD_DEPLOYMENT": self.identity.deployment,
+            "DOCKYARD_JOB": self.identity.job or self.identity.name,
+            "DOCKYARD_INDEX": str(index),
+            "DOCKYARD_ADDRESS": address,
+        }
+        files: list[tuple[str, str, int]] = []
+        job = self.identity.job or self.identity.name
+        for upstream, ports in want.local_links:
+            endpoints = [f"{address}:{port}" for port in ports] if ports else [address]
+            name, value, path = link(job, upstream, endpoints)
+            env[name] = value
+            files.append((path, "\n".join(endpoints) + "\n", 0o644))
+        return env, files
 
     def _confined(self, vm: VM, want: ContainerWant, number: int, host_path: str) -> str:
         """Where ``host_path`` really leads on the VM, when that stays within what the policy
@@ -422,6 +452,16 @@ class JobWorld:
         if disk.attached_to:
             self.detach_disk(disk.attached_to, disk.id)
         self.provider.delete_disk(disk.id)
+
+
+LINKS_DIR = "/.dockyard/links"
+
+
+def link(job: str, container: str, endpoints: Sequence[str]) -> tuple[str, str, str]:
+    """How a dependent sees an upstream: (env name, "a:p,b:p", the file with one per line):
+    DOCKYARD_LINK_BACKEND_API and /.dockyard/links/backend.api."""
+    name = f"DOCKYARD_LINK_{job}_{container}".upper().replace("-", "_")
+    return name, ",".join(endpoints), f"{LINKS_DIR}/{job}.{container}"
 
 
 def orphan_stamp() -> str:
