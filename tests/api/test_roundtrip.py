@@ -25,6 +25,7 @@ from dockyard.api.models import (
 from dockyard.api.schema import API_VERSION, GROUP, VERSION, ApiModel
 from dockyard.api.validation import validate_dependencies
 from tests.api.strategies import from_schema, repair_spec
+from tests.conftest import Kubectl
 
 KINDS: dict[str, tuple[type[ApiModel], str, Callable[[dict[str, Any]], Any]]] = {
     "Deployment": (Deployment, "deployments", parse_deployment),
@@ -49,6 +50,15 @@ def objects(kind: str) -> st.SearchStrategy[tuple[dict[str, Any], dict[str, Any]
         return kind == "PersistentDisk" or not validate_dependencies(parsed.spec, job_name="x")
 
     return st.tuples(specs, statuses).filter(valid)
+
+
+@pytest.fixture
+def namespace(namespace: str, kubectl: Kubectl) -> str:
+    """The API tests' namespace, at policy level privileged: whatever the models allow must
+    round-trip, privileged containers and host paths included (a webhook of another test may
+    be serving)."""
+    kubectl("label", "namespace", namespace, "dockyard.dev/enforce=privileged")
+    return namespace
 
 
 @pytest.fixture(scope="module")

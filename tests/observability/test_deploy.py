@@ -62,6 +62,7 @@ def test_cluster_role_is_least_privilege(base_objects: list[dict[str, Any]]) -> 
         **{("dockyard.dev", f"{kind}/finalizers"): {"update"} for kind in KINDS},
         ("", "events"): {"create", "patch"},
         ("", "namespaces"): {"get", "list", "watch"},
+        ("", "configmaps"): {"list", "watch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
         ("admissionregistration.k8s.io", "validatingwebhookconfigurations"): {
             "get",
@@ -74,7 +75,9 @@ def test_cluster_role_is_least_privilege(base_objects: list[dict[str, Any]]) -> 
 
     # Secrets in a role of their own: a scoped operator binds it only where it works.
     secrets = one(base_objects, "ClusterRole", "dockyard-secrets")
-    assert secrets["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    assert secrets["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["get"]}
+    ]
     secrets_binding = one(base_objects, "ClusterRoleBinding", "dockyard-secrets")
     assert secrets_binding["roleRef"]["name"] == "dockyard-secrets"
 

@@ -85,6 +85,7 @@ class JobRuntime:
         self.watchers = WatcherSet(world.provider.docker_client, lambda _vm, _what: self.wake())
         self.secrets: dict[str, dict[str, str]] = {}
         self.config_maps: dict[str, dict[str, str]] = {}  # read and refreshed with the Secrets
+        self._config_stale = False  # a ConfigMap the files read changed (the watch said)
         #: The namespace's labels (its policy level), re-read with the Secrets; None: unread.
         self.namespace_labels: dict[str, str] | None = None
         self._secrets_read = (0.0, -1)  # (monotonic, generation) of the last read
@@ -284,6 +285,10 @@ class JobRuntime:
         re-read in the background now and then (a changed value wakes the daemon)."""
         generation = job.metadata.generation or 0
         read_at, read_for = self._secrets_read
+        self.fleet.read_config_maps(self.ref, config_map_names(job), self._config_changed)
+        if self._config_stale:
+            self._config_stale = False
+            self.config_maps = await _read_config_maps(job)
         if (
             generation != read_for
             or not secret_names(job) <= set(self.secrets)
@@ -314,6 +319,10 @@ class JobRuntime:
                 self.woken.set()
         finally:
             self._refreshing = None
+
+    def _config_changed(self) -> None:
+        self._config_stale = True
+        self.wake()
 
     def _set_secrets(self, secrets: dict[str, dict[str, str]], generation: int) -> None:
         protect(value for secret in secrets.values() for value in secret.values())

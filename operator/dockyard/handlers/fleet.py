@@ -48,6 +48,8 @@ class Fleet:
         self._settled_listeners: list[SettledListener] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
+        # (namespace, ConfigMap) -> the Jobs whose files read it, and what tells each.
+        self._config_readers: dict[tuple[str, str], dict[JobRef, Callable[[], None]]] = {}
 
     # --- providers ------------------------------------------------------------------------------
 
@@ -83,6 +85,26 @@ class Fleet:
         self._wakers.pop(job, None)
         for interest in self._interest.values():
             interest.pop(job, None)
+        for readers in self._config_readers.values():
+            readers.pop(job, None)
+
+    # --- ConfigMaps read by Jobs' files ----------------------------------------------------------
+
+    def read_config_maps(
+        self, job: JobRef, names: Iterable[str], changed: Callable[[], None]
+    ) -> None:
+        """``job`` reads these ConfigMaps of its namespace: ``changed`` is called (on the event
+        loop) when one of them changes."""
+        wanted = {(job[0], name) for name in names}
+        for key, readers in self._config_readers.items():
+            if key not in wanted:
+                readers.pop(job, None)
+        for key in wanted:
+            self._config_readers.setdefault(key, {})[job] = changed
+
+    def config_map_changed(self, namespace: str, name: str) -> None:
+        for changed in list(self._config_readers.get((namespace, name), {}).values()):
+            changed()
 
     def wake(self, job: JobRef) -> None:
         """From any thread: the Job's daemon runs a pass soon."""

@@ -52,6 +52,13 @@ async def commands_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         runtime.wake()
 
 
+@kopf.on.event("", "v1", "configmaps")
+async def config_map_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A ConfigMap a Job's files read changed: the Job reads it again now (and rolls the
+    containers whose files changed)."""
+    fleet_of(memo).config_map_changed(body.metadata.namespace or "", body.metadata.name or "")
+
+
 @kopf.index(kube.GROUP, kube.VERSION, "persistentdisks")
 def disk_records(
     name: str, namespace: str | None, labels: kopf.Labels, status: kopf.Status, **_: Any
@@ -152,6 +159,7 @@ async def delete_job(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
 __all__ = [
     "DRIFT_INTERVAL",
     "commands_changed",
+    "config_map_changed",
     "converge",
     "delete_job",
     "disk_records",
