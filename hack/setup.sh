@@ -3,7 +3,7 @@
 # Debian packages, a Python venv with the package and its test extras, the control-plane binaries.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-apt_install docker.io busybox-static e2fsprogs tini iptables util-linux openssl curl \
+apt_install docker.io busybox-static e2fsprogs tini iptables util-linux openssl curl docker-registry apache2-utils \
   prometheus lua5.4 lua5.1 python3-venv
 command -v go >/dev/null || die "Go >= 1.24 is required (to build kube-apiserver); install it from go.dev"
 

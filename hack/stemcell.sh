@@ -53,10 +53,15 @@ for m in $(awk '$2 ~ "^/sys/fs/cgroup" {print $2}' /proc/mounts); do
 done
 mkdir -p /run /var/run /var/lib/docker /dockyard/run
 rm -f /dockyard/run/docker.sock
-# The provider passes address ranges that clash neither with the host's nor with the VMs' network.
+# The provider passes address ranges that clash neither with the host's nor with the VMs' network,
+# and the registries it may pull from over plain HTTP (a registry on the host, say).
+set --
+for registry in $(echo "${DOCKYARD_INSECURE_REGISTRIES:-}" | tr ',' ' '); do
+  set -- "$@" --insecure-registry "$registry"
+done
 exec dockerd --host unix:///dockyard/run/docker.sock --bip "${DOCKYARD_BIP:-10.214.255.1/24}" \
   --default-address-pool "base=${DOCKYARD_ADDRESS_POOL:-10.214.0.0/17},size=24" \
-  --log-level warn --userland-proxy=false >/dockyard/run/dockerd.log 2>&1
+  --log-level warn --userland-proxy=false "$@" >/dockyard/run/dockerd.log 2>&1
 INIT
 chmod +x "$root/init.sh"
 tar -C "$root" -c . | docker import \

@@ -416,7 +416,11 @@ class Container(ApiModel):
     """Container name, unique in the job."""
     image: ImageReference
     """Image reference in Docker's grammar ([registry/]repository[:tag][@digest], at most 255
-    characters); it must already be present on the VM (nothing is pulled implicitly)."""
+    characters)."""
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    """IfNotPresent: pulled when the VM does not have it (a local VM first takes the host's
+    copy); Always: pulled at every (re)create; Never: the VM (or, local, the host) must have it.
+    Pulls use the job's imagePullSecrets for the image's registry."""
     command: Annotated[list[Arg], Field(max_length=MAX_LIST)] = Field(default_factory=list)
     """Entrypoint override (the image's entrypoint when empty)."""
     args: Annotated[list[Arg], Field(max_length=MAX_LIST)] = Field(default_factory=list)

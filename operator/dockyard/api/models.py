@@ -310,11 +310,26 @@ class JobTemplate(InstanceGroup):
     """Job name, unique in the deployment."""
 
 
+class LocalObjectReference(ApiModel):
+    """An object of the same namespace, by name."""
+
+    name: Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")]
+    """Its name."""
+
+
+ImagePullSecrets = Annotated[
+    list[LocalObjectReference], Field(max_length=16, json_schema_extra=map_list("name"))
+]
+
+
 class DeploymentSpec(ApiModel):
     """Desired state of a deployment: where it runs, how it updates, and its jobs."""
 
     provider: ProviderSpec
     """IaaS the deployment's VMs and disks live on."""
+    image_pull_secrets: ImagePullSecrets = Field(default_factory=list)
+    """Secrets of type kubernetes.io/dockerconfigjson (same namespace) whose registry
+    credentials the VMs' engines pull images with; passed on to every job."""
     stemcell: Annotated[str, Field(max_length=512)] | None = None
     """VM image (the provider's default stemcell when unset)."""
     update: UpdatePolicy = defaulted(UpdatePolicy)
@@ -343,6 +358,9 @@ class JobSpec(InstanceGroup):
     use it."""
     provider: ProviderSpec
     """IaaS the job's VMs and disks live on (copied from the Deployment)."""
+    image_pull_secrets: ImagePullSecrets = Field(default_factory=list)
+    """Secrets of type kubernetes.io/dockerconfigjson (same namespace) whose registry
+    credentials the VMs' engines pull images with (copied from the Deployment)."""
     stemcell: Annotated[str, Field(max_length=512)] | None = None
     """VM image (the provider's default stemcell when unset)."""
     update: UpdatePolicy = defaulted(UpdatePolicy)

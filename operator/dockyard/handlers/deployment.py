@@ -49,6 +49,8 @@ def child_job(deployment: Deployment, index: int) -> dict[str, Any]:
     }
     if spec.stemcell:
         child_spec["stemcell"] = spec.stemcell
+    if spec.image_pull_secrets:
+        child_spec["imagePullSecrets"] = [ref.to_dict() for ref in spec.image_pull_secrets]
     name = deployment.metadata.name
     body: dict[str, Any] = {
         "apiVersion": f"{kube.GROUP}/{kube.VERSION}",

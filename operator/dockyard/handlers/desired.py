@@ -3,7 +3,9 @@ the API models."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +23,8 @@ from dockyard.api.quantities import (
 from dockyard.planning import ContainerKey, InstanceCommands, parse_dependency
 from dockyard.planning.decide import ResurrectionPolicy
 from dockyard.providers import PermanentError, ProviderConfig
-from dockyard.runtime.engine import ContainerConfig
+from dockyard.providers.redaction import protect
+from dockyard.runtime.engine import ContainerConfig, Pull
 from dockyard.runtime.reconciler import DiskWant, JobDesired
 from dockyard.runtime.world import BindVolume, ContainerWant, Hook, VolumeMount, link
 
@@ -39,6 +42,7 @@ def secret_names(job: Job) -> set[str]:
         if env.value_from is not None
     }
     names |= {f.secret_ref.name for c in job.spec.containers for f in c.files if f.secret_ref}
+    names |= {ref.name for ref in job.spec.image_pull_secrets}
     if job.spec.provider.credentials_secret_ref is not None:
         names.add(job.spec.provider.credentials_secret_ref.name)
     return names
@@ -83,6 +87,46 @@ def _files(
             )
         files.append((entry.path, content, entry.mode))
     return tuple(files)
+
+
+DOCKER_CONFIG_KEY = ".dockerconfigjson"  # the key of a kubernetes.io/dockerconfigjson Secret
+
+
+def registry_auths(
+    job: Job, secrets: Secrets, problems: list[str] | None = None
+) -> dict[str, dict[str, str]]:
+    """registry host -> {username, password}, from the Job's imagePullSecrets (the first
+    Secret that names a registry wins, as the kubelet does). Credentials: masked in logs."""
+    auths: dict[str, dict[str, str]] = {}
+    for number, ref in enumerate(job.spec.image_pull_secrets):
+        field = f"spec.imagePullSecrets[{number}]"
+        text = secrets.get(ref.name, {}).get(DOCKER_CONFIG_KEY)
+        if text is None:
+            _missing(
+                f"{field}: Secret {ref.name!r} does not exist or has no {DOCKER_CONFIG_KEY} "
+                "(make it with kubectl create secret docker-registry)",
+                problems,
+            )
+            continue
+        try:
+            entries = json.loads(text).get("auths") or {}
+        except (ValueError, AttributeError):
+            _missing(f"{field}: Secret {ref.name!r}: {DOCKER_CONFIG_KEY} is not JSON", problems)
+            continue
+        for server, entry in entries.items():
+            host = server.removeprefix("https://").removeprefix("http://").split("/")[0]
+            user, password = _credentials(entry)
+            if host and user and host not in auths:
+                auths[host] = {"username": user, "password": password}
+                protect([password])
+    return auths
+
+
+def _credentials(entry: Mapping[str, str]) -> tuple[str, str]:
+    if entry.get("username"):
+        return entry["username"], entry.get("password", "")
+    user, _, password = base64.b64decode(entry.get("auth", "")).decode().partition(":")
+    return user, password
 
 
 def provider_config(spec: ProviderSpec, secrets: Secrets) -> ProviderConfig:
@@ -201,6 +245,7 @@ def container_want(
     links: Links | None = None,
     config_maps: Secrets | None = None,
     problems: list[str] | None = None,
+    auths: Mapping[str, Mapping[str, str]] | None = None,
 ) -> ContainerWant:
     """``job``: its job's name; ``own``: the host ports each container of that job publishes;
     ``links``: the endpoints of its upstreams in other jobs; ``config_maps``: the ConfigMaps
@@ -246,6 +291,7 @@ def container_want(
         post_start=_hook(container.lifecycle.post_start if container.lifecycle else None),
         host_paths_within=host_paths_within,
         local_links=local_links,
+        pull=Pull(container.image_pull_policy, auths or {}),
     )
 
 
@@ -275,6 +321,7 @@ def job_desired(
     watch = update.update_watch_time
     commands, paused, _ = instance_commands(job)
     own = {c.name: tuple(p.host_port for p in c.ports if p.host_port) for c in spec.containers}
+    auths = registry_auths(job, secrets, problems)
     return JobDesired(
         instances=spec.instances,
         containers=tuple(
@@ -288,6 +335,7 @@ def job_desired(
                 links,
                 config_maps,
                 problems,
+                auths,
             )
             for n, c in enumerate(spec.containers)
         ),

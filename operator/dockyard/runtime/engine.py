@@ -46,6 +46,31 @@ class EngineRefusedError(PermanentError):
     the same way will not help until someone changes the spec or the image."""
 
 
+@dataclass(frozen=True)
+class Pull:
+    """How a container's image is had: its imagePullPolicy, and the job's registry
+    credentials (registry host -> {"username", "password"})."""
+
+    policy: str = "IfNotPresent"  # IfNotPresent | Always | Never
+    auths: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def auth_for(self, image: str) -> Mapping[str, str] | None:
+        return self.auths.get(registry_of(image))
+
+
+def registry_of(image: str) -> str:
+    """The registry an image reference names (Docker Hub's when it names none)."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def _unauthorized(text: str) -> bool:
+    lowered = text.lower()
+    return "unauthorized" in lowered or "authentication required" in lowered or "denied" in lowered
+
+
 def _archive(files: Sequence[tuple[str, str, int]]) -> bytes:
     """A tar of ``files`` (with their directories) to extract at the container's root."""
     buffer = io.BytesIO()
@@ -221,36 +246,56 @@ class Engine:
         observed = [observe(c) for c in found]
         return {c.name: c for c in observed}
 
-    def ensure_image(self, image: str) -> None:
-        try:
-            self.client.images.get(image)
-            return
-        except docker.errors.ImageNotFound:
-            pass
-        if self.image_source is not None:
+    def ensure_image(self, image: str, pull: Pull | None = None) -> None:
+        """Have ``image`` on this engine, as ``pull`` says (IfNotPresent by default): from the
+        VM itself, the host's copy (local VMs, no registry needed), or its registry."""
+        pull = pull or Pull()
+        if pull.policy != "Always":
             try:
-                source = self.image_source.images.get(image)
-            except docker.errors.ImageNotFound as error:
+                self.client.images.get(image)
+                return
+            except docker.errors.ImageNotFound:
+                pass
+            if self._copy_from_host(image):
+                return
+            if pull.policy == "Never":
+                where = "the VM (or the host)" if self.image_source else "the VM"
                 raise EngineRefusedError(
-                    f"image {image!r} is on neither the VM nor the host"
-                ) from error
-            # Saved under the name asked for: an image with several tags would otherwise arrive
-            # under its first one only.
-            named: str | bool = _tagged(image)
-            if named not in source.tags:
-                named = True
-            self.client.images.load(b"".join(source.save(named=named)))
-            return
+                    f"image {image!r} is not on {where}, and imagePullPolicy is Never"
+                )
+        self._pull(image, pull.auth_for(image))
+
+    def _copy_from_host(self, image: str) -> bool:
+        if self.image_source is None:
+            return False
         try:
-            self.client.images.pull(image)
+            source = self.image_source.images.get(image)
+        except docker.errors.ImageNotFound:
+            return False
+        # Saved under the name asked for: an image with several tags would otherwise arrive
+        # under its first one only.
+        named: str | bool = _tagged(image)
+        if named not in source.tags:
+            named = True
+        self.client.images.load(b"".join(source.save(named=named)))
+        return True
+
+    def _pull(self, image: str, auth: Mapping[str, str] | None) -> None:
+        try:
+            self.client.images.pull(image, auth_config=dict(auth) if auth else None)
         except docker.errors.NotFound as error:
-            raise EngineRefusedError(f"pulling {image}: {error.explanation or error}") from error
+            said = error.explanation or error
+            if auth is None and _unauthorized(str(said)):  # a private image, no credentials
+                raise TransientError(f"pulling {image}: {said}") from error
+            raise EngineRefusedError(f"pulling {image}: {said}") from error
         except docker.errors.APIError as error:
             raise TransientError(f"pulling {image}: {error.explanation or error}") from error
 
-    def run(self, config: ContainerConfig, labels: Mapping[str, str]) -> ObservedContainer:
+    def run(
+        self, config: ContainerConfig, labels: Mapping[str, str], pull: Pull | None = None
+    ) -> ObservedContainer:
         """(Re)create the container from ``config``: an existing one of that name is replaced."""
-        self.ensure_image(config.image)
+        self.ensure_image(config.image, pull)
         self.remove(config.name)
         all_labels = {
             **config.labels,

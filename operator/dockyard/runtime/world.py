@@ -51,6 +51,7 @@ from dockyard.runtime.engine import (
     Engine,
     EngineRefusedError,
     ObservedContainer,
+    Pull,
 )
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ class ContainerWant:
     #: Its upstreams in its own job, with the ports they publish: linked at its VM's address
     #: when it runs (the links to other jobs are in its config).
     local_links: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    #: How its image is had (pull policy, registry credentials): not its config.
+    pull: Pull = field(default_factory=Pull)
 
     @property
     def name(self) -> str:
@@ -398,7 +401,7 @@ class JobWorld:
             LABEL_INDEX: str(index),
             LABEL_CONFIG_HASH: want.config_hash(),
         }
-        return self.engine(vm.id).run(config, labels)
+        return self.engine(vm.id).run(config, labels, want.pull)
 
     def run_hook(self, vm: VM, name: str, hook: Hook) -> str | None:
         """Run a lifecycle hook in the container: None when it succeeded, else why not."""

@@ -80,6 +80,7 @@ OPTIONS = {
     "inner_address_pool",
     "engine_timeout",
     "in_place_resize",
+    "insecure_registries",
 }
 # sun_path holds 108 bytes: a root too long for <root>/vms/<vm>/run/docker.sock keeps its VM
 # folders under /run/dockyard-local/<root hash> instead.
@@ -183,6 +184,9 @@ class LocalProvider:
         self.default_stemcell = options.get("stemcell") or DEFAULT_STEMCELL
         self.inner_bip = options.get("inner_bip") or DEFAULT_INNER_BIP
         self.inner_pool = options.get("inner_address_pool") or DEFAULT_INNER_POOL
+        # Registries VMs may pull from over plain HTTP, "host:port,...": a registry on the host
+        # (the VMs reach it at their network's gateway).
+        self.insecure_registries = options.get("insecure_registries", "")
         try:
             self.engine_timeout = float(options.get("engine_timeout") or 60)
         except ValueError as error:
@@ -450,7 +454,11 @@ class LocalProvider:
             name=vm_id,
             hostname=vm_id,
             labels=dict(labels),
-            environment={"DOCKYARD_BIP": self.inner_bip, "DOCKYARD_ADDRESS_POOL": self.inner_pool},
+            environment={
+                "DOCKYARD_BIP": self.inner_bip,
+                "DOCKYARD_ADDRESS_POOL": self.inner_pool,
+                "DOCKYARD_INSECURE_REGISTRIES": self.insecure_registries,
+            },
             host_config=host_config,
             networking_config=api.create_networking_config(
                 {self.network: api.create_endpoint_config(ipv4_address=address)}
