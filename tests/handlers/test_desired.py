@@ -83,3 +83,47 @@ def test_a_config_without_files_hashes_as_before_files_existed() -> None:
     del described["files"]
     before = hashlib.sha256(json.dumps(described, sort_keys=True, default=list).encode())
     assert config.config_hash() == before.hexdigest()[:16]
+
+
+def test_registry_credentials_come_from_docker_config_secrets_and_a_missing_one_is_named() -> None:
+    import base64
+    import json
+
+    job = Job.model_validate(
+        {
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {
+                "provider": {"type": "local"},
+                "imagePullSecrets": [{"name": "a"}, {"name": "b"}],
+                "containers": [{"name": "c", "image": "reg.example:5000/app:1"}],
+            },
+        }
+    )
+    auth = base64.b64encode(b"alice:pw1").decode()
+    secrets = {
+        "a": {
+            ".dockerconfigjson": json.dumps({"auths": {"https://reg.example:5000": {"auth": auth}}})
+        },
+        "b": {
+            ".dockerconfigjson": json.dumps(
+                {
+                    "auths": {
+                        "reg.example:5000": {"username": "bob", "password": "pw2"},
+                        "other.io": {"username": "carol", "password": "pw3"},
+                    }
+                }
+            )
+        },
+    }
+    pull = job_desired(job, secrets).containers[0].pull
+    assert pull.auths == {
+        "reg.example:5000": {"username": "alice", "password": "pw1"},  # the first Secret wins
+        "other.io": {"username": "carol", "password": "pw3"},
+    }
+    assert pull.auth_for("reg.example:5000/app:1") == {"username": "alice", "password": "pw1"}
+    problems: list[str] = []
+    job_desired(job, {"a": secrets["a"]}, problems=problems)
+    assert problems == [
+        "spec.imagePullSecrets[1]: Secret 'b' does not exist or has no .dockerconfigjson "
+        "(make it with kubectl create secret docker-registry)"
+    ]

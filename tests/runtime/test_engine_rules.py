@@ -71,3 +71,19 @@ def test_what_the_engine_will_refuse_again_is_a_refusal(status: int, explanation
 def test_a_busy_or_short_engine_is_a_hiccup(status: int, explanation: str) -> None:
     error = _start_error("app", api_error(status, explanation))
     assert isinstance(error, TransientError) and not isinstance(error, EngineRefusedError)
+
+
+@pytest.mark.parametrize(
+    ("image", "registry"),
+    [
+        ("busybox", "docker.io"),
+        ("library/busybox:1", "docker.io"),
+        ("reg.example:5000/app:1", "reg.example:5000"),
+        ("localhost/app", "localhost"),
+        ("10.0.0.1:5000/a/b@sha256:" + "0" * 64, "10.0.0.1:5000"),
+    ],
+)
+def test_the_registry_an_image_names(image: str, registry: str) -> None:
+    from dockyard.runtime.engine import registry_of
+
+    assert registry_of(image) == registry
