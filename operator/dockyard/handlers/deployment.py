@@ -23,6 +23,7 @@ from dockyard.handlers.desired import (
     PAUSED,
     commands_fingerprint,
     is_paused,
+    passed_on,
 )
 from dockyard.handlers.fleet import Fleet, fleet_of
 from dockyard.observability import metrics
@@ -70,15 +71,18 @@ def child_job(deployment: Deployment, index: int) -> dict[str, Any]:
 
 
 def deployment_commands(annotations: Mapping[str, str]) -> dict[str, str]:
-    """The Deployment-wide operator commands (pause, restart, recreate) its Jobs carry too."""
-    return {key: annotations[key] for key in DEPLOYMENT_WIDE if key in annotations}
+    """The Deployment-wide operator commands (pause, restart, recreate), as its Jobs carry
+    them: under keys of their own (``dockyard.dev/deployment.restartedAt``), which only the
+    Deployment writes, so a Job's own commands are never overwritten."""
+    return {passed_on(key): annotations[key] for key in DEPLOYMENT_WIDE if key in annotations}
 
 
 def _commands_patch(current: dict[str, Any], wanted: Mapping[str, str]) -> dict[str, Any]:
     """The annotations patch that makes a Job carry ``wanted`` (None removes one)."""
     have = (current.get("metadata") or {}).get("annotations") or {}
+    keys = [passed_on(key) for key in DEPLOYMENT_WIDE]
     patch: dict[str, str | None] = {
-        key: wanted.get(key) for key in DEPLOYMENT_WIDE if have.get(key) != wanted.get(key)
+        key: wanted.get(key) for key in keys if have.get(key) != wanted.get(key)
     }
     return {"metadata": {"annotations": patch}} if patch else {}
 

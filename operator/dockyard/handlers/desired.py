@@ -365,9 +365,23 @@ RECREATED_AT = "dockyard.dev/recreatedAt"  # every instance gets a new VM (disk 
 STOPPED = "dockyard.dev/stopped"  # these instances' containers stop; their VMs stay
 STOPPED_HARD = "dockyard.dev/stopped-hard"  # ...and their VMs go; their disks stay
 IGNORED = "dockyard.dev/ignored"  # left out of rollouts and repairs
-#: What a Deployment passes on to its Jobs.
+#: What a Deployment passes on to its Jobs (as :func:`passed_on` keys).
 DEPLOYMENT_WIDE = (PAUSED, RESTARTED_AT, RECREATED_AT)
-_COMMAND_PREFIXES = (PAUSED, RESTARTED_AT, RECREATED_AT, STOPPED, STOPPED_HARD, IGNORED)
+_FROM_DEPLOYMENT = "dockyard.dev/deployment."
+_COMMAND_PREFIXES = (
+    PAUSED,
+    RESTARTED_AT,
+    RECREATED_AT,
+    STOPPED,
+    STOPPED_HARD,
+    IGNORED,
+    _FROM_DEPLOYMENT,
+)
+
+
+def passed_on(annotation: str) -> str:
+    """A Deployment-wide command on one of its Jobs: dockyard.dev/deployment.restartedAt"""
+    return _FROM_DEPLOYMENT + annotation.removeprefix("dockyard.dev/")
 
 
 def commands_fingerprint(annotations: Mapping[str, str] | None) -> str:
@@ -414,11 +428,11 @@ def _indices(annotations: Mapping[str, str], key: str, problems: list[str]) -> f
 def _per_instance(
     annotations: Mapping[str, str], key: str, instances: int, problems: list[str]
 ) -> dict[int, float]:
-    """index -> the latest of the Job-wide request and the instance's own."""
-    everyone = _when(annotations, key, problems)
+    """index -> the latest of the Deployment's, the Job-wide and the instance's own request."""
+    everyone = [_when(annotations, k, problems) for k in (key, passed_on(key))]
     requests: dict[int, float] = {}
     for index in range(instances):
-        times = [everyone, _when(annotations, instance_key(key, index), problems)]
+        times = [*everyone, _when(annotations, instance_key(key, index), problems)]
         latest = max((t for t in times if t is not None), default=None)
         if latest is not None:
             requests[index] = latest
@@ -442,7 +456,11 @@ def instance_commands(job: Job) -> tuple[InstanceCommands, bool, list[str]]:
 
 
 def is_paused(annotations: Mapping[str, str]) -> bool:
-    return annotations.get(PAUSED, "").strip().lower() in ("true", "yes", "1")
+    """Paused itself, or (a Job) by its Deployment."""
+    return any(
+        annotations.get(key, "").strip().lower() in ("true", "yes", "1")
+        for key in (PAUSED, passed_on(PAUSED))
+    )
 
 
 def resurrection_policy(job: Job) -> ResurrectionPolicy:
