@@ -127,3 +127,33 @@ def test_registry_credentials_come_from_docker_config_secrets_and_a_missing_one_
         "spec.imagePullSecrets[1]: Secret 'b' does not exist or has no .dockerconfigjson "
         "(make it with kubectl create secret docker-registry)"
     ]
+
+
+def test_a_jobs_commands_combine_its_own_and_its_deployments() -> None:
+    from dockyard.handlers.desired import instance_commands
+
+    job = Job.model_validate(
+        {
+            "metadata": {
+                "name": "web",
+                "annotations": {
+                    "dockyard.dev/restartedAt": "2026-01-01T00:00:10Z",
+                    "dockyard.dev/deployment.restartedAt": "2026-01-01T00:00:20Z",
+                    "dockyard.dev/restartedAt.1": "2026-01-01T00:00:30Z",
+                    "dockyard.dev/deployment.paused": "true",
+                    "dockyard.dev/stopped": "0, x",
+                },
+            },
+            "spec": {
+                "provider": {"type": "local"},
+                "instances": 2,
+                "containers": [{"name": "a", "image": "busybox"}],
+            },
+        }
+    )
+    commands, paused, problems = instance_commands(job)
+    assert commands.restart == {0: 1767225620.0, 1: 1767225630.0}  # the latest of each
+    assert paused
+    assert problems == [
+        'metadata.annotations["dockyard.dev/stopped"]: \'0, x\' is not a list of instance indices such as "0,2"'
+    ]
