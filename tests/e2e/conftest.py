@@ -20,7 +20,8 @@ from tests.waiting import wait_for
 
 @pytest.fixture(scope="session")
 def crds(kubectl: Kubectl) -> None:
-    kubectl("apply", "-f", str(REPO / "crds"))
+    # Server-side: several workers applying at once on a fresh control plane all succeed.
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kubectl("wait", "--for=condition=Established", "-f", str(REPO / "crds"), "--timeout=60s")
 
 

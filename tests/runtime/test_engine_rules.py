@@ -87,3 +87,47 @@ def test_the_registry_an_image_names(image: str, registry: str) -> None:
     from dockyard.runtime.engine import registry_of
 
     assert registry_of(image) == registry
+
+
+class _RefusingRegistry:
+    """A client whose engine lacks every image and whose pulls fail with ``error``."""
+
+    def __init__(self, error: docker.errors.APIError) -> None:
+        self.error = error
+        self.images = self
+
+    def get(self, image: str) -> None:
+        raise docker.errors.ImageNotFound(image)
+
+    def pull(self, image: str, auth_config: object = None) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "explanation",
+    [
+        "manifest for busybox:9 not found: manifest unknown",
+        'Get "https://registry-1.docker.io/v2/": dial tcp: lookup x on 127.0.0.11:53: no such host',
+    ],
+)
+def test_an_image_that_cannot_be_had_is_a_refusal(explanation: str) -> None:
+    engine = Engine(client=_RefusingRegistry(api_error(404, explanation)))  # type: ignore[arg-type]
+    with pytest.raises(EngineRefusedError, match="pulling busybox:9"):
+        engine.ensure_image("busybox:9")
+
+
+@pytest.mark.parametrize(
+    "explanation",
+    [
+        "toomanyrequests: You have reached your pull rate limit",
+        "Get https://r.example/v2/: net/http: TLS handshake timeout",
+        "unauthorized: authentication required",  # no credentials yet: its Secret may come
+        'Head "http://10.0.0.1:5000/v2/private/app/manifests/1": no basic auth credentials',
+        "pull access denied for busybox, repository does not exist or may require 'docker login'",
+    ],
+)
+def test_a_busy_registry_or_missing_credentials_is_a_hiccup(explanation: str) -> None:
+    engine = Engine(client=_RefusingRegistry(api_error(500, explanation)))  # type: ignore[arg-type]
+    with pytest.raises(TransientError) as raised:
+        engine.ensure_image("busybox:9")
+    assert not isinstance(raised.value, EngineRefusedError)

@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -350,28 +350,28 @@ async def _namespace_labels(job: Job) -> dict[str, str] | None:
 
 
 async def _read_config_maps(job: Job) -> dict[str, dict[str, str]]:
+    return await _read_each(job, config_map_names(job), kube.read_config_map)
+
+
+async def _read_secrets(job: Job) -> dict[str, dict[str, str]]:
+    secrets = await _read_each(job, secret_names(job), kube.read_secret)
+    protect(value for secret in secrets.values() for value in secret.values())
+    return secrets
+
+
+async def _read_each(
+    job: Job, names: set[str], read: Callable[[str, str], Awaitable[dict[str, str]]]
+) -> dict[str, dict[str, str]]:
+    """Each named object of the Job's namespace (name -> data); those not there are left out."""
     namespace = job.metadata.namespace or ""
     found: dict[str, dict[str, str]] = {}
-    for name in config_map_names(job):
+    for name in names:
         try:
-            found[name] = await kube.read_config_map(namespace, name)
+            found[name] = await read(namespace, name)
         except kube.ApiException as error:
             if error.status != 404:
                 raise
     return found
-
-
-async def _read_secrets(job: Job) -> dict[str, dict[str, str]]:
-    namespace = job.metadata.namespace or ""
-    secrets: dict[str, dict[str, str]] = {}
-    for name in secret_names(job):
-        try:
-            secrets[name] = await kube.read_secret(namespace, name)
-        except kube.ApiException as error:
-            if error.status != 404:
-                raise
-    protect(value for secret in secrets.values() for value in secret.values())
-    return secrets
 
 
 async def _world(

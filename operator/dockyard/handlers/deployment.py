@@ -138,28 +138,8 @@ async def reconcile_deployment(body: dict[str, Any], fleet: Fleet) -> None:
                 )
                 await kube.delete("jobs", namespace, job["metadata"]["name"])
 
-        paused = is_paused(deployment.metadata.annotations)
         for index, template in enumerate(deployment.spec.jobs):
-            child = child_job(deployment, index)
-            kopf.adopt(child, owner=kube.as_body(body))
-            current = existing.get(template.name)
-            commands = _commands_patch(current or {}, child["metadata"]["annotations"])
-            if current is None and not paused:
-                kopf.info(kube.as_body(body), reason="CreatingJob", message=f"job {template.name}")
-                current = await kube.create("jobs", namespace, child)
-            elif current is not None and (commands or paused):
-                # Paused: the Jobs pause too, and no spec change reaches them meanwhile.
-                if commands:
-                    await kube.patch("jobs", namespace, child["metadata"]["name"], commands)
-                    current = await kube.get("jobs", namespace, child["metadata"]["name"])
-                if paused:
-                    continue
-            elif current is not None and _spec_differs(current.get("spec", {}), child["spec"]):
-                kopf.info(kube.as_body(body), reason="UpdatingJob", message=f"job {template.name}")
-                await kube.patch(
-                    "jobs", namespace, child["metadata"]["name"], {"spec": child["spec"]}
-                )
-                current = await kube.get("jobs", namespace, child["metadata"]["name"]) or current
+            current = await _apply_job(deployment, body, index, existing.get(template.name))
             if current is None:
                 continue  # paused before it was made
             if deployment.spec.update.serial and not _ready_at_generation(current):
@@ -168,6 +148,33 @@ async def reconcile_deployment(body: dict[str, Any], fleet: Fleet) -> None:
         await _publish(deployment, body, children, stalled="", fleet=fleet)
         metrics.set_deployment_ready(namespace, name, _all_ready(deployment, children))
         del generation
+
+
+async def _apply_job(
+    deployment: Deployment, body: dict[str, Any], index: int, current: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Make (or update) the Deployment's ``index``-th Job: its spec, and the commands passed on
+    to it. A paused Deployment makes none and passes no spec change (only the pause)."""
+    namespace, job = deployment.metadata.namespace or "", deployment.spec.jobs[index].name
+    child = child_job(deployment, index)
+    kopf.adopt(child, owner=kube.as_body(body))
+    paused = is_paused(deployment.metadata.annotations)
+    if current is None:
+        if paused:
+            return None
+        kopf.info(kube.as_body(body), reason="CreatingJob", message=f"job {job}")
+        created: dict[str, Any] = await kube.create("jobs", namespace, child)
+        return created
+    object_name = child["metadata"]["name"]
+    commands = _commands_patch(current, child["metadata"]["annotations"])
+    changed = not paused and _spec_differs(current.get("spec", {}), child["spec"])
+    if changed:
+        kopf.info(kube.as_body(body), reason="UpdatingJob", message=f"job {job}")
+        commands = {**commands, "spec": child["spec"]}
+    if commands:
+        await kube.patch("jobs", namespace, object_name, commands)
+        current = await kube.get("jobs", namespace, object_name) or current
+    return current
 
 
 def _spec_differs(current: dict[str, Any], wanted: dict[str, Any]) -> bool:

@@ -68,7 +68,8 @@ def registry_of(image: str) -> str:
 
 def _unauthorized(text: str) -> bool:
     lowered = text.lower()
-    return "unauthorized" in lowered or "authentication required" in lowered or "denied" in lowered
+    words = ("unauthorized", "authentication required", "denied", "no basic auth credentials")
+    return any(word in lowered for word in words)
 
 
 def _archive(files: Sequence[tuple[str, str, int]]) -> bytes:
@@ -129,6 +130,18 @@ _TRANSIENT_WORDS = (
     "connection reset",
     "dial tcp",
     "no such host",
+    "tls handshake",
+)
+
+
+# A registry that is there but busy: worth another try, not a reason to stall.
+_BUSY_REGISTRY_WORDS = (
+    "toomanyrequests",
+    "too many requests",
+    "service unavailable",
+    "timeout",
+    "deadline exceeded",
+    "connection reset",
     "tls handshake",
 )
 
@@ -283,13 +296,16 @@ class Engine:
     def _pull(self, image: str, auth: Mapping[str, str] | None) -> None:
         try:
             self.client.images.pull(image, auth_config=dict(auth) if auth else None)
-        except docker.errors.NotFound as error:
-            said = error.explanation or error
-            if auth is None and _unauthorized(str(said)):  # a private image, no credentials
-                raise TransientError(f"pulling {image}: {said}") from error
-            raise EngineRefusedError(f"pulling {image}: {said}") from error
         except docker.errors.APIError as error:
-            raise TransientError(f"pulling {image}: {error.explanation or error}") from error
+            said = str(error.explanation or error)
+            message = f"pulling {image}: {said}"
+            if auth is None and _unauthorized(said):  # a private image: its Secret may come
+                raise TransientError(message) from error
+            if any(word in said.lower() for word in _BUSY_REGISTRY_WORDS):
+                raise TransientError(message) from error
+            # Not on the VM, not on the host, and its registry does not have it or cannot be
+            # reached by that name: Stalled in the registry's words (and still retried).
+            raise EngineRefusedError(message) from error
 
     def run(
         self, config: ContainerConfig, labels: Mapping[str, str], pull: Pull | None = None
