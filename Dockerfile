@@ -23,5 +23,5 @@ COPY --from=build /opt/dockyard /opt/dockyard
 # read-only in deploy/ (only /tmp, an emptyDir, is writable).
 USER 65532:65532
 # metrics, kopf liveness, admission webhook
-EXPOSE 9090 8080 9443
+EXPOSE 9090 8080 8081 9443
 ENTRYPOINT ["dockyard", "run"]

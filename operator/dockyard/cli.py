@@ -25,13 +25,24 @@ def _run(args: argparse.Namespace) -> int:
         os.environ["DOCKYARD_POLICY"] = args.policy
     if args.allowed_host_path is not None:
         os.environ["DOCKYARD_ALLOWED_HOST_PATHS"] = ":".join(args.allowed_host_path)
+    if args.selector is not None:
+        os.environ["DOCKYARD_SELECTOR"] = args.selector
+    from dockyard.planning.lease import LeaseTimings
 
+    duration = args.lease_duration
+    try:
+        timings = LeaseTimings(duration, duration * 2 / 3, duration / 3, min(1.0, duration / 6))
+    except ValueError as error:
+        raise SystemExit(f"--lease-duration: {error}") from None
     return run_operator(
-        namespace=args.namespace,
         metrics_port=args.metrics_port,
         liveness=args.liveness,
         pools=",".join(args.pool),
         metrics_created=args.metrics_created,
+        namespaces=args.namespace or (),
+        leader_lease=args.leader_lease,
+        probe_port=args.probe_port,
+        lease_timings=timings,
     )
 
 
@@ -45,7 +56,39 @@ def main(argv: list[str] | None = None) -> int:
 
     run = sub.add_parser("run", help="run the operator against $KUBECONFIG or in-cluster config")
     run.add_argument(
-        "--namespace", default=None, help="watch namespaces matching this glob (default: all)"
+        "--namespace",
+        action="append",
+        metavar="GLOB",
+        help="watch namespaces matching this glob; '!GLOB' leaves some out (repeatable; "
+        "default: all namespaces)",
+    )
+    run.add_argument(
+        "--selector",
+        default=None,
+        help="act only on objects whose labels match this label selector, e.g. "
+        "dockyard.dev/shard=a or '!dockyard.dev/shard' (children inherit dockyard.dev/shard "
+        "from their Deployment; also DOCKYARD_SELECTOR)",
+    )
+    run.add_argument(
+        "--leader-lease",
+        default="",
+        metavar="NAMESPACE/NAME",
+        help="hot standby: act only while holding this coordination.k8s.io Lease; stand by "
+        "otherwise (default: off, one replica)",
+    )
+    run.add_argument(
+        "--lease-duration",
+        type=float,
+        default=6.0,
+        metavar="SECONDS",
+        help="a standby takes the lease once it saw it unchanged this long; the holder renews "
+        "every third of it and stops acting after two thirds without a renewal (default: 6)",
+    )
+    run.add_argument(
+        "--probe-port",
+        type=int,
+        default=0,
+        help="serve /livez (the process runs) and /readyz (active and ready) here (0: off)",
     )
     run.add_argument(
         "--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)"

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,12 @@ def start_operator(
     metrics_port: int = 0,
     log_level: str = "INFO",
     env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    started: bytes = b"Initial authentication has finished",
 ) -> subprocess.Popen[bytes]:
     """The real `dockyard run`, as a user runs it, watching only namespaces matching ``glob``
-    (metrics served on ``metrics_port``, 0: none; ``env`` added to its environment); returns
-    once it has authenticated."""
+    (metrics served on ``metrics_port``, 0: none; ``env`` added to its environment; ``args``
+    added to its command line); returns once its log says ``started``."""
     env = {
         **os.environ,
         "KUBECONFIG": kubeconfig,
@@ -49,14 +51,11 @@ def start_operator(
         **(env or {}),
     }
     command = [str(REPO / ".venv" / "bin" / "dockyard"), "run", "--namespace", glob]
-    command += ["--metrics-port", str(metrics_port), "--liveness", ""]
+    command += ["--metrics-port", str(metrics_port), "--liveness", "", *args]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     wait_for(
-        lambda: (
-            process.poll() is not None
-            or b"Initial authentication has finished" in log_path.read_bytes()
-        ),
+        lambda: process.poll() is not None or started in log_path.read_bytes(),
         timeout=60,
         what="the operator to start",
     )
@@ -136,17 +135,31 @@ class OwnOperator:
         metrics_port: int = 0,
         log_level: str = "INFO",
         env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        started: bytes = b"Initial authentication has finished",
+        name: str = "operator",
     ) -> None:
         self.kubeconfig, self.glob, self.logs = kubeconfig, glob, logs
         self.metrics_port, self.log_level, self.env = metrics_port, log_level, env
+        self.args, self.started, self.name = args, started, name
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
+    @property
+    def log_path(self) -> Path:
+        return self.logs / f"{self.name}-{self.starts}.log"
+
     def start(self) -> None:
         self.starts += 1
-        log_path = self.logs / f"operator-{self.starts}.log"
         self.process = start_operator(
-            self.kubeconfig, self.glob, log_path, self.metrics_port, self.log_level, self.env
+            self.kubeconfig,
+            self.glob,
+            self.log_path,
+            self.metrics_port,
+            self.log_level,
+            self.env,
+            self.args,
+            self.started,
         )
 
     def kill(self) -> None:
@@ -171,12 +184,14 @@ def own_operator_namespace(
     metrics_port: int = 0,
     log_level: str = "INFO",
     env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    started: bytes = b"Initial authentication has finished",
 ) -> Iterator[tuple[OwnOperator, str, GetObject]]:
     """A namespace outside the shared operator's glob, watched only by an operator of the
     test's own (not started yet); torn down afterwards by a running operator."""
     prefix = namespace_prefix.rstrip("-") + tag + "-"
     namespace = f"{prefix}{uuid.uuid4().hex[:8]}"
-    own = OwnOperator(kubeconfig, f"{prefix}*", logs, metrics_port, log_level, env)
+    own = OwnOperator(kubeconfig, f"{prefix}*", logs, metrics_port, log_level, env, args, started)
     kubectl("create", "namespace", namespace)
 
     def get_object(kind: str, name: str) -> dict[str, Any]:

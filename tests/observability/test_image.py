@@ -100,7 +100,7 @@ def test_dockerfile_runs_the_operator_as_a_numeric_non_root_user() -> None:
     assert re.search(r"^RUN .*pip install \.$", DOCKERFILE, re.MULTILINE)
 
 
-@pytest.mark.parametrize("port", ["9090", "8080", "9443"])
+@pytest.mark.parametrize("port", ["9090", "8080", "8081", "9443"])
 def test_dockerfile_exposes_the_deployment_ports(port: str) -> None:
     operator = (REPO / "deploy" / "base" / "operator.yaml").read_text()
     assert f"containerPort: {port}" in operator

@@ -142,3 +142,22 @@ async def test_an_interrupted_run_ends_without_waiting_for_a_container_action_in
     recorder.gate.set()
     await asyncio.wait_for(execution.settle(), timeout=10)
     assert not execution.busy
+
+
+async def test_an_operator_that_lost_its_lease_starts_no_action_of_a_pass_in_flight() -> None:
+    active = threading.Event()
+    active.set()
+    fenced = ActionPool(3, "fenced", fence=active.is_set)
+    try:
+        graph, _ = chain(2)
+        recorder = Recorder()
+        recorder.gate.clear()  # the two db starts are in flight...
+        task = asyncio.create_task(Execution(graph, recorder, fenced).run())
+        await asyncio.wait_for(_until(lambda: recorder.running == 2), timeout=10)
+        active.clear()  # ...when a standby takes over
+        recorder.gate.set()
+        outcomes = await asyncio.wait_for(task, timeout=10)
+    finally:
+        fenced.close()
+    assert [e for e in recorder.log if e.startswith("start")] == ["start 0:db", "start 1:db"]
+    assert all(o.failure is Failure.CANCELLED for o in outcomes[2:])

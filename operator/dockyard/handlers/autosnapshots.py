@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dockyard.api.models import Job
+from dockyard.api.selector import inherited
 from dockyard.handlers import kube
 from dockyard.handlers.disks import DEPLOYMENT_LABEL, JOB_LABEL
 from dockyard.runtime.perform import ActionRecord
@@ -33,6 +34,7 @@ async def register(job: Job, identity: JobIdentity, records: Sequence[ActionReco
     labels = {
         JOB_LABEL: job.metadata.name,
         DEPLOYMENT_LABEL: job.metadata.labels.get(DEPLOYMENT_LABEL, ""),
+        **inherited(job.metadata.labels),
         SNAPSHOT_BEFORE_LABEL: "true",
     }
     for record in taken:

@@ -403,7 +403,10 @@ async def _make_provider(fleet: Fleet, config: ProviderConfig) -> tuple[Provider
 
 
 async def provider_for(fleet: Fleet, spec: ProviderSpec, namespace: str) -> Provider:
-    """The provider a spec names, with credentials from its Secret."""
+    """The provider a spec names, with credentials from its Secret — for an action about to
+    run outside a Job's pass (a disk record's, a snapshot's): only while this replica is active."""
+    if not fleet.fence():
+        raise kopf.TemporaryError("not the active operator (fenced)", delay=5)
     secrets: dict[str, dict[str, str]] = {}
     ref = spec.credentials_secret_ref
     if ref is not None:

@@ -16,8 +16,9 @@ import kopf
 from dockyard.api.conditions import kstatus
 from dockyard.api.models import Deployment, parse_deployment
 from dockyard.api.policy import violations
+from dockyard.api.selector import SHARD_LABEL, inherited
 from dockyard.api.validation import FieldError, validate_spec
-from dockyard.handlers import kube
+from dockyard.handlers import kube, shard
 from dockyard.handlers.desired import (
     DEPLOYMENT_WIDE,
     PAUSED,
@@ -62,6 +63,7 @@ def child_job(deployment: Deployment, index: int) -> dict[str, Any]:
                 DEPLOYMENT_LABEL: name,
                 JOB_LABEL: spec.jobs[index].name,
                 "app.kubernetes.io/part-of": "dockyard",
+                **inherited(deployment.metadata.labels),
             },
             "annotations": deployment_commands(deployment.metadata.annotations),
         },
@@ -167,6 +169,9 @@ async def _apply_job(
         return created
     object_name = child["metadata"]["name"]
     commands = _commands_patch(current, child["metadata"]["annotations"])
+    shard = inherited(deployment.metadata.labels).get(SHARD_LABEL)
+    if current["metadata"].get("labels", {}).get(SHARD_LABEL) != shard:  # moved to a shard
+        commands.setdefault("metadata", {})["labels"] = {SHARD_LABEL: shard}
     changed = not paused and _spec_differs(current.get("spec", {}), child["spec"])
     if changed:
         kopf.info(kube.as_body(body), reason="UpdatingJob", message=f"job {job}")
@@ -304,9 +309,9 @@ def _fleet(memo: kopf.Memo) -> Fleet:
     return fleet
 
 
-@kopf.on.resume(kube.GROUP, kube.VERSION, "deployments")
-@kopf.on.create(kube.GROUP, kube.VERSION, "deployments")
-@kopf.on.update(kube.GROUP, kube.VERSION, "deployments", field="spec")
+@kopf.on.resume(kube.GROUP, kube.VERSION, "deployments", when=shard.owns)
+@kopf.on.create(kube.GROUP, kube.VERSION, "deployments", when=shard.owns)
+@kopf.on.update(kube.GROUP, kube.VERSION, "deployments", field="spec", when=shard.owns)
 async def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await _reconcile_live(body, memo)
 
@@ -319,7 +324,7 @@ async def _reconcile_live(body: kopf.Body, memo: kopf.Memo) -> None:
         await reconcile_deployment(live, _fleet(memo))
 
 
-@kopf.on.event(kube.GROUP, kube.VERSION, "deployments")
+@kopf.on.event(kube.GROUP, kube.VERSION, "deployments", when=shard.owns)
 async def commands_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
     """kubectl annotate of a Deployment-wide command (pause, restart, recreate): its Jobs carry
     it too (in order, job after job when the Deployment is serial). Our annotations are under
@@ -332,7 +337,7 @@ async def commands_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, *
     await _reconcile_live(body, memo)
 
 
-@kopf.on.event(kube.GROUP, kube.VERSION, "jobs")
+@kopf.on.event(kube.GROUP, kube.VERSION, "jobs", when=shard.owns)
 async def job_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
     """A child changed (kopf keeps no diff of status, so this follows raw watch events): roll
     its status up, continue a serial rollout. (Its cross-job dependents learn of its containers

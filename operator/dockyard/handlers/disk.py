@@ -19,7 +19,7 @@ import kopf
 
 from dockyard.api.models import parse_persistent_disk
 from dockyard.api.quantities import format_quantity
-from dockyard.handlers import kube
+from dockyard.handlers import kube, shard
 from dockyard.handlers.context import provider_for
 from dockyard.handlers.disks import ORPHANED_LABEL, REPLACED_LABEL
 from dockyard.handlers.fleet import Fleet, fleet_of
@@ -35,9 +35,9 @@ def disk_tags(namespace: str, name: str) -> dict[str, str]:
     return {TAG_DISK: f"{namespace}.{name}"}
 
 
-@kopf.on.resume(kube.GROUP, kube.VERSION, "persistentdisks")
-@kopf.on.create(kube.GROUP, kube.VERSION, "persistentdisks")
-@kopf.on.update(kube.GROUP, kube.VERSION, "persistentdisks", field="spec.size")
+@kopf.on.resume(kube.GROUP, kube.VERSION, "persistentdisks", when=shard.owns)
+@kopf.on.create(kube.GROUP, kube.VERSION, "persistentdisks", when=shard.owns)
+@kopf.on.update(kube.GROUP, kube.VERSION, "persistentdisks", field="spec.size", when=shard.owns)
 async def ensure_disk(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The provider disk exists, at least as big as ``spec.size`` (the CRD refuses a shrink)."""
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""
@@ -77,7 +77,7 @@ async def ensure_disk(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             kopf.warn(body, reason="ResizeDiskFailed", message=problem)
 
 
-@kopf.on.delete(kube.GROUP, kube.VERSION, "persistentdisks")
+@kopf.on.delete(kube.GROUP, kube.VERSION, "persistentdisks", when=shard.owns)
 async def delete_disk(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A hand-made disk with reclaimPolicy Delete goes with its record; so does an orphaned
     one (``kubectl delete dypd <orphan>``: now, not at expiry). A Job's other records: the Job
@@ -116,6 +116,7 @@ REAP_INTERVAL = 10.0  # seconds between looks at an orphaned disk's expiry
     "persistentdisks",
     interval=REAP_INTERVAL,
     labels={ORPHANED_LABEL: "true"},
+    when=shard.owns,
 )
 async def reap_orphan(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """An orphaned disk past its expiry is deleted, then its record (BOSH deletes orphaned

@@ -18,6 +18,7 @@ from typing import Any
 
 from dockyard.api.models import Job
 from dockyard.api.quantities import format_quantity, parse_duration
+from dockyard.api.selector import inherited
 from dockyard.handlers import kube
 from dockyard.handlers.publisher import Publisher
 from dockyard.handlers.status import disk_conditions
@@ -138,6 +139,7 @@ class DiskRecords:
         labels = {
             JOB_LABEL: job.metadata.name,
             DEPLOYMENT_LABEL: job.metadata.labels.get(DEPLOYMENT_LABEL, ""),
+            **inherited(job.metadata.labels),
         }
         template = job.spec.persistent_disk
         if replaced:  # the Job deletes its disk at expiry: the record goes with the Job

@@ -32,12 +32,17 @@ SettledListener = Callable[["Fleet", Group], Coroutine[Any, Any, None]]
 
 class Fleet:
     def __init__(
-        self, pool_sizes: Mapping[str, int] | None = None, policy: Policy | None = None
+        self,
+        pool_sizes: Mapping[str, int] | None = None,
+        policy: Policy | None = None,
+        fence: Callable[[], bool] = lambda: True,
     ) -> None:
         """``pool_sizes``: actions in flight at once per provider type (``dockyard run
         --pool local=32``); a default per IaaS otherwise (cloud APIs rate-limit). ``policy``:
-        what namespaces may run (``dockyard run --policy``), baseline by default."""
+        what namespaces may run (``dockyard run --policy``), baseline by default. ``fence``:
+        whether this replica may act (it holds the leader lease), asked before every action."""
         self.pool_sizes = {**DEFAULT_POOL_SIZE, **(pool_sizes or {})}
+        self.fence = fence
         self.policy = policy or Policy()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._providers: dict[ProviderConfig, tuple[Provider, ActionPool]] = {}
@@ -60,7 +65,7 @@ class Fleet:
             if config not in self._providers:
                 provider = make_provider(config)
                 size = self.pool_sizes.get(config.type, FALLBACK_POOL_SIZE)
-                self._providers[config] = (provider, ActionPool(size, config.type))
+                self._providers[config] = (provider, ActionPool(size, config.type, self.fence))
             return self._providers[config]
 
     def close(self) -> None:

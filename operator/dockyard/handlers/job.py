@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from dockyard.handlers import kube
+from dockyard.handlers import kube, shard
 from dockyard.handlers.context import DRIFT_INTERVAL, JobRuntime
 from dockyard.handlers.desired import SnapshotSeen, commands_fingerprint
 from dockyard.handlers.fleet import fleet_of
@@ -30,7 +30,7 @@ DiskIndex = kopf.Index[tuple[str, str], tuple[str, str]]
 JOB_LABEL = "dockyard.dev/job"
 
 
-@kopf.on.update(kube.GROUP, kube.VERSION, "jobs", field="spec")
+@kopf.on.update(kube.GROUP, kube.VERSION, "jobs", field="spec", when=shard.owns)
 async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A new spec never waits behind a long pass: the pass in flight is interrupted (it starts
     nothing more, nor waits for a container stop in flight) and the next one runs at once."""
@@ -40,7 +40,7 @@ async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     fleet_of(memo).wake((body.metadata.namespace or "", body.metadata.name or ""))
 
 
-@kopf.on.event(kube.GROUP, kube.VERSION, "jobs")
+@kopf.on.event(kube.GROUP, kube.VERSION, "jobs", when=shard.owns)
 async def commands_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """kubectl annotate of an operator command (restart, recreate, stop, pause...): act now.
     Our annotations are under kopf's own prefix, which kopf leaves out of its diffs: the watch
@@ -59,7 +59,7 @@ async def config_map_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
     fleet_of(memo).config_map_changed(body.metadata.namespace or "", body.metadata.name or "")
 
 
-@kopf.index(kube.GROUP, kube.VERSION, "persistentdisks")
+@kopf.index(kube.GROUP, kube.VERSION, "persistentdisks", when=shard.owns)
 def disk_records(
     name: str, namespace: str | None, labels: kopf.Labels, status: kopf.Status, **_: Any
 ) -> dict[tuple[str, str], tuple[str, str]] | None:
@@ -78,7 +78,7 @@ def _records_of(
     return dict(index.get(key, []))
 
 
-@kopf.daemon(kube.GROUP, kube.VERSION, "jobs", cancellation_timeout=30)
+@kopf.daemon(kube.GROUP, kube.VERSION, "jobs", cancellation_timeout=30, when=shard.owns)
 async def converge(
     body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any
 ) -> None:
@@ -137,7 +137,7 @@ def _describe(error: Exception) -> str:
     return str(error) or repr(error)
 
 
-@kopf.on.delete(kube.GROUP, kube.VERSION, "jobs")
+@kopf.on.delete(kube.GROUP, kube.VERSION, "jobs", when=shard.owns)
 async def delete_job(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """Containers and VMs go; disks go or stay per the persistent disk's reclaimPolicy. A pass
     in flight starts nothing more, and the teardown waits only for its VM and disk actions."""

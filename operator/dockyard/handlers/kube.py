@@ -27,7 +27,7 @@ VERSION = "v1alpha1"
 
 
 @functools.cache
-def _api_client() -> kubernetes.client.ApiClient:
+def api_client() -> kubernetes.client.ApiClient:
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
@@ -41,11 +41,11 @@ def as_body(obj: Mapping[str, Any]) -> kopf.Body:
 
 
 def custom() -> kubernetes.client.CustomObjectsApi:
-    return kubernetes.client.CustomObjectsApi(_api_client())
+    return kubernetes.client.CustomObjectsApi(api_client())
 
 
 def core() -> kubernetes.client.CoreV1Api:
-    return kubernetes.client.CoreV1Api(_api_client())
+    return kubernetes.client.CoreV1Api(api_client())
 
 
 def describe(error: ApiException) -> str:

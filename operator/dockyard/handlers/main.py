@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import kopf
 
 from dockyard.api.policy import DEFAULT_ALLOWED_HOST_PATHS, Level, Policy, parse_level
 
-# Importing the handler modules registers their handlers with kopf.
-from dockyard.handlers import deployment, disk, job, series, snapshot  # noqa: F401
+# Importing the handler modules registers their handlers with kopf (probing and shard are
+# helpers used here).
+from dockyard.handlers import deployment, disk, job, probing, series, shard, snapshot  # noqa: F401
 from dockyard.handlers.fleet import Fleet
+from dockyard.handlers.leadership import Leadership
 from dockyard.observability import metrics
+from dockyard.planning.lease import LeaseTimings
 
 # kopf refuses to start with admission handlers but no webhook server: the admission module
 # (which registers on import) is loaded only when the webhook is configured.
@@ -31,7 +35,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         "fleet", Fleet(pool_sizes(os.environ.get("DOCKYARD_POOL_SIZES", "")), policy_from_env())
     )
     # Everything kopf keeps goes to annotations under our prefix; our status is ours alone.
-    settings.persistence.finalizer = "dockyard.dev/finalizer"
+    settings.persistence.finalizer = shard.finalizer()
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dockyard.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="dockyard.dev", key="last-handled-configuration"
@@ -98,20 +102,77 @@ def run_operator(
     liveness: str = "http://0.0.0.0:8080/healthz",
     pools: str = "",
     metrics_created: bool = False,
+    namespaces: Sequence[str] = (),
+    leader_lease: str = "",
+    probe_port: int = 0,
+    lease_timings: LeaseTimings | None = None,
 ) -> int:
+    """Run until stopped. With ``leader_lease`` (NAMESPACE/NAME) this replica stands by until
+    it holds the lease, and exits 1 when it loses it (a restart makes it a standby again)."""
     logging.basicConfig(
         level=os.environ.get("DOCKYARD_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    shard.selector()  # a selector it cannot read stops it here, not in a handler
     if metrics_port:
         metrics.start_metrics_server(metrics_port, created=metrics_created)
-    asyncio.run(
-        kopf.operator(
-            standalone=True,
-            clusterwide=namespace is None,
-            namespaces=[namespace] if namespace else [],
-            liveness_endpoint=liveness or None,
-            memo=kopf.Memo(fleet=Fleet(pool_sizes(pools), policy_from_env())),
+    leadership = None
+    if leader_lease:
+        lease_namespace, _, lease_name = leader_lease.partition("/")
+        if not lease_namespace or not lease_name:
+            raise SystemExit(f"--leader-lease {leader_lease!r}: expected NAMESPACE/NAME")
+        timings = lease_timings or LeaseTimings()
+        leadership = Leadership(lease_namespace, lease_name, timings=timings)
+    watched = [*([namespace] if namespace else []), *namespaces]
+    return asyncio.run(_serve(watched, liveness, pools, leadership, probe_port))
+
+
+async def _serve(
+    namespaces: list[str],
+    liveness: str,
+    pools: str,
+    leadership: Leadership | None,
+    probe_port: int,
+) -> int:
+    ready = asyncio.Event()
+    probes = await probing.serve(probe_port, ready) if probe_port else None
+    try:
+        if leadership is not None:
+            await leadership.acquire()
+        else:
+            metrics.set_active(True)
+        stop = asyncio.Event()
+        fleet = Fleet(
+            pool_sizes(pools), policy_from_env(), leadership.holds if leadership else _always
         )
-    )
-    return 0
+        keeper = asyncio.create_task(_keep(leadership, stop)) if leadership else None
+        try:
+            await kopf.operator(
+                standalone=True,
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                liveness_endpoint=liveness or None,
+                memo=kopf.Memo(fleet=fleet),
+                stop_flag=stop,
+                ready_flag=ready,
+            )
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+        if leadership is not None:
+            if leadership.lost.is_set():
+                return 1
+            await asyncio.to_thread(leadership.release)  # a clean stop: a standby goes on now
+        return 0
+    finally:
+        if probes is not None:
+            await probes.cleanup()
+
+
+def _always() -> bool:
+    return True
+
+
+async def _keep(leadership: Leadership, stop: asyncio.Event) -> None:
+    await leadership.keep()
+    stop.set()

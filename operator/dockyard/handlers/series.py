@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from dockyard.handlers import kube
+from dockyard.handlers import kube, shard
 from dockyard.handlers.disks import DEPLOYMENT_LABEL
 from dockyard.observability import metrics
 
@@ -26,7 +26,7 @@ def _job_key(body: kopf.Body | dict[str, Any]) -> metrics.JobKey:
     return meta.get("namespace", ""), (meta.get("labels") or {}).get(DEPLOYMENT_LABEL, ""), name
 
 
-@kopf.on.event(kube.GROUP, kube.VERSION, "deployments")
+@kopf.on.event(kube.GROUP, kube.VERSION, "deployments", when=shard.owns)
 def deployment_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     if type == "DELETED":
@@ -35,7 +35,7 @@ def deployment_event(body: kopf.Body, type: str | None, **_: Any) -> None:
         metrics.seen_deployment(namespace, name)
 
 
-@kopf.on.event(kube.GROUP, kube.VERSION, "jobs")
+@kopf.on.event(kube.GROUP, kube.VERSION, "jobs", when=shard.owns)
 def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     if type == "DELETED":
         metrics.forget_job(*_job_key(body))

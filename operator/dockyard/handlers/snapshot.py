@@ -15,7 +15,7 @@ import kopf
 from dockyard.api.conditions import kstatus
 from dockyard.api.models import ProviderSpec, parse_disk_snapshot, parse_persistent_disk
 from dockyard.api.quantities import format_quantity, parse_quantity
-from dockyard.handlers import kube
+from dockyard.handlers import kube, shard
 from dockyard.handlers.context import provider_for
 from dockyard.handlers.desired import SnapshotSeen
 from dockyard.handlers.fleet import fleet_of
@@ -27,7 +27,7 @@ PROVIDER_ANNOTATION = "dockyard.dev/provider"  # where the snapshot lives, for i
 READY_POLL = 5.0
 
 
-@kopf.index(kube.GROUP, kube.VERSION, "disksnapshots")
+@kopf.index(kube.GROUP, kube.VERSION, "disksnapshots", when=shard.owns)
 def disk_snapshots(
     name: str, namespace: str | None, status: kopf.Status, **_: Any
 ) -> dict[str, tuple[str, SnapshotSeen]]:
@@ -40,8 +40,8 @@ def disk_snapshots(
     return {namespace or "": (name, seen)}
 
 
-@kopf.on.resume(kube.GROUP, kube.VERSION, "disksnapshots")
-@kopf.on.create(kube.GROUP, kube.VERSION, "disksnapshots")
+@kopf.on.resume(kube.GROUP, kube.VERSION, "disksnapshots", when=shard.owns)
+@kopf.on.create(kube.GROUP, kube.VERSION, "disksnapshots", when=shard.owns)
 async def take_snapshot(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     snapshot = parse_disk_snapshot(body)
@@ -75,7 +75,7 @@ async def take_snapshot(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     kopf.info(body, reason="SnapshotReady", message=f"{made.id} of disk {disk_id}")
 
 
-@kopf.on.delete(kube.GROUP, kube.VERSION, "disksnapshots")
+@kopf.on.delete(kube.GROUP, kube.VERSION, "disksnapshots", when=shard.owns)
 async def delete_snapshot(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The provider snapshot goes with the object."""
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""

@@ -161,6 +161,11 @@ BUILD_INFO = Gauge(
     ["version"],
     registry=REGISTRY,
 )
+OPERATOR_ACTIVE = Gauge(
+    "dockyard_operator_active",
+    "1 while this replica holds the leader lease and acts; 0 while it stands by.",
+    registry=REGISTRY,
+)
 
 _lock = threading.Lock()
 _in_meltdown: set[tuple[str, str, str]] = set()
@@ -263,6 +268,10 @@ def start_metrics_server(
         enable_created_metrics()  # type: ignore[no-untyped-call]
     BUILD_INFO.labels(version=dockyard_version()).set(1)
     return start_http_server(port, addr=addr, registry=REGISTRY)
+
+
+def set_active(active: bool) -> None:
+    OPERATOR_ACTIVE.set(1 if active else 0)
 
 
 # --- reconcile passes ------------------------------------------------------------------------

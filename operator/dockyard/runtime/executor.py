@@ -34,8 +34,13 @@ class ActionPool:
     """Threads for one provider: ``size`` actions at once, and as many observations (kept
     apart, so a look at the world never waits behind another Job's slow container stop)."""
 
-    def __init__(self, size: int, name: str = "actions") -> None:
+    def __init__(
+        self, size: int, name: str = "actions", fence: Callable[[], bool] = lambda: True
+    ) -> None:
+        """``fence``: whether this operator may still act (a standby took over otherwise); it
+        is asked right before each action starts."""
         self.size = max(size, 1)
+        self.fence = fence
         self._actions = concurrent.futures.ThreadPoolExecutor(self.size, f"{name}-act")
         self._looks = concurrent.futures.ThreadPoolExecutor(self.size, f"{name}-look")
 
@@ -130,8 +135,14 @@ class Execution:
     def _start(self, position: int) -> None:
         action = self.graph.actions[position]
         self._running[position] = asyncio.create_task(
-            self._pool.act(lambda: self._perform(action)), name=f"action-{action}"
+            self._pool.act(lambda: self._fenced(action)), name=f"action-{action}"
         )
+
+    def _fenced(self, action: Action) -> Outcome:
+        if not self._pool.fence():  # another operator is active now: it decides anew
+            self._cancelled = True
+            return Outcome(action, Failure.CANCELLED, "fenced: not the active operator")
+        return self._perform(action)
 
     async def settle(self, containers_too: bool = True) -> None:
         """Cancel, and wait for what is in flight (VM and disk actions only, unless
