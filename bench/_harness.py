@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,9 +209,16 @@ def quiet_for(events: EventLog, seconds: float) -> bool:
 class Operator:
     """The real ``dockyard run`` watching one namespace, logging to a file with timestamps."""
 
-    def __init__(self, namespace: str, log_path: Path) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        log_path: Path,
+        args: Sequence[str] = (),
+        started: bytes = b"Initial authentication has finished",
+    ) -> None:
         self.namespace = namespace
         self.log_path = log_path
+        self.args, self.started = args, started
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -226,6 +233,7 @@ class Operator:
             "0",
             "--liveness",
             "",
+            *self.args,
         ]
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
@@ -233,10 +241,7 @@ class Operator:
             )
         process = self.process
         wait_until(
-            lambda: (
-                process.poll() is not None
-                or b"Initial authentication has finished" in self.log_path.read_bytes()
-            ),
+            lambda: process.poll() is not None or self.started in self.log_path.read_bytes(),
             60,
             "the operator to start",
             interval=0.2,

@@ -114,7 +114,7 @@ class JobRuntime:
         runtime.secrets = secrets
         runtime.config_maps = await _read_config_maps(job)
         runtime._secrets_read = (time.monotonic(), job.metadata.generation or 0)
-        runtime.namespace_labels = await _namespace_labels(job)
+        runtime.namespace_labels = await _namespace_labels(fleet, job)
         if job.status.observed_generation != job.metadata.generation:
             runtime._offer(starting_status(job, datetime.now(UTC)))
         return runtime
@@ -300,21 +300,17 @@ class JobRuntime:
             self._refreshing = asyncio.create_task(self._refresh_in_background(job))
 
     async def _refresh_in_background(self, job: Job) -> None:
+        # ConfigMaps are not re-read here: their watch tells when one changes.
         try:
             fresh = await _read_secrets(job)
-            config_maps = await _read_config_maps(job)
-            labels = await _namespace_labels(job)
+            labels = await _namespace_labels(self.fleet, job)
         except Exception as error:  # the API is away: the cache serves on
             log.warning("re-reading the Secrets of Job %s failed: %s", self.ref[1], error)
             self._secrets_read = (time.monotonic(), self._secrets_read[1])
         else:
-            changed = (fresh, config_maps, labels) != (
-                self.secrets,
-                self.config_maps,
-                self.namespace_labels,
-            )
+            changed = (fresh, labels) != (self.secrets, self.namespace_labels)
             self._set_secrets(fresh, self._secrets_read[1])
-            self.config_maps, self.namespace_labels = config_maps, labels
+            self.namespace_labels = labels
             if changed:
                 self.woken.set()
         finally:
@@ -340,13 +336,20 @@ def spec_problem(job: Job) -> str:
     return "; ".join(problems + instance_commands(job)[2])
 
 
-async def _namespace_labels(job: Job) -> dict[str, str] | None:
-    """The Job's namespace's labels; None when they cannot be read (the default level then)."""
+async def _namespace_labels(fleet: Fleet, job: Job) -> dict[str, str] | None:
+    """The Job's namespace's labels; None when they cannot be read (the default level then).
+    One read per namespace and refresh period, whatever the number of its Jobs."""
+    namespace = job.metadata.namespace or ""
+    cached = fleet.namespace_labels.get(namespace)
+    if cached is not None and time.monotonic() - cached[0] < SECRETS_REFRESH / 2:
+        return cached[1]
     try:
-        return await kube.namespace_labels(job.metadata.namespace or "")
+        labels = await kube.namespace_labels(namespace)
     except kube.ApiException as error:
-        log.warning("reading namespace %s for its policy level: %s", job.metadata.namespace, error)
+        log.warning("reading namespace %s for its policy level: %s", namespace, error)
         return None
+    fleet.namespace_labels[namespace] = (time.monotonic(), labels)
+    return labels
 
 
 async def _read_config_maps(job: Job) -> dict[str, dict[str, str]]:

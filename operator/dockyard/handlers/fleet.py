@@ -43,6 +43,8 @@ class Fleet:
         whether this replica may act (it holds the leader lease), asked before every action."""
         self.pool_sizes = {**DEFAULT_POOL_SIZE, **(pool_sizes or {})}
         self.fence = fence
+        # namespace -> (monotonic time read, its labels): one read serves all its Jobs a while.
+        self.namespace_labels: dict[str, tuple[float, dict[str, str]]] = {}
         self.policy = policy or Policy()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._providers: dict[ProviderConfig, tuple[Provider, ActionPool]] = {}

@@ -1,0 +1,291 @@
+"""Scale and soak: N Deployments x 2 VMs x 3 containers on one machine, then random kills.
+Prints one JSON.
+
+    .venv/bin/python bench/scale.py [--deployments 50] [--window 60] [--chaos-minutes 10]
+
+Each Deployment: one job of 2 instances with a persistent disk; ``db`` writes 1 MiB of random
+data to the disk once, ``app`` dependsOn db, ``worker`` dependsOn app. Measured:
+
+- apply → every Deployment Ready (the operator watching only the benchmark's namespace);
+- at steady state, over ``--window`` seconds: the operator's RSS, CPU (% of one core), threads
+  and open sockets (per VM), and the apiserver's requests per minute (``apiserver_request_total``,
+  all verbs, and writes to dockyard.dev objects and Events; cluster-wide, so exact only when
+  nothing else talks to it);
+- then ``--chaos-minutes`` of kills, one every ``--kill-every`` seconds: mostly a container's
+  main process (SIGKILL inside its VM), sometimes a whole VM (``--vm-share``), never two VMs of
+  one Deployment at once (below the meltdown guard); then, once every Deployment is Ready again:
+  VMs and disks per instance (duplicates), and each disk's data checksum against the one taken
+  before the kills (bytes lost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from _harness import (
+    IMAGE,
+    World,
+    bench_world,
+    kubectl,
+    log,
+    machine_facts,
+    wait_until,
+)
+
+RUN = "trap 'exit 0' TERM; sleep 100000 & wait"
+DB = (
+    "[ -s /data/blob ] || head -c 1048576 /dev/urandom > /data/blob; " + RUN
+)  # written once: it must survive every kill
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def manifest(name: str, root: str) -> str:
+    sleep = ["sh", "-c", RUN]
+    containers = [
+        {
+            "name": "db",
+            "image": IMAGE,
+            "command": ["sh", "-c", DB],
+            "volumes": [{"name": "data", "mountPath": "/data"}],
+        },
+        {"name": "app", "image": IMAGE, "command": sleep, "dependsOn": ["db"]},
+        {"name": "worker", "image": IMAGE, "command": sleep, "dependsOn": ["app"]},
+    ]
+    job = {
+        "name": "svc",
+        "instances": 2,
+        "persistentDisk": {"size": "64Mi"},
+        "containers": containers,
+    }
+    return json.dumps(
+        {
+            "apiVersion": "dockyard.dev/v1alpha1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "provider": {"type": "local", "options": {"root": root}},
+                "update": {"maxInFlight": "100%"},
+                "jobs": [job],
+            },
+        }
+    )
+
+
+def ready_count(namespace: str) -> int:
+    listed = json.loads(kubectl("get", "dyd", "-n", namespace, "-o", "json"))
+    count = 0
+    for item in listed["items"]:
+        status = item.get("status") or {}
+        at = status.get("observedGeneration") == item["metadata"]["generation"]
+        ready = any(
+            c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
+        )
+        count += int(at and ready)
+    return count
+
+
+def apiserver_requests() -> tuple[int, int]:
+    """(all requests, writes to dockyard.dev objects and Events) the apiserver served so far."""
+    total = writes = 0
+    pattern = re.compile(r"^apiserver_request_total\{(.*)\} (\S+)$")
+    for line in kubectl("get", "--raw", "/metrics").splitlines():
+        match = pattern.match(line)
+        if not match:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        count = int(float(match.group(2)))
+        total += count
+        ours = labels.get("group") == "dockyard.dev" or labels.get("resource") == "events"
+        if ours and labels.get("verb") in WRITE_VERBS:
+            writes += count
+    return total, writes
+
+
+def process_facts(pid: int) -> dict[str, float]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(re.search(r"^VmRSS:\s+(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    threads = int(re.search(r"^Threads:\s+(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    sockets = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            sockets += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue
+    return {"rss_mib": rss / 1024, "threads": threads, "cpu_seconds": cpu, "sockets": sockets}
+
+
+def converged(world: World, deployments: int) -> bool:
+    """Every Deployment Ready, and each of its instances' VMs running its three containers."""
+    if ready_count(world.namespace) != deployments:
+        return False
+    provider = world.provider
+    vms = [vm for vm in provider.find_vms({}) if vm.state.value == "running"]
+    if len(vms) != 2 * deployments:
+        return False
+    for vm in vms:
+        engine = provider.docker_client(vm.id)
+        try:
+            if len(engine.containers.list()) != 3:
+                return False
+        finally:
+            engine.close()
+    return True
+
+
+def instance_of(vm: Any) -> tuple[str, str]:
+    return vm.tags.get("owner-uid", ""), vm.tags.get("index", "")
+
+
+def checksums(world: World) -> dict[tuple[str, str], str]:
+    """Each instance's data checksum, read through its db container."""
+    provider = world.provider
+    sums: dict[tuple[str, str], str] = {}
+    for vm in provider.find_vms({}):
+        engine = provider.docker_client(vm.id)
+        try:
+            found = engine.containers.list(filters={"label": "dockyard.dev/container=db"})
+            for db in found:
+                code, out = db.exec_run(["sha256sum", "/data/blob"])
+                if code == 0:
+                    sums[instance_of(vm)] = out.decode().split()[0]
+        finally:
+            engine.close()
+    return sums
+
+
+def chaos(world: World, minutes: float, every: float, vm_share: float) -> dict[str, int]:
+    """Random kills for ``minutes``: a container's main process, or (``vm_share``) a VM."""
+    provider = world.provider
+    rng = random.Random(7)
+    kills = collections.Counter[str]()
+    end = time.monotonic() + minutes * 60
+    vm_down: dict[str, float] = {}  # deployment -> when its VM was killed
+    while time.monotonic() < end:
+        vms = [vm for vm in provider.find_vms({}) if vm.state.value == "running"]
+        if vms:
+            vm = rng.choice(vms)
+            deployment = vm.tags.get("deployment", "")
+            recently = time.monotonic() - vm_down.get(deployment, -1e9) < 60
+            try:
+                if rng.random() < vm_share and not recently:
+                    provider.client.containers.get(vm.id).kill()
+                    vm_down[deployment] = time.monotonic()
+                    kills["vm"] += 1
+                else:
+                    engine = provider.docker_client(vm.id)
+                    try:
+                        running = engine.containers.list()
+                        if running:
+                            victim = rng.choice(running)
+                            pid = victim.attrs["State"]["Pid"]
+                            container = provider.client.containers.get(vm.id)
+                            code, _ = container.exec_run(["kill", "-9", str(pid)])
+                            kills["container"] += int(code == 0)
+                    finally:
+                        engine.close()
+            except Exception as error:  # a VM going away under us: the next kill goes on
+                kills["missed"] += 1
+                log(f"kill missed: {error}")
+        time.sleep(every)  # the kill rate itself, not a synchronisation
+    return dict(kills)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--deployments", type=int, default=50)
+    parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument("--chaos-minutes", type=float, default=10.0)
+    parser.add_argument("--kill-every", type=float, default=5.0)
+    parser.add_argument("--vm-share", type=float, default=0.15)
+    args = parser.parse_args()
+    result: dict[str, Any] = {"benchmark": "scale", "machine": machine_facts()}
+    with bench_world("scale") as world:
+        assert world.operator is not None and world.operator.process is not None
+        pid = world.operator.process.pid
+        started = time.monotonic()
+        for number in range(args.deployments):
+            kubectl(
+                "apply", "-n", world.namespace, "-f", "-", stdin=manifest(f"s{number}", world.root)
+            )
+        wait_until(
+            lambda: ready_count(world.namespace) == args.deployments,
+            900,
+            "every Deployment Ready",
+            interval=1.0,
+        )
+        vms = len(world.provider.find_vms({}))
+        result |= {
+            "deployments": args.deployments,
+            "vms": vms,
+            "containers": vms * 3,
+            "all_ready_seconds": round(time.monotonic() - started, 1),
+        }
+        log(f"{vms} VMs Ready in {result['all_ready_seconds']} s")
+        time.sleep(10)  # the last status writes land before the window opens
+        before, requests_before = process_facts(pid), apiserver_requests()
+        time.sleep(args.window)  # the measurement window itself
+        after, requests_after = process_facts(pid), apiserver_requests()
+        minutes = args.window / 60
+        result["steady_state"] = {
+            "window_seconds": args.window,
+            "operator_rss_mib": round(after["rss_mib"], 1),
+            "operator_cpu_percent_of_a_core": round(
+                100 * (after["cpu_seconds"] - before["cpu_seconds"]) / args.window, 2
+            ),
+            "operator_threads": after["threads"],
+            "operator_sockets": after["sockets"],
+            "operator_sockets_per_vm": round(after["sockets"] / max(vms, 1), 2),
+            "apiserver_requests_per_minute": round(
+                (requests_after[0] - requests_before[0]) / minutes, 1
+            ),
+            "apiserver_writes_per_minute": round(
+                (requests_after[1] - requests_before[1]) / minutes, 1
+            ),
+        }
+        log(f"steady state: {result['steady_state']}")
+        if args.chaos_minutes > 0:
+            sums_before = checksums(world)
+            kills = chaos(world, args.chaos_minutes, args.kill_every, args.vm_share)
+            chaos_end = time.monotonic()
+            wait_until(
+                lambda: converged(world, args.deployments),
+                900,
+                "every Deployment Ready, every VM with its 3 containers, after the kills",
+                interval=1.0,
+            )
+            found = world.provider.find_vms({})
+            per_instance = collections.Counter(instance_of(vm) for vm in found)
+            disks = collections.Counter(
+                disk.tags.get("disk", disk.id) for disk in world.provider.find_disks({})
+            )
+            sums_after = checksums(world)
+            result["soak"] = {
+                "minutes": args.chaos_minutes,
+                "kills": kills,
+                "converged_seconds_after_last_kill": round(time.monotonic() - chaos_end, 1),
+                "instances": len(per_instance),
+                "duplicate_vms": sum(n - 1 for n in per_instance.values() if n > 1),
+                "duplicate_disks": sum(n - 1 for n in disks.values() if n > 1),
+                "checksums_compared": len(sums_before),
+                "checksums_changed_or_missing": sum(
+                    sums_after.get(key) != value for key, value in sums_before.items()
+                ),
+            }
+            log(f"soak: {result['soak']}")
+        result["operator_rss_mib_at_end"] = round(process_facts(pid)["rss_mib"], 1)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
