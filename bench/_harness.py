@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -390,3 +391,23 @@ def machine_facts() -> dict[str, Any]:
         ],
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def apiserver_requests() -> tuple[int, int]:
+    """(all requests, writes to dockyard.dev objects and Events) the apiserver served so far."""
+    total = writes = 0
+    pattern = re.compile(r"^apiserver_request_total\{(.*)\} (\S+)$")
+    for line in kubectl("get", "--raw", "/metrics").splitlines():
+        match = pattern.match(line)
+        if not match:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        count = int(float(match.group(2)))
+        total += count
+        ours = labels.get("group") == "dockyard.dev" or labels.get("resource") == "events"
+        if ours and labels.get("verb") in WRITE_VERBS:
+            writes += count
+    return total, writes

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import json
 import os
 import random
@@ -33,18 +34,19 @@ from typing import Any
 from _harness import (
     IMAGE,
     World,
+    apiserver_requests,
     bench_world,
     kubectl,
     log,
     machine_facts,
     wait_until,
 )
+from dockyard.providers.base import VMSpec
 
 RUN = "trap 'exit 0' TERM; sleep 100000 & wait"
 DB = (
     "[ -s /data/blob ] || head -c 1048576 /dev/urandom > /data/blob; " + RUN
 )  # written once: it must survive every kill
-WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
 
 
 def manifest(name: str, root: str) -> str:
@@ -90,23 +92,6 @@ def ready_count(namespace: str) -> int:
         )
         count += int(at and ready)
     return count
-
-
-def apiserver_requests() -> tuple[int, int]:
-    """(all requests, writes to dockyard.dev objects and Events) the apiserver served so far."""
-    total = writes = 0
-    pattern = re.compile(r"^apiserver_request_total\{(.*)\} (\S+)$")
-    for line in kubectl("get", "--raw", "/metrics").splitlines():
-        match = pattern.match(line)
-        if not match:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        count = int(float(match.group(2)))
-        total += count
-        ours = labels.get("group") == "dockyard.dev" or labels.get("resource") == "events"
-        if ours and labels.get("verb") in WRITE_VERBS:
-            writes += count
-    return total, writes
 
 
 def process_facts(pid: int) -> dict[str, float]:
@@ -201,6 +186,24 @@ def chaos(world: World, minutes: float, every: float, vm_share: float) -> dict[s
     return dict(kills)
 
 
+def baseline_boot(world: World, vms: int, threads: int = 32) -> float:
+    """Seconds to create ``vms`` bare VMs straight through the provider, ``threads`` at once
+    (the operator's pool for the local provider), each until its engine answers: the floor
+    under the operator's time to Ready. They are deleted again."""
+    provider = world.provider
+
+    def boot(number: int) -> Any:
+        return provider.create_vm(VMSpec(tags={"owner-uid": "baseline", "index": str(number)}))
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        made = list(pool.map(boot, range(vms)))
+    took = time.monotonic() - started
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda vm: provider.delete_vm(vm.id), made))
+    return took
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deployments", type=int, default=50)
@@ -208,11 +211,18 @@ def main() -> None:
     parser.add_argument("--chaos-minutes", type=float, default=10.0)
     parser.add_argument("--kill-every", type=float, default=5.0)
     parser.add_argument("--vm-share", type=float, default=0.15)
+    parser.add_argument(
+        "--no-baseline", dest="baseline", action="store_false", help="skip the bare-VM boot"
+    )
     args = parser.parse_args()
     result: dict[str, Any] = {"benchmark": "scale", "machine": machine_facts()}
     with bench_world("scale") as world:
         assert world.operator is not None and world.operator.process is not None
         pid = world.operator.process.pid
+        if args.baseline:
+            floor = baseline_boot(world, 2 * args.deployments)
+            result["baseline_bare_vms_booted_seconds"] = round(floor, 1)
+            log(f"baseline: {2 * args.deployments} bare VMs booted in {floor:.1f} s")
         started = time.monotonic()
         for number in range(args.deployments):
             kubectl(
@@ -231,6 +241,11 @@ def main() -> None:
             "containers": vms * 3,
             "all_ready_seconds": round(time.monotonic() - started, 1),
         }
+        if args.baseline:
+            result["ready_over_baseline"] = round(
+                result["all_ready_seconds"] / max(result["baseline_bare_vms_booted_seconds"], 0.1),
+                2,
+            )
         log(f"{vms} VMs Ready in {result['all_ready_seconds']} s")
         time.sleep(10)  # the last status writes land before the window opens
         before, requests_before = process_facts(pid), apiserver_requests()

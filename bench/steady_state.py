@@ -24,9 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _harness import KUBECONFIG, REPO, kubectl, wait_until
+from _harness import KUBECONFIG, REPO, apiserver_requests, kubectl, wait_until
 
-WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
 QUIET = ("--metrics-port", "0", "--liveness", "")
 
 
@@ -45,17 +44,7 @@ def event_count(namespace: str) -> int:
 
 def apiserver_writes() -> int:
     """Write requests the apiserver served for dockyard.dev objects and Events, so far."""
-    total = 0
-    pattern = re.compile(r"^apiserver_request_total\{(.*)\} (\S+)$")
-    for line in kubectl("get", "--raw", "/metrics").splitlines():
-        match = pattern.match(line)
-        if not match:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        ours = labels.get("group") == "dockyard.dev" or labels.get("resource") == "events"
-        if ours and labels.get("verb") in WRITE_VERBS:
-            total += int(float(match.group(2)))
-    return total
+    return apiserver_requests()[1]
 
 
 def all_ready(namespace: str, count: int) -> bool:

@@ -12,14 +12,16 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import Kubectl
-from tests.e2e.conftest import OwnOperator, own_operator_namespace
+from tests.e2e.conftest import GetObject, OwnOperator, own_operator_namespace
 from tests.e2e.test_api_outage import PAIR, engine_started
 from tests.e2e.test_monitor import kill_process, local  # noqa: F401
 from tests.e2e.test_reconciler import deployment, wait_ready
@@ -61,6 +63,48 @@ def holder(kubectl: Kubectl, lease: str) -> str:
     return str(found["spec"].get("holderIdentity") or "")
 
 
+@dataclass
+class Pair:
+    """Two replicas sharing the lease ``namespace/dockyard``: ``first`` active, ``second``
+    standing by; ``ports`` their probe ports."""
+
+    first: OwnOperator
+    second: OwnOperator
+    namespace: str
+    get_object: GetObject
+    ports: tuple[int, int]
+    lease: str
+
+
+@contextmanager
+def replica_pair(
+    kubectl: Kubectl, kubeconfig: str, namespace_prefix: str, tag: str, logs: Path
+) -> Iterator[Pair]:
+    ports = (free_port(), free_port())
+    with ExitStack() as stack:
+        second = OwnOperator(
+            kubeconfig, glob_of(namespace_prefix, tag), logs, started=LEASE_LOGGED, name="second"
+        )
+        stack.callback(second.stop)  # after the namespace's teardown, which may need it
+        first, namespace, get_object = stack.enter_context(
+            own_operator_namespace(
+                kubectl, kubeconfig, namespace_prefix, tag, logs, started=LEASE_LOGGED
+            )
+        )
+        lease = f"{namespace}/dockyard"  # in the test's namespace: its own lease
+        first.args = replica_args(lease, ports[0])
+        second.args = replica_args(lease, ports[1])
+        first.start()
+        wait_for(lambda: ready(ports[0]), timeout=60, what="the first replica active")
+        second.start()
+        wait_for(
+            lambda: b"waiting for the lease" in second.log_path.read_bytes(),
+            timeout=30,
+            what="the second replica standing by",
+        )
+        yield Pair(first, second, namespace, get_object, ports, lease)
+
+
 def test_a_standby_takes_over_from_a_killed_active_operator_and_repairs_what_broke_meanwhile(
     kubectl: Kubectl,
     kubeconfig: str,
@@ -69,32 +113,9 @@ def test_a_standby_takes_over_from_a_killed_active_operator_and_repairs_what_bro
     docker_client: Any,
     local: Any,  # noqa: F811
 ) -> None:
-    first_port, second_port = free_port(), free_port()
-    with ExitStack() as stack:
-        second = OwnOperator(
-            kubeconfig,
-            glob_of(namespace_prefix, "h"),
-            tmp_path,
-            started=LEASE_LOGGED,
-            name="second",
-        )
-        stack.callback(second.stop)  # after the namespace's teardown, which may need it
-        first, namespace, get_object = stack.enter_context(
-            own_operator_namespace(
-                kubectl, kubeconfig, namespace_prefix, "h", tmp_path, started=LEASE_LOGGED
-            )
-        )
-        lease = f"{namespace}/dockyard"  # in the test's namespace: its own lease
-        first.args = replica_args(lease, first_port)
-        second.args = replica_args(lease, second_port)
-        first.start()
-        wait_for(lambda: ready(first_port), timeout=60, what="the first replica active")
-        second.start()
-        wait_for(
-            lambda: b"waiting for the lease" in second.log_path.read_bytes(),
-            timeout=30,
-            what="the second replica standing by",
-        )
+    with replica_pair(kubectl, kubeconfig, namespace_prefix, "h", tmp_path) as pair:
+        first, namespace, get_object = pair.first, pair.namespace, pair.get_object
+        second_port, lease = pair.ports[1], pair.lease
         assert not ready(second_port), "two replicas ready at once"
         first_identity = holder(kubectl, lease)
 
@@ -128,27 +149,9 @@ def test_an_active_operator_frozen_past_its_lease_is_fenced_and_exits(
     tmp_path: Path,
     local: Any,  # noqa: F811
 ) -> None:
-    first_port, second_port = free_port(), free_port()
-    with ExitStack() as stack:
-        second = OwnOperator(
-            kubeconfig,
-            glob_of(namespace_prefix, "f"),
-            tmp_path,
-            started=LEASE_LOGGED,
-            name="second",
-        )
-        stack.callback(second.stop)  # after the namespace's teardown, which may need it
-        first, namespace, get_object = stack.enter_context(
-            own_operator_namespace(
-                kubectl, kubeconfig, namespace_prefix, "f", tmp_path, started=LEASE_LOGGED
-            )
-        )
-        lease = f"{namespace}/dockyard"
-        first.args = replica_args(lease, first_port)
-        second.args = replica_args(lease, second_port)
-        first.start()
-        wait_for(lambda: ready(first_port), timeout=60, what="the first replica active")
-        second.start()
+    with replica_pair(kubectl, kubeconfig, namespace_prefix, "f", tmp_path) as pair:
+        first, namespace, get_object = pair.first, pair.namespace, pair.get_object
+        second_port = pair.ports[1]
         assert first.process is not None
         os.kill(first.process.pid, signal.SIGSTOP)  # a long pause: GC, a frozen node, a partition
         try:
