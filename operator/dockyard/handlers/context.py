@@ -173,6 +173,36 @@ class JobRuntime:
         provider, _ = await _make_provider(self.fleet, config)
         return provider is self.world.provider
 
+    # --- between passes -------------------------------------------------------------------------
+
+    @property
+    def settled(self) -> bool:
+        """The last pass had nothing left to do and nothing to look at again soon."""
+        report = self.last_report
+        return report is not None and report.verdict.requeue_after is None
+
+    async def engines_answer(self) -> bool:
+        """The cheap look between full observations: every VM's event stream is open and its
+        engine answers a ping within ENGINE_PING_TIMEOUT."""
+        if not self.watchers.all_connected():
+            return False
+
+        def ping(vm_id: str) -> bool:
+            return bool(self.world.engine(vm_id).client.ping())
+
+        for vm_id in self.watchers.vm_ids():
+            try:
+                answered = await asyncio.wait_for(
+                    self.reconciler.pool.look(functools.partial(ping, vm_id)),
+                    ENGINE_PING_TIMEOUT,
+                )
+            except Exception as error:  # a hung or gone engine: a full pass finds out
+                log.info("engine of VM %s did not answer a ping: %s", vm_id, error)
+                return False
+            if not answered:
+                return False
+        return True
+
     # --- a pass ---------------------------------------------------------------------------------
 
     async def run_pass(
@@ -326,7 +356,13 @@ class JobRuntime:
         self._secrets_read = (time.monotonic(), generation)
 
 
-DRIFT_INTERVAL = 15.0  # seconds between full observations when nothing else wakes the daemon
+DRIFT_INTERVAL = 15.0  # seconds between looks at a settled Job when nothing wakes the daemon
+# A settled Job whose VMs' event streams are open and whose engines answer a ping is observed
+# in full only this often: a dead container or VM is heard through its stream at once, a hung
+# engine fails the ping. (Full observations of 100 VMs every 15 s cost most of the operator's
+# CPU at steady state.)
+FULL_DRIFT_INTERVAL = 60.0
+ENGINE_PING_TIMEOUT = 5.0
 
 
 def spec_problem(job: Job) -> str:

@@ -9,7 +9,6 @@ lives in kopf's per-object memo; what Jobs share lives in the fleet (the operato
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import kopf
 
 from dockyard.handlers import kube, shard
-from dockyard.handlers.context import DRIFT_INTERVAL, JobRuntime
+from dockyard.handlers.context import DRIFT_INTERVAL, FULL_DRIFT_INTERVAL, JobRuntime
 from dockyard.handlers.desired import SnapshotSeen, commands_fingerprint
 from dockyard.handlers.fleet import fleet_of
 from dockyard.observability import metrics
@@ -109,12 +108,28 @@ async def converge(
                 kopf.warn(body, reason="ReconcileError", message=redact(_describe(error))[:1000])
             if runtime is not None and runtime.closed:
                 return  # torn down: nothing more to do for this Job
-            woken = runtime.woken if runtime is not None else asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), timeout=delay)
+            await _wait(runtime, delay, stopped, since=started)
     finally:
         if runtime is not None:
             runtime.close()
+
+
+async def _wait(
+    runtime: JobRuntime | None, delay: float, stopped: kopf.DaemonStopped, since: float
+) -> None:
+    """Until the next pass: ``delay``, or a wake-up. A settled Job is looked at cheaply (its
+    engines pinged) every ``delay`` and observed in full only every FULL_DRIFT_INTERVAL."""
+    woken = runtime.woken if runtime is not None else asyncio.Event()
+    while not stopped:
+        try:
+            await asyncio.wait_for(woken.wait(), timeout=delay)
+            return
+        except TimeoutError:
+            pass
+        if runtime is None or not runtime.settled:
+            return
+        if time.monotonic() - since >= FULL_DRIFT_INTERVAL or not await runtime.engines_answer():
+            return
 
 
 def _observe(runtime: JobRuntime, started: float) -> None:

@@ -36,6 +36,7 @@ class VMWatcher:
         self._on_change = on_change
         self._stop = threading.Event()
         self._client: docker.DockerClient | None = None
+        self.connected = False  # its event stream is open: a change would be heard
         self._thread = threading.Thread(target=self._run, name=f"watch-{vm_id[:12]}", daemon=True)
 
     def start(self) -> None:
@@ -59,6 +60,7 @@ class VMWatcher:
                     decode=True, filters={"type": "container", "label": [LABEL_CONTAINER]}
                 )
                 backoff = 0.1
+                self.connected = True
                 self._on_change(self.vm_id, "connected")
                 for event in stream:
                     action = str(event.get("Action", "")).split(":")[0]
@@ -68,6 +70,7 @@ class VMWatcher:
                 if self._stop.is_set():
                     return
                 log.debug("event stream of VM %s failed: %s", self.vm_id, error)
+            self.connected = False
             if self._stop.is_set():
                 return
             self._on_change(self.vm_id, "stream-lost")
@@ -100,3 +103,10 @@ class WatcherSet:
 
     def stop(self) -> None:
         self.sync(())
+
+    def vm_ids(self) -> list[str]:
+        return list(self._watchers)
+
+    def all_connected(self) -> bool:
+        """Every watched VM's event stream is open: any change of a container is heard."""
+        return all(w.connected for w in list(self._watchers.values()))

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,9 +43,18 @@ class DiskRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+#: A directory changed this recently may change again within the same timestamp tick: a scan
+#: is reused only once its directory's mtime is older than this (git's "racy" rule).
+SETTLED_NS = 1_000_000_000
+
+
 class DiskStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # The last full read of the sidecars, reused while the directory is unchanged: every
+        # change is an os.replace or an unlink, which moves the directory's mtime. Without it,
+        # each observation of each Job read every disk's sidecar (N Jobs x N disks).
+        self._scan: tuple[int, list[DiskRecord]] | None = None
 
     def image(self, disk_id: str) -> Path:
         return self.root / f"{disk_id}.img"
@@ -69,14 +79,21 @@ class DiskStore:
         os.replace(temporary, self._sidecar(record.id))  # atomic: a crash never leaves half a file
 
     def all(self) -> list[DiskRecord]:
-        if not self.root.is_dir():
+        try:
+            changed = self.root.stat().st_mtime_ns
+        except FileNotFoundError:
             return []
-        records = []
-        for sidecar in sorted(self.root.glob("*.json")):
-            record = self.load(sidecar.stem)
-            if record is not None:
-                records.append(record)
-        return records
+        scan = self._scan
+        if scan is None or scan[0] != changed:
+            records = []
+            for sidecar in sorted(self.root.glob("*.json")):
+                record = self.load(sidecar.stem)
+                if record is not None:
+                    records.append(record)
+            settled = time.time_ns() - changed > SETTLED_NS
+            self._scan = scan = (changed if settled else -1, records)
+        # Copies: callers change records before they save them.
+        return [dataclasses.replace(r, tags=dict(r.tags)) for r in scan[1]]
 
     def find(self, tags: Mapping[str, str]) -> list[DiskRecord]:
         return [r for r in self.all() if all(r.tags.get(k) == v for k, v in tags.items())]
