@@ -236,6 +236,30 @@ def observe(container: Any) -> ObservedContainer:
     )
 
 
+# The host's tarballs of small images, kept: 100 new VMs need the same image, and the host's
+# engine would otherwise build the same tarball 100 times.
+_SAVED_MAX_BYTES = 64 * 1024 * 1024
+_SAVED_MAX_ENTRIES = 4
+_saved_tarballs: dict[tuple[str, str | bool], bytes] = {}
+_saved_lock = threading.Lock()
+
+
+def _saved(source: Any, named: str | bool) -> bytes:
+    """``source`` (a host image) saved as a tarball, from the cache while its id is the same."""
+    key = (str(source.id), named)
+    with _saved_lock:
+        tarball = _saved_tarballs.get(key)
+    if tarball is not None:
+        return tarball
+    tarball = b"".join(source.save(named=named))
+    if len(tarball) <= _SAVED_MAX_BYTES:
+        with _saved_lock:
+            while len(_saved_tarballs) >= _SAVED_MAX_ENTRIES:
+                _saved_tarballs.pop(next(iter(_saved_tarballs)))
+            _saved_tarballs[key] = tarball
+    return tarball
+
+
 class Engine:
     """One VM's Docker engine. ``image_source`` is an engine to copy missing images from (the
     host's, for the local provider, where no registry is reachable); otherwise images are pulled."""
@@ -290,7 +314,7 @@ class Engine:
         named: str | bool = _tagged(image)
         if named not in source.tags:
             named = True
-        self.client.images.load(b"".join(source.save(named=named)))
+        self.client.images.load(_saved(source, named))
         return True
 
     def _pull(self, image: str, auth: Mapping[str, str] | None) -> None:

@@ -108,6 +108,20 @@ class DiskStore:
     ) -> DiskRecord:
         """A new blank ext4 disk, or (``from_image``) a copy of a snapshot's image grown to
         ``size_mib``."""
+        record = self.build(tags, size_mib, disk_type, from_image, prefix)
+        self.commit(record)
+        return record
+
+    def build(
+        self,
+        tags: Mapping[str, str],
+        size_mib: int,
+        disk_type: str,
+        from_image: Path | None = None,
+        prefix: str = "disk",
+    ) -> DiskRecord:
+        """The image of a new disk, not handed out yet (no sidecar; :meth:`commit` or
+        :meth:`discard` it): the slow part, which needs no lock."""
         self.root.mkdir(parents=True, exist_ok=True)
         record = DiskRecord(
             id=f"{prefix}-{uuid.uuid4().hex[:12]}",
@@ -115,20 +129,29 @@ class DiskStore:
             tags=dict(tags),
             disk_type=disk_type,
         )
-        image = self.image(record.id)
+        building = self._building(record.id)  # *.tmp: a purge removes it after a crash
         try:
             if from_image is not None:
-                run("cp", "--sparse=always", str(from_image), str(image), timeout=3600)
-                self._grow_image(image, size_mib)
+                run("cp", "--sparse=always", str(from_image), str(building), timeout=3600)
+                self._grow_image(building, size_mib)
             else:
-                with open(image, "wb") as handle:
+                with open(building, "wb") as handle:
                     handle.truncate(size_mib * MIB)  # sparse: costs no space until written
-                run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1", str(image))
+                run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1", str(building))
         except TransientError:
-            image.unlink(missing_ok=True)
+            building.unlink(missing_ok=True)
             raise
-        self.save(record)  # last: a disk without a sidecar was never handed out
         return record
+
+    def _building(self, disk_id: str) -> Path:
+        return self.root / f"{disk_id}.img.tmp"
+
+    def commit(self, record: DiskRecord) -> None:
+        os.replace(self._building(record.id), self.image(record.id))
+        self.save(record)  # last: a disk without a sidecar was never handed out
+
+    def discard(self, record: DiskRecord) -> None:
+        self._building(record.id).unlink(missing_ok=True)
 
     def copy_of(self, record: DiskRecord, target: DiskStore, tags: Mapping[str, str]) -> DiskRecord:
         """A point-in-time copy of ``record``'s image into ``target`` (a snapshot). A mounted

@@ -377,9 +377,12 @@ class LocalProvider:
     def create_vm(self, spec: VMSpec) -> VM:
         tags = _check_tags(spec.tags)
         stemcell = spec.stemcell or self.default_stemcell
+        # Outside the root's lock: what only reads (100 VMs made at once queue on that lock).
+        self._check_stemcell(stemcell)
+        flags = self._flags(stemcell)
         with self._lock.held():  # only the naming and addressing: VMs boot side by side
             same = [vm for vm in self.find_vms(tags) if dict(vm.tags) == tags]
-            vm_id = same[0].id if same else self._create_vm(tags, stemcell, spec.metadata)
+            vm_id = same[0].id if same else self._create_vm(tags, stemcell, spec.metadata, flags)
         summary = self._inspect(vm_id)
         if summary.status == "created" and not same:
             self._boot(vm_id)
@@ -389,9 +392,7 @@ class LocalProvider:
             summary = self._inspect(vm_id)
         return self._vm(summary)
 
-    def _create_vm(
-        self, tags: Mapping[str, str], stemcell: str, metadata: Mapping[str, str]
-    ) -> str:
+    def _check_stemcell(self, stemcell: str) -> None:
         try:
             with _docker_call(f"inspecting image {stemcell}"):
                 self.client.api.inspect_image(stemcell)
@@ -400,7 +401,14 @@ class LocalProvider:
                 f"stemcell: image {stemcell!r} does not exist; "
                 "build it with `bash hack/stemcell.sh`"
             ) from error
-        flags = self._flags(stemcell)
+
+    def _create_vm(
+        self,
+        tags: Mapping[str, str],
+        stemcell: str,
+        metadata: Mapping[str, str],
+        flags: Mapping[str, Any],
+    ) -> str:
         self._ensure_shared_mount()
         subnet, gateway = self._ensure_network()
         vm_id = f"dyvm-{uuid.uuid4().hex[:12]}"
@@ -605,7 +613,6 @@ class LocalProvider:
             same = [r for r in self.disks.find(tags) if r.tags == tags]
             if same:
                 return self._disk(same[0])
-            source = None
             if spec.snapshot:
                 snapshot = self._snapshot_record(spec.snapshot)
                 if snapshot.size_mib > spec.size_mib:
@@ -614,8 +621,19 @@ class LocalProvider:
                         f"({snapshot.size_mib} MiB)"
                     )
                 source = self.snapshots.image(snapshot.id)
-            record = self.disks.create(tags, spec.size_mib, spec.disk_type, from_image=source)
-            return self._disk(record)
+                # Copied under the lock: the snapshot cannot go meanwhile.
+                record = self.disks.create(tags, spec.size_mib, spec.disk_type, source)
+                return self._disk(record)
+        # A blank image is made outside the root's lock (mkfs takes long: 100 disks made at
+        # once would wait for each other); who made one first is settled under it.
+        built = self.disks.build(tags, spec.size_mib, spec.disk_type)
+        with self._lock.held():
+            same = [r for r in self.disks.find(tags) if r.tags == tags]
+            if same:
+                self.disks.discard(built)
+                return self._disk(same[0])
+            self.disks.commit(built)
+            return self._disk(built)
 
     # --- snapshots -----------------------------------------------------------------------------
 
