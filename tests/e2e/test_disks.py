@@ -116,7 +116,8 @@ def test_a_vanished_disk_stalls_its_instance_until_the_loss_is_accepted(
 
     stall = wait_for(stalled, timeout=120, what="the Job Stalled, DiskMissing")
     assert disk.id in stall["message"] and "instance 0" in stall["message"], stall
-    assert events(kubectl, namespace, "DiskMissing"), "no DiskMissing Event"
+    # Events are posted after the status by kopf's poster: wait for it, a little.
+    wait_for(lambda: events(kubectl, namespace, "DiskMissing"), timeout=30, what="DiskMissing")
     assert len(events(kubectl, namespace, "CreatedDisk")) == created_before, "a blank disk"
     assert not store.provider.find_disks(store.disk_tags)
     instance = get_object("dyj", "lost-store")["status"]["instances"][0]

@@ -103,13 +103,15 @@ def _operator(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, 
     return deployment, container
 
 
-def test_operator_deployment_is_single_hardened_and_probed(
+def test_operator_deployment_is_a_hardened_probed_hot_standby_pair(
     base_objects: list[dict[str, Any]],
 ) -> None:
     deployment, container = _operator(base_objects)
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # Two replicas sharing the leader lease; a rolling update never makes two active (docs/ha.md).
+    assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
+    assert "--leader-lease=dockyard-system/dockyard" in container["args"]
     assert pod["serviceAccountName"] == "dockyard"
     assert container["image"] == "dockyard/operator:0.1.0"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -128,8 +130,10 @@ def test_operator_deployment_is_single_hardened_and_probed(
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     env = {e["name"]: e["value"] for e in container["env"]}
-    probe = container["livenessProbe"]["httpGet"]
-    assert probe == {"path": "/healthz", "port": "healthz"}
+    # Alive on a standby too; Ready (so reached by the webhook's Service) only when active.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "probes"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+    assert f"--probe-port={ports['probes']}" in container["args"]
     # The webhook is served where its Service and the registered URL say.
     assert int(env["DOCKYARD_WEBHOOK_PORT"]) == ports["webhook"]
     webhook = one(base_objects, "Service", "dockyard-webhook")
@@ -143,7 +147,7 @@ def test_operator_args_are_what_the_cli_understands(
     base_objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Deployment's args through the real `dockyard run` parser: metrics where the Service
-    points, kopf's liveness endpoint where the probe looks, all namespaces."""
+    points, probes where the probes look, the leader lease, all namespaces."""
     from dockyard import cli
     from dockyard.handlers import main as handlers_main
 
@@ -152,12 +156,16 @@ def test_operator_args_are_what_the_cli_understands(
     _, container = _operator(base_objects)
     assert cli.main(["run", *container["args"]]) == 0
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    timings = seen.pop("lease_timings")
+    assert (timings.duration, timings.renew_deadline, timings.renew_every) == (6.0, 4.0, 2.0)
     assert seen == {
-        "namespace": None,
+        "namespaces": (),  # all of them
         "metrics_port": ports["metrics"],
         "liveness": f"http://0.0.0.0:{ports['healthz']}/healthz",
         "pools": "",  # the default action pools per provider
         "metrics_created": False,  # no _created series
+        "leader_lease": "dockyard-system/dockyard",
+        "probe_port": ports["probes"],
     }
 
 
