@@ -54,7 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     crds.add_argument("--out", default="crds", help="directory to write into (default: crds)")
     crds.set_defaults(func=_crds)
 
-    run = sub.add_parser("run", help="run the operator against $KUBECONFIG or in-cluster config")
+    _add_run(
+        sub.add_parser("run", help="run the operator against $KUBECONFIG or in-cluster config")
+    )
+
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+def _add_run(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--namespace",
         action="append",
@@ -125,10 +134,6 @@ def main(argv: list[str] | None = None) -> int:
         "(repeatable; default: /var/vcap/data; also DOCKYARD_ALLOWED_HOST_PATHS=a:b)",
     )
     run.set_defaults(func=_run)
-
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -26,17 +25,11 @@ from tests.e2e.test_api_outage import PAIR, engine_started
 from tests.e2e.test_monitor import kill_process, local  # noqa: F401
 from tests.e2e.test_reconciler import deployment, wait_ready
 from tests.waiting import wait_for
+from tests.webhook import _free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("crds", "stemcell")]
 
 LEASE_LOGGED = b"the lease"  # "standby ...: waiting for the lease", then "holding the lease"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def ready(port: int) -> bool:
@@ -80,7 +73,7 @@ class Pair:
 def replica_pair(
     kubectl: Kubectl, kubeconfig: str, namespace_prefix: str, tag: str, logs: Path
 ) -> Iterator[Pair]:
-    ports = (free_port(), free_port())
+    ports = (_free_port(), _free_port())
     with ExitStack() as stack:
         second = OwnOperator(
             kubeconfig, glob_of(namespace_prefix, tag), logs, started=LEASE_LOGGED, name="second"

@@ -32,7 +32,7 @@ def default_identity() -> str:
     return f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{uuid.uuid4().hex[:6]}"
 
 
-def _now_text() -> datetime.datetime:
+def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
@@ -76,8 +76,8 @@ class Leadership:
         spec = kubernetes.client.V1LeaseSpec(
             holder_identity=self.identity,
             lease_duration_seconds=round(self.timings.duration),
-            acquire_time=_now_text(),
-            renew_time=_now_text(),
+            acquire_time=_utc_now(),
+            renew_time=_utc_now(),
         )
         try:
             if lease is None:
@@ -106,7 +106,7 @@ class Leadership:
         lease = api.read_namespaced_lease(self.name, self.namespace)
         if lease.spec is None or lease.spec.holder_identity != self.identity:
             raise LostError(f"the lease is held by {lease.spec and lease.spec.holder_identity}")
-        lease.spec.renew_time = _now_text()
+        lease.spec.renew_time = _utc_now()
         api.replace_namespaced_lease(self.name, self.namespace, lease)
         self.last_renewed = started
 

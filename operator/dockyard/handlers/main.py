@@ -97,7 +97,6 @@ def pool_sizes(text: str) -> dict[str, int]:
 
 
 def run_operator(
-    namespace: str | None = None,
     metrics_port: int = 9090,
     liveness: str = "http://0.0.0.0:8080/healthz",
     pools: str = "",
@@ -123,8 +122,7 @@ def run_operator(
             raise SystemExit(f"--leader-lease {leader_lease!r}: expected NAMESPACE/NAME")
         timings = lease_timings or LeaseTimings()
         leadership = Leadership(lease_namespace, lease_name, timings=timings)
-    watched = [*([namespace] if namespace else []), *namespaces]
-    return asyncio.run(_serve(watched, liveness, pools, leadership, probe_port))
+    return asyncio.run(_serve(list(namespaces), liveness, pools, leadership, probe_port))
 
 
 async def _serve(

@@ -98,20 +98,6 @@ class DiskStore:
     def find(self, tags: Mapping[str, str]) -> list[DiskRecord]:
         return [r for r in self.all() if all(r.tags.get(k) == v for k, v in tags.items())]
 
-    def create(
-        self,
-        tags: Mapping[str, str],
-        size_mib: int,
-        disk_type: str,
-        from_image: Path | None = None,
-        prefix: str = "disk",
-    ) -> DiskRecord:
-        """A new blank ext4 disk, or (``from_image``) a copy of a snapshot's image grown to
-        ``size_mib``."""
-        record = self.build(tags, size_mib, disk_type, from_image, prefix)
-        self.commit(record)
-        return record
-
     def build(
         self,
         tags: Mapping[str, str],
@@ -120,8 +106,9 @@ class DiskStore:
         from_image: Path | None = None,
         prefix: str = "disk",
     ) -> DiskRecord:
-        """The image of a new disk, not handed out yet (no sidecar; :meth:`commit` or
-        :meth:`discard` it): the slow part, which needs no lock."""
+        """The image of a new disk — blank ext4, or (``from_image``) a copy of a snapshot's
+        image grown to ``size_mib`` — not handed out yet (no sidecar; :meth:`commit` or
+        :meth:`discard` it). A blank one needs no lock while it is made."""
         self.root.mkdir(parents=True, exist_ok=True)
         record = DiskRecord(
             id=f"{prefix}-{uuid.uuid4().hex[:12]}",

@@ -622,7 +622,8 @@ class LocalProvider:
                     )
                 source = self.snapshots.image(snapshot.id)
                 # Copied under the lock: the snapshot cannot go meanwhile.
-                record = self.disks.create(tags, spec.size_mib, spec.disk_type, source)
+                record = self.disks.build(tags, spec.size_mib, spec.disk_type, source)
+                self.disks.commit(record)
                 return self._disk(record)
         # A blank image is made outside the root's lock (mkfs takes long: 100 disks made at
         # once would wait for each other); who made one first is settled under it.
