@@ -324,7 +324,14 @@ def test_snapshot_before_snapshots_each_rollout_that_stops_the_disks_users_and_k
     def roll_out(value: str) -> str:
         env = [{"name": "ROUND", "value": value}]
         patch = [{"op": "add", "path": "/spec/jobs/0/containers/0/env", "value": env}]
+        before = get_object("dyj", "auto-store")["metadata"]["generation"]
         kubectl("patch", "dyd", "auto", "-n", namespace, "--type=json", "-p", json.dumps(patch))
+        # The Job still shows Ready at its old generation until the Deployment's change reaches it.
+        wait_for(
+            lambda: get_object("dyj", "auto-store")["metadata"]["generation"] > before,
+            timeout=30,
+            what="the Deployment's change on its Job",
+        )
         job = wait_ready(get_object, "dyj", "auto-store")
         name = f"auto-store-0-g{job['metadata']['generation']}"
         taken = wait_for(
