@@ -11,7 +11,9 @@ token endpoint of a service account (JWT bearer grant, signature checked).
 Tests steer it: ``fail_next`` makes the next matching call(s) fail with an HTTP error,
 ``fail_next_operation`` makes the next operation finish with an error, ``hold_operations``
 keeps operations RUNNING until ``release_operations``, ``stale_lists`` answers lists from the
-past, ``forget_request_ids`` ends the deduplication window.
+past, ``forget_request_ids`` ends the deduplication window. ``add_image`` publishes an image
+(in any project, in a family): ``images.getFromFamily`` answers the family's newest image that is
+not deprecated, as the real API does.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ ROUTE = re.compile(
 GLOBAL_ROUTE = re.compile(
     r"^/compute/v1/projects/(?P<project>[^/]+)/(?P<zone>global)/"
     r"(?P<collection>snapshots|operations)(?:/(?P<name>[^/]+))?(?:/(?P<verb>[A-Za-z]+))?$"
+)
+
+IMAGE_ROUTE = re.compile(
+    r"^/compute/v1/projects/(?P<project>[^/]+)/global/images/(?:family/(?P<family>[^/]+)|(?P<name>[^/]+))$"
 )
 
 
@@ -141,6 +147,7 @@ class GCEFake:
         self.tokens: set[str] = set()  # issued by the token endpoint
         self.bearers: set[str] = set()  # every bearer credential presented
         self.self_signed_issuers: set[str] = set()
+        self.images: dict[tuple[str, str], dict[str, Any]] = {}  # (project, name) -> image
         self._ids = itertools.count(random.randrange(10**17, 9 * 10**17))
         self._changed = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
@@ -241,6 +248,43 @@ class GCEFake:
         with self._changed:
             self.service_accounts[client_email] = public_key_pem
 
+    def add_image(
+        self, project: str, name: str, family: str, *, created: str, deprecated: bool = False
+    ) -> str:
+        """Publish an image; returns its selfLink. ``created``: its creationTimestamp."""
+        link = f"{API}/projects/{project}/global/images/{name}"
+        image: dict[str, Any] = {
+            "kind": "compute#image",
+            "id": str(next(self._ids)),
+            "creationTimestamp": created,
+            "name": name,
+            "family": family,
+            "status": "READY",
+            "diskSizeGb": "2",
+            "selfLink": link,
+        }
+        if deprecated:
+            image["deprecated"] = {"state": "DEPRECATED", "replacement": ""}
+        with self._changed:
+            self.images[(project, name)] = image
+        return link
+
+    def _image(self, project: str, family: str | None, name: str | None) -> dict[str, Any]:
+        with self._changed:
+            if name is not None:
+                found = self.images.get((project, name))
+                if found is None:
+                    raise _not_found("image", f"projects/{project}/global/images/{name}")
+                return dict(found)
+            members = [
+                i
+                for (p, _), i in self.images.items()
+                if p == project and i["family"] == family and "deprecated" not in i
+            ]
+            if not members:
+                raise _not_found("image", f"projects/{project}/global/images/family/{family}")
+            return dict(max(members, key=lambda i: i["creationTimestamp"]))
+
     def all_instances(self) -> list[dict[str, Any]]:
         with self._changed:
             self._advance()
@@ -333,6 +377,9 @@ class GCEFake:
     def _route(
         self, method: str, path: str, query: dict[str, str], body: dict[str, Any] | None
     ) -> dict[str, Any]:
+        image = IMAGE_ROUTE.match(path)
+        if image is not None and method == "GET":
+            return self._image(image["project"], image["family"], image["name"])
         match = ROUTE.match(path) or GLOBAL_ROUTE.match(path)
         if match is None:
             raise ApiError(404, "notFound", f"no such API path {path}")

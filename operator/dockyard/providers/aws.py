@@ -1,5 +1,11 @@
 """AWSProvider: VMs are EC2 instances, persistent disks are EBS volumes (boto3).
 
+Stemcells: an AMI id, or the name of a stock image (``debian-12``: the newest of Debian's own
+AMIs in the region, found with DescribeImages). With the operator's engine CA, every new VM gets
+user data (cloud-init, ``bootstrap.py``) with a server certificate of its own; it is PENDING
+until its engine answers with that certificate (``dockyard-engine/ready`` is then tagged), or
+until ``boot_timeout`` has passed.
+
 Identity is the tag set: every resource carries ``dockyard.dev/<key>`` tags plus
 ``dockyard.dev/scope`` (one operator installation), and each create looks its tags up first.
 ``ClientToken`` is not used: EC2 keeps a token for hours after the instance is terminated, so a
@@ -22,6 +28,7 @@ import botocore.config
 import botocore.exceptions
 import docker
 
+from dockyard.providers import bootstrap
 from dockyard.providers.base import (
     VM,
     Attachment,
@@ -37,7 +44,7 @@ from dockyard.providers.base import (
     VMSpec,
     VMState,
 )
-from dockyard.providers.dockertls import DEFAULT_PORT, DockerTLS
+from dockyard.providers.dockertls import DEFAULT_PORT, DockerTLS, protect_user_data
 from dockyard.providers.options import (
     check_known,
     option_bool,
@@ -67,6 +74,11 @@ T = TypeVar("T")
 PREFIX = "dockyard.dev/"
 SCOPE_TAG = PREFIX + "scope"
 METADATA_PREFIX = "dockyard-metadata/"
+# The VM's engine certificate: the name it is made for, the CA it is of, and when it answered.
+ENGINE_NAME_TAG = "dockyard-engine/name"
+ENGINE_CA_TAG = "dockyard-engine/ca"
+ENGINE_READY_TAG = "dockyard-engine/ready"
+IMAGE_CACHE_SECONDS = 3600.0
 DEFAULT_INSTANCE_TYPE = "t3.small"
 DEFAULT_VOLUME_TYPE = "gp3"
 # AWS's advice for EBS data volumes on Linux: /dev/sd[f-p].
@@ -92,6 +104,7 @@ OPTIONS = frozenset(
         "api_attempts",
         "connect_timeout",
         "read_timeout",
+        "boot_timeout",
     }
 )
 
@@ -217,6 +230,8 @@ class AWSProvider:
         self.min_volume_gib = option_int(config, "min_volume_gib", 1, minimum=1)
         self.wait_timeout = option_float(config, "wait_timeout", 300.0, minimum=0.1)
         self.poll_interval = option_float(config, "poll_interval", 2.0, minimum=0.01)
+        self.boot_timeout = option_float(config, "boot_timeout", 900.0, minimum=1.0)
+        self._images: dict[str, tuple[float, str]] = {}  # stock name -> (looked up at, AMI)
         self._tls = DockerTLS(
             config.credentials,
             port=option_int(config, "docker_port", DEFAULT_PORT, minimum=1),
@@ -327,13 +342,40 @@ class AWSProvider:
 
     # --- VMs -----------------------------------------------------------------------------------
 
-    def _vm(self, instance: InstanceTypeDef) -> VM:
+    def _vm(self, instance: InstanceTypeDef, *, probe: bool = True) -> VM:
+        state = _STATES.get(instance["State"]["Name"], VMState.STOPPED)
+        if state is VMState.RUNNING and not self._booted(instance, probe):
+            state = VMState.PENDING
         return VM(
             id=instance["InstanceId"],
-            state=_STATES.get(instance["State"]["Name"], VMState.STOPPED),
+            state=state,
             tags=self._logical(self._tags_of(instance.get("Tags"))),
             address=instance.get("PrivateIpAddress") or None,
         )
+
+    def _booted(self, instance: InstanceTypeDef, probe: bool) -> bool:
+        """A running VM made with user data is up once its engine answers with its own
+        certificate (then tagged ready, and never asked again), or once ``boot_timeout`` has
+        passed (its silent engine is then the runtime's business: it replaces the VM)."""
+        tags = self._tags_of(instance.get("Tags"))
+        name = tags.get(ENGINE_NAME_TAG)
+        if not name or tags.get(ENGINE_READY_TAG):
+            return True
+        launched = instance.get("LaunchTime", _EPOCH)
+        if (datetime.now(UTC) - launched).total_seconds() >= self.boot_timeout:
+            return True
+        address = instance.get("PrivateIpAddress")
+        if not probe or not address:
+            return False
+        if not self._tls.answers(address, name, tags.get(ENGINE_CA_TAG, "")):
+            return False
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        with _translated(f"marking VM {instance['InstanceId']} ready"):
+            self.ec2.create_tags(
+                Resources=[instance["InstanceId"]], Tags=[{"Key": ENGINE_READY_TAG, "Value": now}]
+            )
+        log.info("VM %s: its engine answers (booted)", instance["InstanceId"])
+        return True
 
     def _instance(self, vm_id: str, *, live: bool = True) -> InstanceTypeDef:
         with _translated(f"describing VM {vm_id}"):
@@ -346,7 +388,7 @@ class AWSProvider:
             raise NotFoundError(f"VM {vm_id} is {instance['State']['Name']}")
         return instance
 
-    def find_vms(self, tags: Mapping[str, str]) -> list[VM]:
+    def find_vms(self, tags: Mapping[str, str], *, probe: bool = True) -> list[VM]:
         wanted = self._tag_dict(tags)
         filters: list[FilterTypeDef] = [
             *self._filters(tags),
@@ -359,15 +401,52 @@ class AWSProvider:
                     found.extend(reservation.get("Instances", []))
         matching = [i for i in found if wanted.items() <= self._tags_of(i.get("Tags")).items()]
         matching.sort(key=lambda i: (i.get("LaunchTime", _EPOCH), i["InstanceId"]))
-        return [self._vm(i) for i in matching]
+        return [self._vm(i, probe=probe) for i in matching]
+
+    def _stock_ami(self, image: bootstrap.StockImage) -> str:
+        """The newest available AMI of a stock image in the region (looked up once an hour)."""
+        with self._lock:
+            cached = self._images.get(image.name)
+            if cached is not None and time.monotonic() - cached[0] < IMAGE_CACHE_SECONDS:
+                return cached[1]
+        with _translated(f"looking up the stock image {image.name}"):
+            found = self.ec2.describe_images(
+                Owners=[image.aws_owner],
+                Filters=[
+                    {"Name": "name", "Values": [image.aws_name_pattern]},
+                    {"Name": "state", "Values": ["available"]},
+                ],
+            )["Images"]
+        if not found:
+            raise PermanentError(
+                f"stemcell {image.name}: no image {image.aws_name_pattern} of owner "
+                f"{image.aws_owner} in {self.region}"
+            )
+        newest = max(found, key=lambda i: (i.get("CreationDate", ""), i.get("Name", "")))
+        with self._lock:
+            self._images[image.name] = (time.monotonic(), newest["ImageId"])
+        return newest["ImageId"]
+
+    def _image(self, stemcell: str) -> tuple[str, bool]:
+        """The AMI to boot and whether it is a stock image."""
+        name = stemcell or self.image_id
+        if not name and self._tls.issuing:
+            name = bootstrap.DEFAULT_STOCK
+        name = required(
+            name,
+            "spec.provider.options.image_id",
+            "an AMI, or a stock image such as debian-12, unless the job names its stemcell",
+        )
+        stock = bootstrap.stock_image(name)
+        if stock is None:
+            return name, False
+        if not self._tls.issuing:
+            self._tls.issue_for_vm()  # raises: a stock image needs the engine CA
+        return self._stock_ami(stock), True
 
     def create_vm(self, spec: VMSpec) -> VM:
         tags = self._tag_dict(spec.tags)
-        image = required(
-            spec.stemcell or self.image_id,
-            "spec.provider.options.image_id",
-            "the AMI of the stemcell, unless the job names one",
-        )
+        image, _ = self._image(spec.stemcell)
         all_tags = {
             **tags,
             **self._metadata_tags(spec.metadata),
@@ -379,8 +458,26 @@ class AWSProvider:
             "MinCount": 1,
             "MaxCount": 1,
             "TagSpecifications": [{"ResourceType": "instance", "Tags": self._tag_list(all_tags)}],
-            "MetadataOptions": {"HttpTokens": "required"},
+            # IMDSv2 only, one hop: containers behind the VM's bridge cannot read its user data.
+            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
         }
+        if self._tls.issuing:
+            certificate = self._tls.issue_for_vm()
+            all_tags[ENGINE_NAME_TAG] = certificate.name
+            all_tags[ENGINE_CA_TAG] = certificate.ca_fingerprint
+            request["TagSpecifications"][0]["Tags"] = self._tag_list(all_tags)
+            try:
+                user_data = bootstrap.user_data(
+                    ca_pem=certificate.ca_pem,
+                    cert_pem=certificate.cert_pem,
+                    key_pem=certificate.key_pem,
+                    port=self._tls.port,
+                    limit=bootstrap.EC2_USER_DATA_LIMIT,
+                )
+            except ValueError as error:
+                raise PermanentError(f"user data: {error}") from None
+            protect_user_data(user_data, certificate.key_pem)
+            request["UserData"] = user_data  # boto3 base64-encodes it
         if self.subnet_id:
             request["SubnetId"] = self.subnet_id
         else:
@@ -392,13 +489,13 @@ class AWSProvider:
         if self.iam_instance_profile:
             request["IamInstanceProfile"] = {"Name": self.iam_instance_profile}
         with self._lock:
-            existing = self.find_vms(spec.tags)
+            existing = self.find_vms(spec.tags, probe=False)
             if existing:
                 return existing[0]
             with _translated("creating VM"):
                 instance = self.ec2.run_instances(**request)["Instances"][0]
             log.info("created EC2 instance %s", instance["InstanceId"])
-            return self._vm(instance)
+            return self._vm(instance, probe=False)
 
     def delete_vm(self, vm_id: str) -> None:
         with self._lock:
@@ -420,7 +517,7 @@ class AWSProvider:
             instance = self._instance(vm_id, live=False)
         except NotFoundError:
             return VMState.MISSING
-        return _STATES.get(instance["State"]["Name"], VMState.STOPPED)
+        return self._vm(instance).state
 
     @staticmethod
     def _metadata_tags(metadata: Mapping[str, str]) -> dict[str, str]:
@@ -447,7 +544,12 @@ class AWSProvider:
         address = instance.get("PrivateIpAddress")
         if not address:
             raise TransientError(f"VM {vm_id} has no private address yet", retry_after=5.0)
-        return self._tls.client(address)
+        tags = self._tags_of(instance.get("Tags"))
+        return self._tls.client(
+            address,
+            engine_name=tags.get(ENGINE_NAME_TAG, ""),
+            ca_fingerprint=tags.get(ENGINE_CA_TAG, ""),
+        )
 
     # --- disks ---------------------------------------------------------------------------------
 

@@ -7,6 +7,12 @@ kept verbatim in the instance metadata item ``dockyard-tags`` and in the disk de
 are derived from the identity, inserts carry a ``requestId`` (uuid5 of the identity) and every
 create looks its labels up first, so a retried create never makes a second resource.
 
+Stemcells: an image URL, or the name of a stock image (``debian-12``: the family's newest image
+in ``debian-cloud``). With the operator's engine CA, every new VM gets user data (the metadata item
+``user-data``, cloud-init; ``bootstrap.py``) with a server certificate of its own; it is PENDING
+until its engine answers with that certificate (``dockyard-engine-ready`` is then set), or until
+``boot_timeout`` has passed.
+
 Operations are awaited with our own ZoneOperationsClient (``wait`` in a loop with a deadline):
 ``ExtendedOperation.result()`` polls through a client that ignores a custom endpoint.
 """
@@ -22,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import docker
@@ -34,6 +41,7 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import compute_v1
 from google.oauth2 import service_account
 
+from dockyard.providers import bootstrap
 from dockyard.providers.base import (
     VM,
     Attachment,
@@ -49,7 +57,7 @@ from dockyard.providers.base import (
     VMSpec,
     VMState,
 )
-from dockyard.providers.dockertls import DEFAULT_PORT, DockerTLS
+from dockyard.providers.dockertls import DEFAULT_PORT, DockerTLS, protect_user_data
 from dockyard.providers.options import (
     check_known,
     option_float,
@@ -65,6 +73,14 @@ T = TypeVar("T")
 LABEL_PREFIX = "dockyard-"
 SCOPE_LABEL = LABEL_PREFIX + "scope"
 TAGS_METADATA_KEY = "dockyard-tags"
+USER_DATA_KEY = "user-data"  # what cloud-init reads on GCE
+# The VM's engine certificate: the name it is made for, the CA it is of, and when it answered.
+ENGINE_NAME_KEY = "dockyard-engine-name"
+ENGINE_CA_KEY = "dockyard-engine-ca"
+ENGINE_READY_KEY = "dockyard-engine-ready"
+RESERVED_METADATA = frozenset({TAGS_METADATA_KEY, USER_DATA_KEY, ENGINE_NAME_KEY, ENGINE_CA_KEY})
+GCE_METADATA_VALUE_LIMIT = 256 * 1024
+IMAGE_CACHE_SECONDS = 3600.0
 COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"
 DEFAULT_MACHINE_TYPE = "e2-small"
 DEFAULT_DISK_TYPE = "pd-balanced"
@@ -85,6 +101,7 @@ OPTIONS = frozenset(
         "retry_timeout",
         "docker_port",
         "docker_api_version",
+        "boot_timeout",
     }
 )
 # uuid5 namespace of Dockyard's request ids (any fixed uuid works; this one is ours).
@@ -259,6 +276,8 @@ class GCEProvider:
         self.subnetwork = option_str(config, "subnetwork")
         self.service_account_email = option_str(config, "service_account_email")
         self.boot_disk_gb = option_int(config, "boot_disk_gb", 20, minimum=10)
+        self.boot_timeout = option_float(config, "boot_timeout", 900.0, minimum=1.0)
+        self._images: dict[str, tuple[float, str]] = {}  # stock name -> (looked up at, URL)
         self.min_disk_gb = option_int(config, "min_disk_gb", 10, minimum=1)
         self.operation_timeout = option_float(config, "operation_timeout", 300.0, minimum=0.1)
         self.call_timeout = option_float(config, "call_timeout", 60.0, minimum=0.1)
@@ -295,6 +314,7 @@ class GCEProvider:
         self.operations = compute_v1.ZoneOperationsClient(**common)
         self.snapshots = compute_v1.SnapshotsClient(**common)
         self.global_operations = compute_v1.GlobalOperationsClient(**common)
+        self.images = compute_v1.ImagesClient(**common)
         protect(v for v in config.credentials.values() if v)
 
     def _credentials(self, config: ProviderConfig) -> tuple[Credentials, str]:
@@ -447,12 +467,15 @@ class GCEProvider:
 
     # --- VMs -----------------------------------------------------------------------------------
 
-    def _vm(self, instance: compute_v1.Instance) -> VM:
+    def _vm(self, instance: compute_v1.Instance, *, probe: bool = True) -> VM:
         metadata = {item.key: item.value for item in instance.metadata.items}
         address = instance.network_interfaces[0].network_i_p if instance.network_interfaces else ""
+        state = _STATES.get(instance.status, VMState.PENDING)
+        if state is VMState.RUNNING and not self._booted(instance, metadata, address, probe):
+            state = VMState.PENDING
         return VM(
             id=instance.name,
-            state=_STATES.get(instance.status, VMState.PENDING),
+            state=state,
             tags=self._tags_from(metadata.get(TAGS_METADATA_KEY, ""), instance.labels),
             address=address or None,
         )
@@ -463,22 +486,75 @@ class GCEProvider:
             raise NotFoundError(f"VM {vm_id} does not exist (not one of ours)")
         return instance
 
-    def find_vms(self, tags: Mapping[str, str]) -> list[VM]:
+    def _booted(
+        self, instance: compute_v1.Instance, metadata: Mapping[str, str], address: str, probe: bool
+    ) -> bool:
+        """A running VM made with user data is up once its engine answers with its own
+        certificate (then marked ready, and never asked again), or once ``boot_timeout`` has
+        passed (its silent engine is then the runtime's business: it replaces the VM)."""
+        name = metadata.get(ENGINE_NAME_KEY)
+        if not name or metadata.get(ENGINE_READY_KEY):
+            return True
+        try:
+            created = datetime.fromisoformat(instance.creation_timestamp)
+        except ValueError:
+            created = datetime.now(UTC)
+        if (datetime.now(UTC) - created).total_seconds() >= self.boot_timeout:
+            return True
+        if not probe or not address:
+            return False
+        if not self._tls.answers(address, name, metadata.get(ENGINE_CA_KEY, "")):
+            return False
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        self._set_metadata(instance.name, {ENGINE_READY_KEY: now})
+        log.info("VM %s: its engine answers (booted)", instance.name)
+        return True
+
+    def _stock_image(self, image: bootstrap.StockImage) -> str:
+        """The URL of a stock image family's newest image (looked up once an hour)."""
+        with self._lock:
+            cached = self._images.get(image.name)
+            if cached is not None and time.monotonic() - cached[0] < IMAGE_CACHE_SECONDS:
+                return cached[1]
+        with _translated(f"looking up the stock image {image.name}"):
+            found = self.images.get_from_family(
+                request={"project": image.gce_project, "family": image.gce_family},
+                retry=self._retry,
+                timeout=self.call_timeout,
+            )
+        url = found.self_link or (f"projects/{image.gce_project}/global/images/{found.name}")
+        with self._lock:
+            self._images[image.name] = (time.monotonic(), url)
+        return url
+
+    def _image(self, stemcell: str) -> str:
+        name = stemcell or self.image
+        if not name and self._tls.issuing:
+            name = bootstrap.DEFAULT_STOCK
+        name = required(
+            name,
+            "spec.provider.options.image",
+            "an image URL, or a stock image such as debian-12, unless the job names its stemcell",
+        )
+        stock = bootstrap.stock_image(name)
+        if stock is None:
+            return name
+        if not self._tls.issuing:
+            self._tls.issue_for_vm()  # raises: a stock image needs the engine CA
+        return self._stock_image(stock)
+
+    def find_vms(self, tags: Mapping[str, str], *, probe: bool = True) -> list[VM]:
         pages = self._zonal("listing VMs", self.instances.list, filter=self._filter(tags))
         with _translated("listing VMs"):
             found = list(pages)
         wanted = self._labels(tags)
         matching = [i for i in found if wanted.items() <= dict(i.labels).items()]
         matching.sort(key=lambda i: (i.creation_timestamp, i.name))
-        return [self._vm(i) for i in matching]
+        return [self._vm(i, probe=probe) for i in matching]
 
     def create_vm(self, spec: VMSpec) -> VM:
         labels = self._labels(spec.tags)
-        image = required(
-            spec.stemcell or self.image,
-            "spec.provider.options.image",
-            "the stemcell image URL, unless the job names one",
-        )
+        image = self._image(spec.stemcell)
         name = self._name("vm", spec.tags)
         instance = self._instance_resource(spec, name, labels, image)
 
@@ -489,10 +565,10 @@ class GCEProvider:
                     f"VM name {name} is taken by an instance that is not this VM "
                     f"(labels {dict(found.labels)})"
                 )
-            return self._vm(found)
+            return self._vm(found, probe=False)
 
         with self._lock:
-            existing = self.find_vms(spec.tags)
+            existing = self.find_vms(spec.tags, probe=False)
             if existing:
                 return existing[0]
             vm = self._insert(
@@ -511,9 +587,27 @@ class GCEProvider:
         metadata = [
             compute_v1.Items(key=k, value=v)
             for k, v in spec.metadata.items()
-            if k != TAGS_METADATA_KEY
+            if k not in RESERVED_METADATA
         ]
         metadata.append(compute_v1.Items(key=TAGS_METADATA_KEY, value=json.dumps(dict(spec.tags))))
+        if self._tls.issuing:
+            certificate = self._tls.issue_for_vm()
+            try:
+                user_data = bootstrap.user_data(
+                    ca_pem=certificate.ca_pem,
+                    cert_pem=certificate.cert_pem,
+                    key_pem=certificate.key_pem,
+                    port=self._tls.port,
+                    limit=GCE_METADATA_VALUE_LIMIT,
+                )
+            except ValueError as error:
+                raise PermanentError(f"user data: {error}") from None
+            protect_user_data(user_data, certificate.key_pem)
+            metadata += [
+                compute_v1.Items(key=USER_DATA_KEY, value=user_data.decode()),
+                compute_v1.Items(key=ENGINE_NAME_KEY, value=certificate.name),
+                compute_v1.Items(key=ENGINE_CA_KEY, value=certificate.ca_fingerprint),
+            ]
         interface = compute_v1.NetworkInterface(network=self.network)
         if self.subnetwork:
             interface.subnetwork = self.subnetwork
@@ -554,11 +648,15 @@ class GCEProvider:
             instance = self._instance(vm_id)
         except NotFoundError:
             return VMState.MISSING
-        return _STATES.get(instance.status, VMState.PENDING)
+        return self._vm(instance).state
 
     def set_vm_metadata(self, vm_id: str, metadata: Mapping[str, str]) -> None:
-        if TAGS_METADATA_KEY in metadata:
-            raise PermanentError(f"metadata {TAGS_METADATA_KEY!r}: reserved for Dockyard")
+        reserved = sorted(RESERVED_METADATA & set(metadata))
+        if reserved:
+            raise PermanentError(f"metadata {reserved[0]!r}: reserved for Dockyard")
+        self._set_metadata(vm_id, metadata)
+
+    def _set_metadata(self, vm_id: str, metadata: Mapping[str, str]) -> None:
         for attempt in range(3):
             instance = self._instance(vm_id)
             items = {item.key: item.value for item in instance.metadata.items}
@@ -583,10 +681,16 @@ class GCEProvider:
                     raise
 
     def docker_client(self, vm_id: str) -> docker.DockerClient:
-        vm = self._vm(self._instance(vm_id))
+        instance = self._instance(vm_id)
+        vm = self._vm(instance, probe=False)
         if not vm.address:
             raise TransientError(f"VM {vm_id} has no internal address yet", retry_after=5.0)
-        return self._tls.client(vm.address)
+        metadata = {item.key: item.value for item in instance.metadata.items}
+        return self._tls.client(
+            vm.address,
+            engine_name=metadata.get(ENGINE_NAME_KEY, ""),
+            ca_fingerprint=metadata.get(ENGINE_CA_KEY, ""),
+        )
 
     # --- disks ---------------------------------------------------------------------------------
 
@@ -858,5 +962,5 @@ class GCEProvider:
 
     def close(self) -> None:
         self._tls.close()
-        for client in (self.instances, self.disks, self.operations):
+        for client in (self.instances, self.disks, self.operations, self.images):
             client.transport.close()  # type: ignore[no-untyped-call]
