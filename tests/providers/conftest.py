@@ -179,6 +179,47 @@ def ami(ec2: Any) -> str:
     return str(ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"])
 
 
+# Debian's AWS account: the owner of its official AMIs (https://wiki.debian.org/Cloud/AmazonEC2Image).
+DEBIAN_OWNER = "136693071363"
+
+
+@pytest.fixture
+def publish_ami(moto_server: MotoServer) -> Iterator[Callable[..., str]]:
+    """Publish an AMI under any owner in moto's region (as Debian publishes its own; moto's
+    RegisterImage always makes the caller the owner); they are withdrawn after the test."""
+    from datetime import datetime
+
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.amis import Ami
+    from moto.ec2.utils import random_ami_id
+
+    backend = ec2_backends[DEFAULT_ACCOUNT_ID][AWS_REGION]
+    published: list[str] = []
+
+    def publish(name: str, *, owner: str, created: str, state: str = "available") -> str:
+        ami_id = random_ami_id()
+        backend.amis[ami_id] = Ami(
+            backend,
+            ami_id,
+            name=name,
+            owner_id=owner,
+            public=True,
+            architecture="x86_64",
+            virtualization_type="hvm",
+            state=state,
+            creation_date=datetime.fromisoformat(created),
+            root_device_type="ebs",
+            root_device_name="/dev/xvda",
+        )
+        published.append(ami_id)
+        return ami_id
+
+    yield publish
+    for ami_id in published:
+        backend.amis.pop(ami_id, None)
+
+
 def aws_config(
     moto_server: MotoServer,
     scope: str,
