@@ -44,7 +44,7 @@ from dockyard.providers.base import (
     VMSpec,
     VMState,
 )
-from dockyard.providers.dockertls import DEFAULT_PORT, DockerTLS, protect_user_data
+from dockyard.providers.dockertls import DEFAULT_PORT, DockerTLS, user_data_secrets
 from dockyard.providers.options import (
     check_known,
     option_bool,
@@ -54,7 +54,7 @@ from dockyard.providers.options import (
     option_str,
     required,
 )
-from dockyard.providers.redaction import protect
+from dockyard.providers.redaction import protect, protected
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.client import EC2Client
@@ -461,6 +461,7 @@ class AWSProvider:
             # IMDSv2 only, one hop: containers behind the VM's bridge cannot read its user data.
             "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
         }
+        secrets: list[str] = []
         if self._tls.issuing:
             certificate = self._tls.issue_for_vm()
             all_tags[ENGINE_NAME_TAG] = certificate.name
@@ -476,7 +477,7 @@ class AWSProvider:
                 )
             except ValueError as error:
                 raise PermanentError(f"user data: {error}") from None
-            protect_user_data(user_data, certificate.key_pem)
+            secrets = user_data_secrets(user_data, certificate.key_pem)
             request["UserData"] = user_data  # boto3 base64-encodes it
         if self.subnet_id:
             request["SubnetId"] = self.subnet_id
@@ -492,7 +493,7 @@ class AWSProvider:
             existing = self.find_vms(spec.tags, probe=False)
             if existing:
                 return existing[0]
-            with _translated("creating VM"):
+            with _translated("creating VM"), protected(secrets):
                 instance = self.ec2.run_instances(**request)["Instances"][0]
             log.info("created EC2 instance %s", instance["InstanceId"])
             return self._vm(instance, probe=False)

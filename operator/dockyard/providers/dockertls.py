@@ -36,7 +36,6 @@ import requests.adapters
 
 from dockyard.providers import engineca
 from dockyard.providers.base import PermanentError, TransientError
-from dockyard.providers.redaction import protect
 
 CA_KEY = "docker_tls_ca"
 CERT_KEY = "docker_tls_cert"
@@ -58,11 +57,12 @@ class VMCertificate:
     key_pem: str = field(repr=False)
 
 
-def protect_user_data(user_data: bytes, key_pem: str) -> None:
-    """Mask a VM's private key in any log line, as it is and as the SDKs log their requests
-    (botocore logs a RunInstances' parameters, the user data in base64, at DEBUG)."""
+def user_data_secrets(user_data: bytes, key_pem: str) -> list[str]:
+    """A VM's private key as it is and as the SDKs log a request that carries it (botocore
+    logs a RunInstances' parameters, the user data in base64, at DEBUG): to be masked while the
+    request is sent (``redaction.protected``)."""
     encoded = base64.b64encode(user_data).decode()
-    protect([key_pem, encoded, urllib.parse.quote_plus(encoded), json.dumps(key_pem)[1:-1]])
+    return [key_pem, encoded, urllib.parse.quote_plus(encoded), json.dumps(key_pem)[1:-1]]
 
 
 class _NamedEngineAdapter(requests.adapters.HTTPAdapter):

@@ -57,7 +57,7 @@ from dockyard.providers.base import (
     VMSpec,
     VMState,
 )
-from dockyard.providers.dockertls import DEFAULT_PORT, DockerTLS, protect_user_data
+from dockyard.providers.dockertls import DEFAULT_PORT, DockerTLS, user_data_secrets
 from dockyard.providers.options import (
     check_known,
     option_float,
@@ -65,7 +65,7 @@ from dockyard.providers.options import (
     option_str,
     required,
 )
-from dockyard.providers.redaction import protect
+from dockyard.providers.redaction import protect, protected
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -516,12 +516,18 @@ class GCEProvider:
             cached = self._images.get(image.name)
             if cached is not None and time.monotonic() - cached[0] < IMAGE_CACHE_SECONDS:
                 return cached[1]
-        with _translated(f"looking up the stock image {image.name}"):
-            found = self.images.get_from_family(
-                request={"project": image.gce_project, "family": image.gce_family},
-                retry=self._retry,
-                timeout=self.call_timeout,
-            )
+        try:
+            with _translated(f"looking up the stock image {image.name}"):
+                found = self.images.get_from_family(
+                    request={"project": image.gce_project, "family": image.gce_family},
+                    retry=self._retry,
+                    timeout=self.call_timeout,
+                )
+        except NotFoundError:
+            raise PermanentError(
+                f"stemcell {image.name}: no image in the family {image.gce_family} of project "
+                f"{image.gce_project}"
+            ) from None
         url = found.self_link or (f"projects/{image.gce_project}/global/images/{found.name}")
         with self._lock:
             self._images[image.name] = (time.monotonic(), url)
@@ -556,7 +562,7 @@ class GCEProvider:
         labels = self._labels(spec.tags)
         image = self._image(spec.stemcell)
         name = self._name("vm", spec.tags)
-        instance = self._instance_resource(spec, name, labels, image)
+        instance, secrets = self._instance_resource(spec, name, labels, image)
 
         def lookup() -> VM:
             found = self._zonal(f"getting VM {name}", self.instances.get, instance=name)
@@ -571,19 +577,22 @@ class GCEProvider:
             existing = self.find_vms(spec.tags, probe=False)
             if existing:
                 return existing[0]
-            vm = self._insert(
-                f"creating VM {name}",
-                self.instances.insert_unary,
-                self._identity("vm", spec.tags),
-                lookup,
-                instance_resource=instance,
-            )
+            with protected(secrets):
+                vm = self._insert(
+                    f"creating VM {name}",
+                    self.instances.insert_unary,
+                    self._identity("vm", spec.tags),
+                    lookup,
+                    instance_resource=instance,
+                )
             log.info("created GCE instance %s", name)
             return vm
 
     def _instance_resource(
         self, spec: VMSpec, name: str, labels: dict[str, str], image: str
-    ) -> compute_v1.Instance:
+    ) -> tuple[compute_v1.Instance, list[str]]:
+        """The instance to insert, and the secrets its request carries (masked while sent)."""
+        secrets: list[str] = []
         metadata = [
             compute_v1.Items(key=k, value=v)
             for k, v in spec.metadata.items()
@@ -602,7 +611,7 @@ class GCEProvider:
                 )
             except ValueError as error:
                 raise PermanentError(f"user data: {error}") from None
-            protect_user_data(user_data, certificate.key_pem)
+            secrets += user_data_secrets(user_data, certificate.key_pem)
             metadata += [
                 compute_v1.Items(key=USER_DATA_KEY, value=user_data.decode()),
                 compute_v1.Items(key=ENGINE_NAME_KEY, value=certificate.name),
@@ -632,7 +641,7 @@ class GCEProvider:
             instance.service_accounts = [
                 compute_v1.ServiceAccount(email=self.service_account_email, scopes=[COMPUTE_SCOPE])
             ]
-        return instance
+        return instance, secrets
 
     def delete_vm(self, vm_id: str) -> None:
         with self._lock:

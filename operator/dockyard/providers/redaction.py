@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 MASK = "***"
 MIN_SECRET_LENGTH = 6  # shorter values would mangle ordinary log text
@@ -57,6 +58,11 @@ class _RedactingFilter(logging.Filter):
             if not candidates <= self._secrets:
                 self._secrets = self._secrets | candidates
 
+    def remove(self, values: Iterable[str]) -> None:
+        gone = {line.strip() for value in values for line in (value, *value.splitlines())}
+        with self._lock:
+            self._secrets = self._secrets - gone
+
     def redact(self, text: str) -> str:
         for secret in self._secrets:
             if secret in text:
@@ -99,6 +105,18 @@ def protect(values: Iterable[str]) -> None:
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
     _loggers_filtered = len(logging.root.manager.loggerDict)  # the well-known ones included
+
+
+@contextmanager
+def protected(values: Iterable[str]) -> Iterator[None]:
+    """Mask ``values`` while the block runs (a VM's key while the request that carries it is
+    sent and logged): secrets of one call do not pile up in the filter for good."""
+    kept = list(values)
+    protect(kept)
+    try:
+        yield
+    finally:
+        _FILTER.remove(kept)
 
 
 def redact(text: str) -> str:
