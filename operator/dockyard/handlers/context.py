@@ -433,6 +433,7 @@ async def _world(
 
 
 async def _make_provider(fleet: Fleet, config: ProviderConfig) -> tuple[Provider, ActionPool]:
+    config = await fleet.engine_ca.with_engine_ca(config)
     try:
         return await asyncio.to_thread(fleet.provider, _freeze(config))
     except PermanentError as error:

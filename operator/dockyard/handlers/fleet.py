@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, MutableMappi
 from typing import Any
 
 from dockyard.api.policy import Policy
+from dockyard.handlers.engineca import EngineCAStore
 from dockyard.planning import ContainerKey
 from dockyard.planning.cascade import ContainerReport, upstream_states
 from dockyard.planning.verdict import UpstreamState
@@ -46,6 +47,8 @@ class Fleet:
         # namespace -> (monotonic time read, its labels): one read serves all its Jobs a while.
         self.namespace_labels: dict[str, tuple[float, dict[str, str]]] = {}
         self.policy = policy or Policy()
+        # The CA of aws/gce VMs' engines (a Secret in the operator's namespace).
+        self.engine_ca = EngineCAStore()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._providers: dict[ProviderConfig, tuple[Provider, ActionPool]] = {}
         self._providers_guard = threading.Lock()

@@ -120,7 +120,7 @@ def _instance(
         instance["vmId"] = seen.vm_id
         if seen.address:
             instance["address"] = seen.address
-        instance.update(_made_from(job, seen, old))
+        instance.update(_made_from(job, seen, old, report.vm_config))
     if seen.disk is not None:
         instance["disk"] = f"{job.metadata.name}-{index}"
     return instance
@@ -139,11 +139,13 @@ def _commanded(report: JobReport, index: int) -> str:
     return ""
 
 
-def _made_from(job: Job, seen: InstanceObservation, old: Mapping[str, Any]) -> dict[str, str]:
+def _made_from(
+    job: Job, seen: InstanceObservation, old: Mapping[str, Any], current: str = ""
+) -> dict[str, str]:
     """The stemcell and VM type of the instance's VM: the spec's when its fingerprint says so
     (or it has none: made before they were recorded), else what the status said of that VM."""
     stemcell, vm_type = job.spec.stemcell or "default", job.spec.vm_type or "default"
-    current = vm_fingerprint(job.spec.stemcell or "", job.spec.vm_type or "")
+    current = current or vm_fingerprint(job.spec.stemcell or "", job.spec.vm_type or "")
     if seen.vm_config in (None, current):
         return {"stemcell": stemcell, "vmType": vm_type}
     if old.get("vmId") == seen.vm_id:

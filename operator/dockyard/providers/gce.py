@@ -342,6 +342,13 @@ class GCEProvider:
             ) from None
         return credentials, str(info.get("project_id", ""))
 
+    @property
+    def vm_config_salt(self) -> str:
+        """What VMs are made from besides stemcell and machine type: the engine CA. A new CA
+        rolls every VM like a new stemcell (canaries first), each getting a certificate of it;
+        until then the old ones are reached with the previous CA."""
+        return f"engine-ca {self._tls.ca_fingerprint}" if self._tls.issuing else ""
+
     def __repr__(self) -> str:
         return (
             f"GCEProvider(project={self.project!r}, zone={self.zone!r}, "

@@ -113,6 +113,7 @@ class JobReport:
     acting: bool = False
     upstreams_seen: Mapping[planning.ContainerKey, float | None] = field(default_factory=dict)
     commands: planning.InstanceCommands = field(default_factory=planning.InstanceCommands)
+    vm_config: str = ""  # what the spec's VMs are made from now (a fingerprint); "" unknown
 
     @property
     def failed(self) -> list[ActionRecord]:
@@ -137,7 +138,12 @@ class JobReconciler:
     async def reconcile(
         self, desired: JobDesired, inputs: PassInputs, announce: Announce | None = None
     ) -> JobReport:
-        intent = job_intent(desired, inputs, not self.world.provider.resizes_attached_disks)
+        intent = job_intent(
+            desired,
+            inputs,
+            not self.world.provider.resizes_attached_disks,
+            self.world.vm_config_salt,
+        )
         began = self.clock()
         # The instances wanted, and those with a disk record (an orphan of a scale-down).
         indices = sorted(set(range(desired.instances)) | set(inputs.known_disks))
@@ -297,6 +303,7 @@ def _report(observation: JobObservation, decision: Decision, intent: JobIntent) 
         dict(decision.crash_looping),
         upstreams_seen={k: u.latest_start for k, u in intent.upstreams.items()},
         commands=intent.job.commands,
+        vm_config=intent.job.vm_config,
     )
 
 
@@ -317,9 +324,11 @@ def _notice_record(notice: Notice) -> ActionRecord:
 # --- adapters -----------------------------------------------------------------------------------
 
 
-def job_intent(desired: JobDesired, inputs: PassInputs, detach_to_resize: bool) -> JobIntent:
+def job_intent(
+    desired: JobDesired, inputs: PassInputs, detach_to_resize: bool, vm_config_salt: str = ""
+) -> JobIntent:
     return JobIntent(
-        job=planning_job(desired),
+        job=planning_job(desired, vm_config_salt),
         generation=desired.generation,
         watch_time=desired.watch_time,
         canary_watch_time=desired.canary_watch_time,
@@ -337,7 +346,7 @@ def job_intent(desired: JobDesired, inputs: PassInputs, detach_to_resize: bool) 
     )
 
 
-def planning_job(desired: JobDesired) -> planning.DesiredJob:
+def planning_job(desired: JobDesired, vm_config_salt: str = "") -> planning.DesiredJob:
     disk = None
     if desired.disk is not None:
         disk = planning.DesiredDisk(
@@ -370,7 +379,7 @@ def planning_job(desired: JobDesired) -> planning.DesiredJob:
             snapshot_before=desired.snapshot_before,
             vm_strategy=desired.vm_strategy,
         ),
-        vm_config=vm_fingerprint(desired.stemcell, desired.machine_type),
+        vm_config=vm_fingerprint(desired.stemcell, desired.machine_type, vm_config_salt),
         commands=desired.commands,
     )
 

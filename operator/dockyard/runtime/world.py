@@ -152,9 +152,12 @@ class ContainerWant:
         return described.config_hash()
 
 
-def vm_fingerprint(stemcell: str, machine_type: str) -> str:
-    """What a VM is made from, as a short tag value every IaaS takes."""
-    return hashlib.sha256(f"{stemcell}\n{machine_type}".encode()).hexdigest()[:16]
+def vm_fingerprint(stemcell: str, machine_type: str, salt: str = "") -> str:
+    """What a VM is made from, as a short tag value every IaaS takes. ``salt``: what else the
+    provider makes VMs from (``vm_config_salt``: the engine CA of aws/gce VMs), so that a change
+    of it rolls them like a new stemcell."""
+    made_from = f"{stemcell}\n{machine_type}" + (f"\n{salt}" if salt else "")
+    return hashlib.sha256(made_from.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -249,6 +252,12 @@ class JobWorld:
     def _disks_of(self, index: int) -> list[Disk]:
         return self.provider.find_disks(self.identity.disk_tags(index))
 
+    @property
+    def vm_config_salt(self) -> str:
+        """What else than stemcell and machine type the provider makes VMs from (optional
+        provider attribute ``vm_config_salt``; the aws/gce engine CA's fingerprint)."""
+        return str(getattr(self.provider, "vm_config_salt", "") or "")
+
     def engine(self, vm_id: str) -> Engine:
         with self._engines_lock:
             known = self._engines.get(vm_id)
@@ -276,7 +285,7 @@ class JobWorld:
         create-swap-delete, the VM it replaces)."""
         tags = {
             **self.identity.vm_tags(index),
-            TAG_VM_CONFIG: vm_fingerprint(stemcell, machine_type),
+            TAG_VM_CONFIG: vm_fingerprint(stemcell, machine_type, self.vm_config_salt),
             TAG_MADE_FOR: f"{made_for:.0f}",
         }
         if replaces:
