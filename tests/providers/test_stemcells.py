@@ -169,6 +169,35 @@ def test_user_data_passes_cloud_init_schema(
     assert bad.returncode != 0
 
 
+def test_the_stemcell_builders_user_data_passes_cloud_init_schema(
+    cloud_init: str, tmp_path: Path
+) -> None:
+    """hack/bake-stemcell.sh's builder runs the same script, told to stop after installing."""
+    made = subprocess.run(
+        ["bash", str(REPO / "hack" / "bake-stemcell.sh"), "user-data"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    document = yaml.safe_load(made.stdout)
+    files = {f["path"]: f["content"] for f in document["write_files"]}
+    assert files[bootstrap.BOOT_SCRIPT] == bootstrap.boot_script(2376)
+    assert bootstrap.BAKE_FILE in files and not any("PRIVATE KEY" in c for c in files.values())
+    path = tmp_path / "user-data"
+    path.write_text(made.stdout)
+    result = subprocess.run(
+        [cloud_init, "schema", "--config-file", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_boot_script_is_posix_sh(tmp_path: Path) -> None:
+    script = tmp_path / "boot.sh"
+    script.write_text(bootstrap.boot_script(2376))
+    result = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_stock_images_are_known_by_name() -> None:
     debian = bootstrap.stock_image("debian-12")
     assert debian is not None

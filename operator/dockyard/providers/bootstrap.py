@@ -19,6 +19,7 @@ EC2_USER_DATA_LIMIT = 16 * 1024
 TLS_DIR = "/etc/dockyard/tls"
 BOOT_SCRIPT = "/etc/dockyard/boot.sh"
 READY_FILE = "/var/lib/dockyard/engine-ready"
+BAKE_FILE = "/etc/dockyard/bake"
 PACKAGES = ("docker.io", "e2fsprogs", "util-linux")
 
 
@@ -87,6 +88,14 @@ if [ -n "$missing" ]; then
   rm -f /usr/sbin/policy-rc.d
   apt-get clean
 fi
+if [ -f __BAKE__ ]; then
+  # Baking a stemcell (hack/bake-stemcell.sh): packages only; each VM of the image gets its
+  # own certificate from its own user data (cloud-init runs it again for a new instance).
+  rm -f __BAKE__
+  trap - EXIT
+  say "baked: the packages are installed"
+  exit 0
+fi
 chmod 0700 "$TLS"
 for f in ca.pem cert.pem key.pem; do [ -s "$TLS/$f" ] || { say "missing $TLS/$f"; exit 1; }; done
 OPTS="--tlsverify --tlscacert=$TLS/ca.pem --tlscert=$TLS/cert.pem --tlskey=$TLS/key.pem"
@@ -133,6 +142,7 @@ def boot_script(port: int) -> str:
         .replace("__TLS_DIR__", TLS_DIR)
         .replace("__PACKAGES__", " ".join(PACKAGES))
         .replace("__READY__", READY_FILE)
+        .replace("__BAKE__", BAKE_FILE)
     )
 
 
@@ -150,6 +160,20 @@ def cloud_config(*, ca_pem: str, cert_pem: str, key_pem: str, port: int) -> str:
             file(BOOT_SCRIPT, boot_script(port), "0755"),
         ],
         "runcmd": [[BOOT_SCRIPT]],
+    }
+    return "#cloud-config\n" + yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1 << 16)
+
+
+def bake_cloud_config(port: int = 2376) -> str:
+    """The user data of a stemcell builder VM: the same boot script, told to install the
+    packages and stop there (no certificate: the image is for every VM). A VM made from the
+    image is a new instance to cloud-init, which runs that VM's own user data then."""
+    document = {
+        "write_files": [
+            {"path": BAKE_FILE, "content": "bake\n", "permissions": "0644"},
+            {"path": BOOT_SCRIPT, "content": boot_script(port), "permissions": "0755"},
+        ],
+        "runcmd": [[BOOT_SCRIPT], ["sync"]],
     }
     return "#cloud-config\n" + yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1 << 16)
 
