@@ -1,17 +1,23 @@
 # The Dockyard operator image: `docker build -t dockyard/operator:0.1.0 .`
 #
 # The base is the official python:3.11-slim (Debian). It cannot be pulled on the development
-# machine (no registry is reachable there); build where Docker Hub or a mirror is, or pass a local
-# Python 3.11 image with `--build-arg BASE=...`. deploy/base/kustomization.yaml names the image.
+# machine (no registry is reachable there): hack/operator-image.sh builds one from Debian's own
+# packages and passes it with `--build-arg BASE=...`. deploy/base/kustomization.yaml names the image.
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# .dockerignore lets in only what the package build needs.
-COPY pyproject.toml README.md ./
+# .dockerignore lets in only what the package build needs. The dependencies first, in a layer
+# of their own (a stand-in package and readme): a code change reinstalls only Dockyard itself.
+# `python3`: Debian's own Python (hack/operator-image.sh) has no `python`.
+COPY pyproject.toml ./
+RUN mkdir -p operator/dockyard && touch README.md operator/dockyard/__init__.py \
+    && python3 -m venv /opt/dockyard && /opt/dockyard/bin/pip install . \
+    && /opt/dockyard/bin/pip uninstall -y dockyard && rm -rf operator README.md build
+COPY README.md ./
 COPY operator ./operator
-RUN python -m venv /opt/dockyard && /opt/dockyard/bin/pip install .
+RUN /opt/dockyard/bin/pip install --no-deps .
 
 FROM ${BASE}
 ENV PATH=/opt/dockyard/bin:$PATH \

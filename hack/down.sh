@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stop what hack/up.sh started: delete Dockyard objects (so VMs and disks are cleaned up by the
-# operator), stop the operator and the control plane. --purge also wipes control-plane state.
+# operator), stop the operator, the node (hack/node.sh) and the control plane. --purge also wipes
+# their state.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 kc="$DOCKYARD_STATE/controlplane/admin.kubeconfig"
@@ -13,4 +14,6 @@ if [[ -f $kc ]] && kubectl --kubeconfig "$kc" get crd deployments.dockyard.dev >
   done
 fi
 if [[ -f $pidfile ]]; then kill "$(cat "$pidfile")" 2>/dev/null || true; rm -f "$pidfile"; fi
+# The node (hack/node.sh), if it runs: its pods first, while the apiserver is still there.
+bash "$HACK_DIR/node.sh" down "$@"
 bash "$HACK_DIR/controlplane/down.sh" "$@"

@@ -1,7 +1,8 @@
 """After the whole run: nothing the tests made is left on the host.
 
-A snapshot of Docker containers, volumes and networks, loop devices and mounts is taken when the
-session starts (on the xdist controller, before any worker runs) and compared when it ends; what
+A snapshot of Docker containers, volumes and networks, loop devices and mounts, and of what
+hack/node.sh runs and makes (its processes, network interfaces and namespaces, iptables rules) is
+taken when the session starts (on the xdist controller, before any worker runs) and compared when it ends; what
 appeared and is still there after a grace period (teardown is asynchronous: the operator deletes
 VMs after their namespace goes) fails the run. Set DOCKYARD_LEAK_CHECK=0 to skip it, e.g. while
 another test run shares this host.
@@ -10,6 +11,7 @@ another test run shares this host.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -31,6 +33,21 @@ def _lines(*command: str) -> set[str]:
     return {line.strip() for line in result.stdout.splitlines() if line.strip()}
 
 
+STATE = Path(os.environ.get("DOCKYARD_STATE", "/var/lib/dockyard"))
+
+
+def _node_processes() -> set[str]:
+    """hack/node.sh's processes that run (by their PID files)."""
+    found = set()
+    for pidfile in (STATE / "node").glob("*.pid"):
+        try:
+            os.kill(int(pidfile.read_text()), 0)
+        except (OSError, ValueError):
+            continue
+        found.add(pidfile.stem)
+    return found
+
+
 def snapshot() -> dict[str, set[str]]:
     mounts = set()
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -49,6 +66,24 @@ def snapshot() -> dict[str, set[str]]:
             for line in _lines("losetup", "-a")
         },
         "mounts": mounts,
+        "node processes (hack/node.sh)": _node_processes(),
+        # Docker's own (veth*, br-*, docker0) come and go with what is checked above.
+        "network interfaces (ip link)": {
+            name
+            for line in _lines("ip", "-o", "link", "show")
+            if (name := line.split(":")[1].strip().split("@")[0])
+            and not name.startswith(("veth", "br-", "docker"))
+        },
+        "network namespaces (ip netns)": {
+            line.split()[0] for line in _lines("ip", "netns", "list")
+        },
+        # The node's Service rule and what CNI plugins and a kubelet add (Docker's are its own).
+        "iptables rules (iptables-save)": {
+            line
+            for table in ("nat", "filter")
+            for line in _lines("iptables-save", "-t", table)
+            if re.search(r"DOCKYARD|CNI-|KUBE-", line) and not line.startswith("#")
+        },
     }
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start an envtest-style local control plane: etcd + kube-apiserver (RBAC on) +
-# kube-controller-manager (garbage collection, namespace deletion, service-account tokens),
-# all on loopback. Idempotent: what already runs is reused. Prints the admin kubeconfig path.
+# kube-controller-manager (garbage collection, namespace deletion, service-account tokens, and
+# what a node needs: hack/node.sh), all on loopback. Idempotent: what already runs with the same
+# binary and flags is reused, what runs with others is restarted. Prints the admin kubeconfig path.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 CP_DIR="${DOCKYARD_CONTROLPLANE_DIR:-$DOCKYARD_STATE/controlplane}"
@@ -16,6 +17,21 @@ mkdir -p "$CP_DIR"/{pki,etcd-data,logs}
 cd "$CP_DIR"
 
 running() { [[ -f "$1.pid" ]] && kill -0 "$(cat "$1.pid")" 2>/dev/null; }
+# start NAME COMMAND...: run COMMAND in the background unless NAME already runs it as is; one
+# started by an older up.sh or build (other arguments) is stopped first, so changes take effect.
+start() {
+  local name=$1; shift
+  if running "$name"; then
+    [[ "$(cat "$name.args" 2>/dev/null)" == "$*" ]] && return 0
+    log "restarting $name: its binary or flags changed"
+    kill "$(cat "$name.pid")"
+    wait_until 30 "$name to stop" bash -c "! kill -0 $(cat "$name.pid")"
+  fi
+  log "starting $name"
+  nohup "$@" >"logs/$name.log" 2>&1 &
+  echo $! >"$name.pid"
+  printf '%s' "$*" >"$name.args"
+}
 
 # --- certificates (once) ----------------------------------------------------------------------
 pki=$CP_DIR/pki
@@ -64,23 +80,18 @@ write_kubeconfig "$KUBECONFIG_OUT" admin
 write_kubeconfig "$CP_DIR/controller-manager.kubeconfig" controller-manager
 
 # --- etcd ---------------------------------------------------------------------------------------
-if ! running etcd; then
-  log "starting etcd on 127.0.0.1:$ETCD_PORT"
-  nohup "$BIN_DIR/etcd" --name dockyard --data-dir "$CP_DIR/etcd-data" \
+start etcd "$BIN_DIR/etcd" --name dockyard --data-dir "$CP_DIR/etcd-data" \
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
     --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
     --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
     --initial-cluster "dockyard=http://127.0.0.1:$((ETCD_PORT + 1))" \
-    --unsafe-no-fsync --quota-backend-bytes 4294967296 --log-level warn \
-    >"logs/etcd.log" 2>&1 &
-  echo $! >etcd.pid
-fi
+    --unsafe-no-fsync --quota-backend-bytes 4294967296 --log-level warn
 wait_until 30 "etcd health" curl -sf "http://127.0.0.1:$ETCD_PORT/health"
 
 # --- kube-apiserver -----------------------------------------------------------------------------
-if ! running kube-apiserver; then
-  log "starting kube-apiserver on 127.0.0.1:$API_PORT"
-  nohup "$BIN_DIR/kube-apiserver" \
+# Webhooks behind a Service are called at their endpoints (no kube-proxy here); the kubelet of
+# hack/node.sh is reached at its InternalIP (its bridge's address), with the admin's certificate.
+start kube-apiserver "$BIN_DIR/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
@@ -89,28 +100,24 @@ if ! running kube-apiserver; then
     --service-account-issuer "https://127.0.0.1:$API_PORT" \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --service-cluster-ip-range 10.96.0.0/24 --allow-privileged=true \
-    --enable-priority-and-fairness=false --profiling=false \
-    >"logs/kube-apiserver.log" 2>&1 &
-  echo $! >kube-apiserver.pid
-fi
+    --enable-priority-and-fairness=false --profiling=false --enable-aggregator-routing=true \
+    --kubelet-preferred-address-types InternalIP \
+    --kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key"
 ready() { curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
   "https://127.0.0.1:$API_PORT/readyz" | grep -q ok; }
 wait_until 90 "kube-apiserver /readyz (see $CP_DIR/logs/kube-apiserver.log)" ready
 
 # --- kube-controller-manager --------------------------------------------------------------------
-if ! running kube-controller-manager; then
-  log "starting kube-controller-manager"
-  nohup "$BIN_DIR/kube-controller-manager" \
+# With a node (hack/node.sh): Deployments and ReplicaSets, Services' endpoints, and the node
+# lifecycle (it lifts the not-ready taint).
+start kube-controller-manager "$BIN_DIR/kube-controller-manager" \
     --kubeconfig "$CP_DIR/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$CP_DIR/controller-manager.kubeconfig" \
     --authorization-kubeconfig "$CP_DIR/controller-manager.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --leader-elect=false \
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
     --use-service-account-credentials \
-    --controllers 'garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller,root-ca-certificate-publisher-controller' \
-    >"logs/kube-controller-manager.log" 2>&1 &
-  echo $! >kube-controller-manager.pid
-fi
+    --controllers 'garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller,root-ca-certificate-publisher-controller,deployment-controller,replicaset-controller,node-lifecycle-controller,endpoints-controller,endpointslice-controller'
 kcm_ok() { curl -sfk "https://127.0.0.1:$KCM_PORT/healthz" | grep -q ok; }
 wait_until 60 "kube-controller-manager /healthz" kcm_ok
 

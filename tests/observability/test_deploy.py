@@ -64,10 +64,13 @@ def test_cluster_role_is_least_privilege(base_objects: list[dict[str, Any]]) -> 
         ("", "namespaces"): {"get", "list", "watch"},
         ("", "configmaps"): {"list", "watch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-        ("admissionregistration.k8s.io", "validatingwebhookconfigurations"): {
-            "get",
-            "create",
-            "patch",
+        **{
+            ("admissionregistration.k8s.io", f"{kind}webhookconfigurations"): {
+                "get",
+                "create",
+                "patch",
+            }
+            for kind in ("validating", "mutating")
         },
     }
     assert granted == expected
@@ -134,10 +137,10 @@ def test_operator_deployment_is_a_hardened_probed_hot_standby_pair(
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "probes"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
     assert f"--probe-port={ports['probes']}" in container["args"]
-    # The webhook is served where its Service and the registered URL say.
+    # The webhook is served where its Service, which the configuration names, sends the calls.
     assert int(env["DOCKYARD_WEBHOOK_PORT"]) == ports["webhook"]
     webhook = one(base_objects, "Service", "dockyard-webhook")
-    assert env["DOCKYARD_WEBHOOK_HOST"] == f"dockyard-webhook.{NAMESPACE}.svc"
+    assert env["DOCKYARD_WEBHOOK_SERVICE"] == f"{NAMESPACE}/dockyard-webhook"
     assert webhook["spec"]["ports"] == [
         {"name": "webhook", "port": ports["webhook"], "targetPort": "webhook"}
     ]

@@ -108,6 +108,22 @@ def register(registry: kopf.OperatorRegistry | None = None) -> None:
 register()
 
 
+class _ServiceWebhookServer(kopf.WebhookServer):
+    """Registered as a reference to the Service ``host`` names (name.namespace.svc): the apiserver
+    finds that Service's endpoints itself, where a URL would need the cluster's DNS on the
+    apiserver's host."""
+
+    async def __call__(self, fn: Any) -> Any:
+        name, namespace = (self.host or "").split(".")[:2]
+        async for config in super().__call__(fn):
+            reference: kopf.WebhookClientConfig = {
+                "service": {"namespace": namespace, "name": name, "port": self.port, "path": ""}
+            }
+            if config.get("caBundle"):
+                reference["caBundle"] = config["caBundle"]
+            yield reference
+
+
 def self_signed_certificate(hosts: list[str], directory: Path) -> tuple[Path, Path]:
     """A self-signed serving certificate for ``hosts`` (DNS names or IPs): (certfile, keyfile).
 
@@ -169,8 +185,10 @@ def configure_webhook(
     Arguments default to environment variables: DOCKYARD_WEBHOOK_PORT (no webhook when unset),
     DOCKYARD_WEBHOOK_ADDR (listen address, default 127.0.0.1), DOCKYARD_WEBHOOK_HOST (the name
     or IP the apiserver calls, default the listen address), DOCKYARD_WEBHOOK_CERT and
-    DOCKYARD_WEBHOOK_KEY (PEM files; a self-signed pair is generated when unset) and
-    DOCKYARD_WEBHOOK_CONFIGURATION (default validate.dockyard.dev). Returns whether it is on.
+    DOCKYARD_WEBHOOK_KEY (PEM files; a self-signed pair is generated when unset),
+    DOCKYARD_WEBHOOK_CONFIGURATION (default validate.dockyard.dev) and DOCKYARD_WEBHOOK_SERVICE
+    (``namespace/name``: the configuration names that Service, on the webhook's port, instead of
+    a URL; the certificate is for ``name.namespace.svc``). Returns whether it is on.
     """
     env = os.environ.get
     port = port if port is not None else int(env("DOCKYARD_WEBHOOK_PORT", "0") or 0)
@@ -178,14 +196,21 @@ def configure_webhook(
         log.info("admission webhook off (DOCKYARD_WEBHOOK_PORT is not set)")
         return False
     addr = addr or env("DOCKYARD_WEBHOOK_ADDR") or "127.0.0.1"
+    service = env("DOCKYARD_WEBHOOK_SERVICE", "")
+    service_namespace, _, service_name = service.partition("/")
+    if service and not (service_namespace and service_name):
+        raise ValueError(f"DOCKYARD_WEBHOOK_SERVICE={service!r}: expected namespace/name")
     host = host or env("DOCKYARD_WEBHOOK_HOST") or addr
+    if service:
+        host = f"{service_name}.{service_namespace}.svc"
     certfile = certfile or env("DOCKYARD_WEBHOOK_CERT")
     keyfile = keyfile or env("DOCKYARD_WEBHOOK_KEY")
     if not certfile or not keyfile:
         directory = Path(tempfile.mkdtemp(prefix="dockyard-webhook-"))
         cert_path, key_path = self_signed_certificate([host], directory)
         certfile, keyfile = str(cert_path), str(key_path)
-    settings.admission.server = kopf.WebhookServer(
+    server_class = kopf.WebhookServer if not service else _ServiceWebhookServer
+    settings.admission.server = server_class(
         addr=addr, port=port, host=host, certfile=certfile, pkeyfile=keyfile
     )
     settings.admission.managed = (
