@@ -331,7 +331,8 @@ class DeploymentSpec(ApiModel):
     """Secrets of type kubernetes.io/dockerconfigjson (same namespace) whose registry
     credentials the VMs' engines pull images with; passed on to every job."""
     stemcell: Annotated[str, Field(max_length=512)] | None = None
-    """VM image (the provider's default stemcell when unset)."""
+    """VM image: a stock image by name (aws, gce: debian-12, the newest official one), an
+    image id (an AMI, a GCE image URL, a local image), or the provider's default when unset."""
     update: UpdatePolicy = defaulted(UpdatePolicy)
     """Rollout policy."""
     resurrection: ResurrectionPolicy = defaulted(ResurrectionPolicy)
@@ -362,7 +363,8 @@ class JobSpec(InstanceGroup):
     """Secrets of type kubernetes.io/dockerconfigjson (same namespace) whose registry
     credentials the VMs' engines pull images with (copied from the Deployment)."""
     stemcell: Annotated[str, Field(max_length=512)] | None = None
-    """VM image (the provider's default stemcell when unset)."""
+    """VM image: a stock image by name (aws, gce: debian-12, the newest official one), an
+    image id (an AMI, a GCE image URL, a local image), or the provider's default when unset."""
     update: UpdatePolicy = defaulted(UpdatePolicy)
     """Rollout policy."""
     resurrection: ResurrectionPolicy = defaulted(ResurrectionPolicy)
