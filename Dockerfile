@@ -25,6 +25,9 @@ ENV PATH=/opt/dockyard/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp
 COPY --from=build /opt/dockyard /opt/dockyard
+# The uid has a name: kopf looks it up (getpass) for its identity, and exits when it cannot.
+RUN echo 'dockyard:x:65532:65532:Dockyard:/tmp:/usr/sbin/nologin' >>/etc/passwd \
+    && echo 'dockyard:x:65532:' >>/etc/group
 # A numeric non-root user, so the kubelet can verify runAsNonRoot; the root filesystem is
 # read-only in deploy/ (only /tmp, an emptyDir, is writable).
 USER 65532:65532

@@ -1,8 +1,9 @@
 """Dockyard in a cluster, as a user installs it: the operator image built here (a Debian Python
 base and the repository's Dockerfile), a real node (hack/node.sh: kubelet, containerd,
-kube-scheduler), and `kubectl apply -k` of deploy/local/ (the local provider's overlay of deploy/).
-The pair of operator Pods runs under its ServiceAccount's RBAC alone, its webhook is called
-through its Service, and a deleted active Pod's standby takes over and repairs what broke."""
+kube-scheduler), `kubectl apply -k` of deploy/ (restricted Pod Security) and then of deploy/local/
+(the local provider's overlay) over it. The pair of operator Pods runs under its ServiceAccount's
+RBAC alone, its webhook is called through its Service, and when the active Pod is deleted another
+takes over and repairs what broke meanwhile."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def _json(kubectl: Kubectl, *args: str) -> Any:
 def _active_pod(kubectl: Kubectl) -> str | None:
     """The Ready operator Pod holding the lease (only the active replica is Ready)."""
     holder = _json(kubectl, "lease", LEASE, "-n", SYSTEM)["spec"].get("holderIdentity") or ""
-    for pod in _json(kubectl, "pods", "-n", SYSTEM, "-l", SELECTOR)["items"]:
+    for pod in _operator_pods(kubectl):
         name = pod["metadata"]["name"]
         ready = any(
             c["type"] == "Ready" and c["status"] == "True"
@@ -106,10 +107,9 @@ def _active_pod(kubectl: Kubectl) -> str | None:
 
 def _standby_pods(kubectl: Kubectl) -> list[str]:
     """Operator Pods running but not Ready: standing by."""
-    pods = _json(kubectl, "pods", "-n", SYSTEM, "-l", SELECTOR)["items"]
     return [
         p["metadata"]["name"]
-        for p in pods
+        for p in _operator_pods(kubectl)
         if p["status"].get("phase") == "Running"
         and not p["metadata"].get("deletionTimestamp")
         and not any(
@@ -142,10 +142,11 @@ def _rejections(kubectl: Kubectl, webhook: str) -> int:
     return sum(int(count) for count in pattern.findall(metrics))
 
 
-def _overlay(directory: Path, glob: str, configuration: str) -> Path:
-    """deploy/local/ as is, but watching only ``glob`` (the test operators of the other workers
-    watch theirs) under a webhook configuration of its own."""
-    base = os.path.relpath(REPO / "deploy" / "local", directory)
+def _kustomization(directory: Path, source: Path, glob: str, configuration: str) -> Path:
+    """``source`` (deploy/ or an overlay) as is, but watching only ``glob`` (the test operators
+    of the other workers watch theirs) under a webhook configuration of its own."""
+    directory.mkdir()
+    base = os.path.relpath(source, directory)
     patch = [
         {
             "op": "add",
@@ -168,6 +169,16 @@ def _overlay(directory: Path, glob: str, configuration: str) -> Path:
     }
     (directory / "kustomization.yaml").write_text(json.dumps(kustomization))
     return directory
+
+
+def _operator_pods(kubectl: Kubectl) -> list[dict[str, Any]]:
+    pods: list[dict[str, Any]] = _json(kubectl, "pods", "-n", SYSTEM, "-l", SELECTOR)["items"]
+    return pods
+
+
+def _privileged(pod: dict[str, Any]) -> bool:
+    (container,) = pod["spec"]["containers"]
+    return bool((container.get("securityContext") or {}).get("privileged"))
 
 
 def _uninstall(kubectl: Kubectl, configuration: str) -> None:
@@ -202,15 +213,35 @@ def test_the_operator_runs_in_cluster_from_deploy_and_a_standby_takes_over(
         return found
 
     getter: GetObject = get_object
-    overlay = _overlay(tmp_path, f"{prefix}*", configuration)
+    base = _kustomization(tmp_path / "base", REPO / "deploy", f"{prefix}*", configuration)
+    overlay = _kustomization(
+        tmp_path / "local", REPO / "deploy" / "local", f"{prefix}*", configuration
+    )
     kubectl("create", "namespace", namespace)
     try:
-        # --- installed as a user installs it: the pair comes up, one active, one standing by
+        # --- deploy/ as is: the pair comes up under restricted Pod Security, one active (Ready),
+        # one standing by
         started = time.monotonic()
-        kubectl("apply", "-k", str(overlay), timeout=120)
+        kubectl("apply", "-k", str(base), timeout=120)
+        labels = _json(kubectl, "namespace", SYSTEM)["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
         wait_for(lambda: _active_pod(kubectl), timeout=120, what="an active operator Pod")
         wait_for(lambda: _standby_pods(kubectl), timeout=60, what="a standby operator Pod")
-        print(f"operator pair up (one Ready) in {time.monotonic() - started:.1f} s")
+        print(f"deploy/: operator pair up (one Ready) in {time.monotonic() - started:.1f} s")
+
+        # --- deploy/local/ over it: a rollout that ends (both Pods replaced, the old ones gone
+        # at once: a standby stops on SIGTERM), one active again
+        started = time.monotonic()
+        kubectl("apply", "-k", str(overlay), timeout=120)
+
+        def rolled_out() -> bool:
+            pods = _operator_pods(kubectl)
+            return len(pods) == 2 and all(_privileged(p) for p in pods)
+
+        wait_for(rolled_out, timeout=45, what="deploy/local/ rolled out, the old Pods gone")
+        wait_for(lambda: _active_pod(kubectl), timeout=60, what="an active operator Pod")
+        wait_for(lambda: _standby_pods(kubectl), timeout=60, what="a standby operator Pod")
+        print(f"deploy/local/: rolled out in {time.monotonic() - started:.1f} s")
 
         # --- the admission webhook, called through its Service, refuses what CRDs cannot
         webhook = f"deployments-dependencies.{configuration}"
@@ -272,7 +303,7 @@ def test_the_operator_runs_in_cluster_from_deploy_and_a_standby_takes_over(
     finally:
         active_left = None
         with contextlib.suppress(AssertionError):  # nothing to read when it never came up
-            for pod in _json(kubectl, "pods", "-n", SYSTEM, "-l", SELECTOR)["items"]:
+            for pod in _operator_pods(kubectl):
                 name = pod["metadata"]["name"]
                 logs = kubectl("logs", "-n", SYSTEM, name, check=False).stdout
                 (tmp_path / f"{name}.log").write_text(logs)

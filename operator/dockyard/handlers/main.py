@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+import signal
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import kopf
@@ -136,7 +137,8 @@ async def _serve(
     probes = await probing.serve(probe_port, ready) if probe_port else None
     try:
         if leadership is not None:
-            await leadership.acquire()
+            if not await _unless_stopped(leadership.acquire()):
+                return 0  # stopped while standing by
         else:
             metrics.set_active(True)
         stop = asyncio.Event()
@@ -165,6 +167,36 @@ async def _serve(
     finally:
         if probes is not None:
             await probes.cleanup()
+
+
+async def _unless_stopped(waiting: Coroutine[Any, Any, None]) -> bool:
+    """Await ``waiting``; False (and it cancelled) if SIGTERM or SIGINT comes first. kopf handles
+    them once it runs; before, a standby that is PID 1 in its container (a Pod) would ignore
+    SIGTERM and be killed only at the end of its grace period."""
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    try:
+        for number in signals:
+            loop.add_signal_handler(number, stopped.set)
+    except (ValueError, RuntimeError):  # not in the main thread: signals are not ours to handle
+        await waiting
+        return True
+    task = asyncio.ensure_future(waiting)
+    stop = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for number in signals:
+            loop.remove_signal_handler(number)
+        stop.cancel()
+    if task.done():
+        task.result()  # its error, if it failed
+        return True
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    log.info("stopped while standing by")
+    return False
 
 
 def _always() -> bool:
