@@ -432,3 +432,42 @@ def test_snapshot_before_goes_ahead_of_a_rollout_that_stops_the_disks_users() ->
     )
     plain = decide(intent(changed), observed, JobMemory(), now=0.0)
     assert not any(isinstance(a, SnapshotDisk) for a in plain.actions)
+
+
+def booting_instance(observed: JobObservation, index: int) -> JobObservation:
+    """Instance ``index``'s VM is still booting: the provider says pending, nothing inside seen."""
+    pending = replace(
+        observed.instances[index], vm_phase=VMPhase.PENDING, engine_ok=False, containers={}
+    )
+    return JobObservation({**observed.instances, index: pending})
+
+
+def test_a_booting_vm_holds_what_needs_its_engine_and_is_looked_at_again_soon() -> None:
+    web = job("web", c("db"), c("app", "db"), instances=2)
+    observed = booting_instance(world(web), 0)
+    decision = decide(intent(web), observed, JobMemory(), now=0.0)
+    assert decision.actions == ()  # no start tried (it would fail and back off for minutes)
+    assert set(decision.held.values()) == {Hold.BOOTING}
+    assert {a.index for a in decision.held} == {0}
+    assert decision.verdict.requeue_after == 5.0
+    assert not decision.verdict.converged and not decision.verdict.stalled
+    assert decision.memory.unresponsive_since == {}  # booting is not silence
+    booted = decide(intent(web), world(web, skip={0: ["db", "app"]}), decision.memory, now=90.0)
+    assert brief(booted.actions) == ["StartContainer web/0 db", "StartContainer web/0 app"]
+
+
+def test_a_watched_canary_still_booting_does_not_halt_the_rollout() -> None:
+    old, new = rollout_job(3, "h1"), rollout_job(3, "h2")
+    canary = decide(intent(new), world(old), JobMemory(), now=0.0)
+    memory = ran(canary, canary.memory, new, now=0.0)
+    observed = booting_instance(world(old), 0)  # say its VM was replaced and boots
+    long_after = decide(intent(new), observed, memory, now=60.0)  # past the high watch time
+    assert long_after.notices == () and long_after.verdict.phase is not Phase.ROLLOUT_HALTED
+    assert long_after.memory.watch is not None
+    # booted, and still not well at the end of the watch: halted as before
+    crashed = ContainerObservation("id-app", "exited", "h2", 5.0, exit_code=3)
+    broken = JobObservation(
+        {**world(old).instances, 0: replace(world(old).instances[0], containers={"app": crashed})}
+    )
+    halted = decide(intent(new), broken, long_after.memory, now=61.0)
+    assert halted.verdict.phase is Phase.ROLLOUT_HALTED

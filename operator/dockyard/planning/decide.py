@@ -70,6 +70,11 @@ _PLANNER_STATES = frozenset({"running", "restarting", "paused", "created", "exit
 UPSTREAM_RECHECK = 5.0  # a Job waiting for an upstream is woken when it settles; this is a net
 PAUSED_MESSAGE = "paused (dockyard.dev/paused): nothing is done until it is resumed"
 PAUSED_RECHECK = 5.0  # meltdown, resurrection disabled: look again this often
+BOOT_RECHECK = 5.0  # a VM booting from user data (its engine not up yet): look again this often
+# What runs on the IaaS alone, not on a VM's engine: it need not wait for a booting VM.
+IAAS_ONLY = frozenset(
+    {"CreateVM", "DeleteVM", "CreateDisk", "DeleteDisk", "DetachDisk", "OrphanDisk", "AdoptDisk"}
+)
 WATCH_POLL = 0.25
 
 
@@ -144,6 +149,7 @@ class Hold(enum.StrEnum):
     DISK_MISSING = "DiskMissing"  # its recorded disk is gone: no blank one, no users started
     CONDITION = "Condition"  # an upstream is not yet what it waits for (Healthy, Completed)
     RESTORE = "Restore"  # the snapshot a new disk starts from is not usable yet
+    BOOTING = "Booting"  # its VM is still booting (the provider says pending): nothing reaches it
 
 
 @dataclass(frozen=True)
@@ -191,7 +197,7 @@ def decide(intent: JobIntent, observed: JobObservation, memory: JobMemory, now: 
     memory, notices = _larger_disks(intent, observed, memory, notices)
     missing = _missing_disks(intent, observed, memory)
     memory, notices = _tell_missing(missing, memory, notices)
-    held = _gates(intent, planned, memory, now, missing)
+    held = _gates(intent, planned, memory, now, missing, booting(observed))
     memory, rollout, held = _rollout(intent, observed, planned, memory, held, now)
     conditions = waiting(intent.job, planned, held, observed, intent.upstreams)
     for action in conditions:
@@ -538,9 +544,10 @@ def _gates(
     memory: JobMemory,
     now: float,
     missing: Mapping[int, str],
+    booting: frozenset[int] = frozenset(),
 ) -> dict[Action, Hold]:
-    """Actions held by a back-off, a missing disk, or an upstream of another job that is not
-    settled."""
+    """Actions held by a back-off, a missing disk, a VM still booting, or an upstream of
+    another job that is not settled."""
     job = intent.job
     users = {c.name for c in job.containers if c.uses_disk}
     graph = _graph(job)
@@ -569,6 +576,9 @@ def _gates(
         if action.index in disk_held:
             held[action] = Hold.STEP_BACKOFF
             continue
+        if action.index in booting and action.kind not in IAAS_ONLY:
+            held[action] = Hold.BOOTING  # tried now, it would fail and back off for minutes
+            continue
         if action.index in missing and _needs_the_disk(action, users):
             held[action] = Hold.DISK_MISSING
             continue
@@ -584,6 +594,16 @@ def _gates(
         elif starts and action.key in waiting:
             held[action] = Hold.UPSTREAM
     return held
+
+
+def booting(observed: JobObservation) -> frozenset[int]:
+    """Instances whose VM is still booting: the provider reports it pending (a cloud VM until
+    its engine answered, within the provider's boot timeout)."""
+    return frozenset(
+        index
+        for index, instance in observed.instances.items()
+        if instance.has_vm and instance.vm_phase is VMPhase.PENDING
+    )
 
 
 def _needs_the_disk(action: Action, users: set[str]) -> bool:
@@ -607,9 +627,11 @@ def _rollout(
     watch = memory.watch
     if watch is not None:
         failure = _watch_failure(intent, observed, watch, now)
+        # A watched VM still booting is not judged yet (its boot is bounded by the provider).
+        still_booting = bool(set(watch.indices) & booting(observed))
         if failure is None:
             watch = None  # watched long enough, and well: the next batch
-        elif now >= watch.since + watch.window[1]:
+        elif now >= watch.since + watch.window[1] and not still_booting:
             kind = "canary" if watch.canary else "batch"
             reason = f"rollout halted: {kind} {failure}"
             halt = Halt(intent.generation, reason, rollout_key(intent.job), watch.indices[0])
@@ -925,6 +947,8 @@ def _requeue(
         waits = [PAUSED_RECHECK]  # someone has to act (restore, accept the loss)
     if upstreams and reasons <= {Hold.UPSTREAM}:
         waits = [UPSTREAM_RECHECK]  # the board wakes this Job when they settle
+    if reasons == {Hold.BOOTING}:
+        waits = [BOOT_RECHECK]  # each look asks the provider, which asks the VM's engine
     if memory.watch is not None:
         low = memory.watch.since + memory.watch.window[0] - now
         waits = [max(low, WATCH_POLL)]

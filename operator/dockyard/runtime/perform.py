@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from dockyard import planning
 from dockyard.planning import Cause
+from dockyard.planning.decide import IAAS_ONLY
 from dockyard.planning.memory import DISK_ACTION_KINDS, Failure, Outcome
 from dockyard.planning.observation import ContainerObservation
 from dockyard.providers import (
@@ -28,7 +29,7 @@ from dockyard.providers import (
     ProviderError,
     TransientError,
 )
-from dockyard.providers.base import TAG_ORPHANED_AT, TAG_SNAPSHOT
+from dockyard.providers.base import TAG_ORPHANED_AT, TAG_SNAPSHOT, VMState
 from dockyard.runtime.engine import HookFailedError, ObservedContainer
 from dockyard.runtime.world import (
     ENGINE_ERRORS,
@@ -146,6 +147,10 @@ class Performer:
 
     def perform(self, action: planning.Action) -> Outcome:
         """Do ``action``; an Outcome either way (and an ActionRecord for Events)."""
+        if action.kind not in IAAS_ONLY and self._booting(action.index):
+            # A VM made in this pass is still booting (a cloud VM installing its engine): what
+            # needs its engine waits for a later pass (held while it boots), without a back-off.
+            return Outcome(action, Failure.CANCELLED, "its VM is booting")
         try:
             record, found = self._do(action)
         except InPlaceResizeUnsupportedError as error:
@@ -169,6 +174,10 @@ class Performer:
         self._record(record)
         seen = container_observation(found) if found is not None else None
         return Outcome(action, container=seen)
+
+    def _booting(self, index: int) -> bool:
+        vm = self._instance(index).vm
+        return vm is not None and vm.state is VMState.PENDING
 
     def _record(self, record: ActionRecord) -> None:
         with self._guard:
