@@ -72,8 +72,9 @@ PAUSED_MESSAGE = "paused (dockyard.dev/paused): nothing is done until it is resu
 PAUSED_RECHECK = 5.0  # meltdown, resurrection disabled: look again this often
 BOOT_RECHECK = 5.0  # a VM booting from user data (its engine not up yet): look again this often
 # What runs on the IaaS alone, not on a VM's engine: it need not wait for a booting VM.
+# (CreateDisk attaches and mounts the new disk too: it waits.)
 IAAS_ONLY = frozenset(
-    {"CreateVM", "DeleteVM", "CreateDisk", "DeleteDisk", "DetachDisk", "OrphanDisk", "AdoptDisk"}
+    {"CreateVM", "DeleteVM", "DeleteDisk", "DetachDisk", "OrphanDisk", "AdoptDisk"}
 )
 WATCH_POLL = 0.25
 
