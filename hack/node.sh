@@ -212,6 +212,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: 1%, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
 maxPods: 30
+podLogsDir: $NODE_DIR/logs/pods
 YAML
   start kubelet "$bin_dir/kubelet" --config "$NODE_DIR/kubelet.yaml" \
     --kubeconfig "$NODE_DIR/kubelet.kubeconfig" --hostname-override "$NODE_NAME" \
@@ -245,6 +246,7 @@ down() {
     for id in $(ctr_ containers ls -q); do ctr_ tasks rm -f "$id" >/dev/null 2>&1 || true; ctr_ containers rm "$id" >/dev/null 2>&1 || true; done
   fi
   stop containerd
+  rm -rf "$NODE_DIR/logs/pods"  # of pods that are gone
   local mount_point
   # Deepest first; lazily: a pod's mount may still be released by its dying processes.
   for mount_point in $(awk -v d="$NODE_DIR/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r); do
