@@ -24,8 +24,11 @@ start() {
   if running "$name"; then
     [[ "$(cat "$name.args" 2>/dev/null)" == "$*" ]] && return 0
     log "restarting $name: its binary or flags changed"
-    kill "$(cat "$name.pid")"
-    wait_until 30 "$name to stop" bash -c "! kill -0 $(cat "$name.pid")"
+    local pid; pid=$(cat "$name.pid")
+    kill "$pid"
+    # As down.sh: 10 s to stop (an apiserver whose etcd just restarted may hang on), then KILL.
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
   fi
   log "starting $name"
   nohup "$@" >"logs/$name.log" 2>&1 &
