@@ -8,6 +8,7 @@ import base64
 import datetime
 import gzip
 import logging
+import socket
 import subprocess
 import time
 import uuid
@@ -399,3 +400,33 @@ def test_gce_boots_the_newest_image_of_the_debian_family(
         assert gce_fake.all_instances() == []
     finally:
         provider.close()
+
+
+def test_aws_vms_booting_at_once_are_probed_side_by_side(
+    aws: Any, moto: MotoServer, publish_ami: Any
+) -> None:
+    """Each probe of a booting VM may wait seconds (an address that takes the connection and
+    says nothing): a look at many booting VMs costs about one probe, not one per VM."""
+    publish_ami("debian-12-amd64-20250601-2100", owner=DEBIAN_OWNER, created="2025-06-01T00:00:00")
+    with socket.socket() as silent:  # accepts, never speaks TLS
+        silent.bind(("0.0.0.0", 0))
+        silent.listen(16)
+        provider = aws(docker_port=str(silent.getsockname()[1]))
+        vms = [
+            provider.create_vm(
+                VMSpec(tags={"owner-uid": "p", "index": str(i)}, stemcell="debian-12")
+            )
+            for i in range(4)
+        ]
+        first = {vm.address.split(".")[0] for vm in vms if vm.address}
+        assert len(first) == 1
+        (octet,) = first
+        # every VM's private address leads to this host (127/8 is all loopback)
+        moto.rewrite_next("DescribeInstances", f">{octet}.", ">127.", times=100)
+        started = time.monotonic()
+        found = provider.find_vms({"owner-uid": "p"})
+        elapsed = time.monotonic() - started
+        assert [vm.state for vm in found] == [VMState.PENDING] * 4
+        assert all(vm.address and vm.address.startswith("127.") for vm in found)
+        assert 2.5 < elapsed < 7.0, elapsed  # one 3 s probe timeout, not four
+        moto.clear()

@@ -44,7 +44,12 @@ from dockyard.providers.base import (
     VMSpec,
     VMState,
 )
-from dockyard.providers.dockertls import DEFAULT_PORT, DockerTLS, user_data_secrets
+from dockyard.providers.dockertls import (
+    DEFAULT_PORT,
+    DockerTLS,
+    map_probing,
+    user_data_secrets,
+)
 from dockyard.providers.options import (
     check_known,
     option_bool,
@@ -408,7 +413,12 @@ class AWSProvider:
                     found.extend(reservation.get("Instances", []))
         matching = [i for i in found if wanted.items() <= self._tags_of(i.get("Tags")).items()]
         matching.sort(key=lambda i: (i.get("LaunchTime", _EPOCH), i["InstanceId"]))
-        return [self._vm(i, probe=probe) for i in matching]
+        return map_probing(matching, self._probing, lambda i: self._vm(i, probe=probe))
+
+    def _probing(self, instance: InstanceTypeDef) -> bool:
+        tags = self._tags_of(instance.get("Tags"))
+        running = instance["State"]["Name"] == "running"
+        return running and ENGINE_NAME_TAG in tags and ENGINE_READY_TAG not in tags
 
     def _stock_ami(self, image: bootstrap.StockImage) -> str:
         """The newest available AMI of a stock image in the region (looked up once an hour)."""

@@ -18,6 +18,7 @@ Two ways to trust an engine:
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import datetime
 import json
 import os
@@ -25,10 +26,10 @@ import shutil
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.tls
@@ -37,6 +38,8 @@ import requests.adapters
 from dockyard.providers import engineca
 from dockyard.providers.base import PermanentError, TransientError
 
+T = TypeVar("T")
+R = TypeVar("R")
 CA_KEY = "docker_tls_ca"
 CERT_KEY = "docker_tls_cert"
 KEY_KEY = "docker_tls_key"
@@ -55,6 +58,17 @@ class VMCertificate:
     ca_pem: str
     cert_pem: str
     key_pem: str = field(repr=False)
+
+
+def map_probing(
+    items: Sequence[T], probing: Callable[[T], bool], build: Callable[[T], R]
+) -> list[R]:
+    """``build`` of each item, side by side when more than one needs an engine probe (VMs
+    booting at once: each probe may wait seconds for an address that does not answer yet)."""
+    if sum(1 for item in items if probing(item)) < 2:
+        return [build(item) for item in items]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(build, items))
 
 
 def user_data_secrets(user_data: bytes, key_pem: str) -> list[str]:

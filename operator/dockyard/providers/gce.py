@@ -57,7 +57,12 @@ from dockyard.providers.base import (
     VMSpec,
     VMState,
 )
-from dockyard.providers.dockertls import DEFAULT_PORT, DockerTLS, user_data_secrets
+from dockyard.providers.dockertls import (
+    DEFAULT_PORT,
+    DockerTLS,
+    map_probing,
+    user_data_secrets,
+)
 from dockyard.providers.options import (
     check_known,
     option_float,
@@ -563,7 +568,13 @@ class GCEProvider:
         wanted = self._labels(tags)
         matching = [i for i in found if wanted.items() <= dict(i.labels).items()]
         matching.sort(key=lambda i: (i.creation_timestamp, i.name))
-        return [self._vm(i, probe=probe) for i in matching]
+        return map_probing(matching, self._probing, lambda i: self._vm(i, probe=probe))
+
+    @staticmethod
+    def _probing(instance: compute_v1.Instance) -> bool:
+        keys = {item.key for item in instance.metadata.items}
+        running = instance.status == "RUNNING"
+        return running and ENGINE_NAME_KEY in keys and ENGINE_READY_KEY not in keys
 
     def create_vm(self, spec: VMSpec) -> VM:
         labels = self._labels(spec.tags)
