@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from dockyard.providers.redaction import MASK, protect, redact
+from dockyard.providers.redaction import MASK, protect, protected, redact
 
 
 @pytest.mark.parametrize("logger", ["kopf.objects", "dockyard.handlers.job", "botocore.endpoint"])
@@ -37,3 +37,16 @@ def test_every_line_of_a_multi_line_secret_is_masked() -> None:
     key = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n-----END KEY-----"
     protect([key])
     assert "MIIEvQIBADANBgkqhkiG9w0B" not in redact("line MIIEvQIBADANBgkqhkiG9w0B in a trace")
+
+
+def test_a_value_protected_for_a_call_is_masked_during_it_only() -> None:
+    """A VM's key in the request that creates it: masked while it is sent, not kept for good
+    (one per VM would pile up); what was protected for good stays so."""
+    lasting = f"lasting-{uuid.uuid4().hex}"
+    protect([lasting])
+    key = f"-----BEGIN PRIVATE KEY-----\nkey-{uuid.uuid4().hex}\n-----END PRIVATE KEY-----"
+    line = key.splitlines()[1]
+    with protected([key, lasting]):
+        assert redact(f"body={line} {lasting}") == f"body={MASK} {MASK}"
+    assert redact(f"body={line}") == f"body={line}"
+    assert redact(lasting) == MASK

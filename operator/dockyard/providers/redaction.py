@@ -47,7 +47,8 @@ class _RedactingFilter(logging.Filter):
         self._secrets: frozenset[str] = frozenset()
         self._lock = threading.Lock()
 
-    def add(self, values: Iterable[str]) -> None:
+    def add(self, values: Iterable[str]) -> frozenset[str]:
+        """Mask these values (and each of their lines); returns those that were new."""
         candidates = {
             line.strip()
             for value in values
@@ -55,13 +56,14 @@ class _RedactingFilter(logging.Filter):
             if len(line.strip()) >= MIN_SECRET_LENGTH
         }
         with self._lock:
-            if not candidates <= self._secrets:
-                self._secrets = self._secrets | candidates
+            new = frozenset(candidates - self._secrets)
+            if new:
+                self._secrets = self._secrets | new
+            return new
 
-    def remove(self, values: Iterable[str]) -> None:
-        gone = {line.strip() for value in values for line in (value, *value.splitlines())}
+    def remove(self, secrets: frozenset[str]) -> None:
         with self._lock:
-            self._secrets = self._secrets - gone
+            self._secrets = self._secrets - secrets
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -111,12 +113,12 @@ def protect(values: Iterable[str]) -> None:
 def protected(values: Iterable[str]) -> Iterator[None]:
     """Mask ``values`` while the block runs (a VM's key while the request that carries it is
     sent and logged): secrets of one call do not pile up in the filter for good."""
-    kept = list(values)
-    protect(kept)
+    new = _FILTER.add(values)  # only these go again: a value masked for good stays masked
+    protect(())
     try:
         yield
     finally:
-        _FILTER.remove(kept)
+        _FILTER.remove(new)
 
 
 def redact(text: str) -> str:
