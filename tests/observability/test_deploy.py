@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.observability.conftest import REPO, RULES, one, run, tool
+from tests.observability.conftest import REPO, RULES, kustomize, one, run, tool
 
 NAMESPACE = "dockyard-system"
 KINDS = ("deployments", "jobs", "persistentdisks", "disksnapshots")
@@ -234,3 +234,36 @@ def test_prometheus_rule_embeds_the_rules_file_and_promtool_accepts_it(
     extracted.write_text(yaml.safe_dump(rule["spec"]))
     result = run(tool("promtool", "prometheus"), "check", "rules", str(extracted))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_local_overlay_is_the_base_with_the_hosts_engine_root_and_devices(
+    base_objects: list[dict[str, Any]],
+) -> None:
+    """deploy/local/: the same objects, the operator root and privileged beside the node's
+    Docker (socket, the provider's default root with its mounts shared both ways, /dev) in a
+    privileged namespace; nothing else differs from the base's Deployment."""
+    from dockyard.providers.local.provider import DEFAULT_ROOT
+
+    local = kustomize(REPO / "deploy" / "local")
+
+    def names(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        return sorted((o["kind"], o["metadata"]["name"]) for o in objects)
+
+    assert names(local) == names(base_objects)
+    labels = one(local, "Namespace", NAMESPACE)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    deployment, container = _operator(local)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 0
+    assert container["securityContext"]["privileged"] is True
+    assert "capabilities" not in container["securityContext"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    for path in ("/var/run/docker.sock", DEFAULT_ROOT, "/dev"):
+        assert volumes[mounts[path]["name"]]["hostPath"]["path"] == path
+    assert mounts[DEFAULT_ROOT]["mountPropagation"] == "Bidirectional"
+    assert mounts["/tmp"]["name"] == "tmp"  # the base's writable /tmp stays
+
+    _, base_container = _operator(base_objects)
+    for key in ("image", "args", "env", "ports", "livenessProbe", "readinessProbe"):
+        assert container[key] == base_container[key], key
