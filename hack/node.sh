@@ -150,7 +150,7 @@ shared_mount() { # that mount alone, not the ones below it; made private again a
 }
 
 up() {
-  apt_install containerd runc containernetworking-plugins iptables openssl
+  apt_install containerd runc containernetworking-plugins iptables iproute2 procps openssl
   bash "$HACK_DIR/controlplane/up.sh" >/dev/null
   local bin_dir; bin_dir=$(bash "$HACK_DIR/controlplane/build.sh")
   mkdir -p "$NODE_DIR"/{logs,kubelet,containerd}
