@@ -42,8 +42,16 @@ from dockyard.providers import bootstrap, engineca
 from dockyard.providers.aws import ENGINE_NAME_TAG, ENGINE_READY_TAG, AWSProvider
 from dockyard.providers.base import STAND_IN_FLAGS, VMSpec, VMState
 from dockyard.providers.dockertls import DockerTLS
+from dockyard.providers.gce import ENGINE_READY_KEY, USER_DATA_KEY, GCEProvider
 from tests.conftest import REPO, WORKLOAD_IMAGE, _locked, _run_script
-from tests.providers.conftest import DEBIAN_OWNER, MotoServer, aws_config, aws_leftovers
+from tests.providers.conftest import (
+    DEBIAN_OWNER,
+    MotoServer,
+    aws_config,
+    aws_leftovers,
+    gce_config,
+)
+from tests.providers.gce_fake import GCEFake
 
 pytestmark = pytest.mark.e2e
 
@@ -156,6 +164,31 @@ class LocalVM:
         self.host.api.remove_container(self.id, force=True, v=True)
 
 
+def _vm_image(host: docker.DockerClient) -> tuple[str, str, bool]:
+    """The image the "VM" boots from: the stock rootfs (cold), or the VM this boot script made
+    before (warm); the cache tag; whether it is cold."""
+    stock = _stock_image()
+    key = hashlib.sha256(
+        (bootstrap.boot_script(2376) + host.images.get(stock).id).encode()
+    ).hexdigest()[:12]
+    cached = f"{CACHE_REPOSITORY}:{key}"
+    cold = bool(os.environ.get("DOCKYARD_COLD_BOOT"))
+    try:
+        host.images.get(cached)
+    except docker.errors.ImageNotFound:
+        cold = True
+    return (stock if cold else cached), cached, cold
+
+
+def _keep(host: docker.DockerClient, local: LocalVM, cached: str) -> None:
+    """Cache the booted VM for warm runs; older scripts' VMs go."""
+    local.bake(cached)
+    for image in host.images.list(CACHE_REPOSITORY):
+        for tag in image.tags:
+            if tag != cached:
+                host.images.remove(tag)
+
+
 def _user_data(ec2: Any, vm_id: str) -> tuple[bytes, dict[str, Any]]:
     attribute = ec2.describe_instance_attribute(InstanceId=vm_id, Attribute="userData")
     raw = base64.b64decode(attribute["UserData"]["Value"])
@@ -199,18 +232,7 @@ def test_a_stock_debian_boots_into_an_engine_the_provider_reaches_over_mutual_tl
     }
     provider = AWSProvider(aws_config(moto, scope, credentials=credentials))
 
-    stock = _stock_image()
-    key = hashlib.sha256(
-        (bootstrap.boot_script(2376) + host.images.get(stock).id).encode()
-    ).hexdigest()[:12]
-    cached = f"{CACHE_REPOSITORY}:{key}"
-    cold = bool(os.environ.get("DOCKYARD_COLD_BOOT"))
-    try:
-        host.images.get(cached)
-    except docker.errors.ImageNotFound:
-        cold = True
-    vm_image = stock if cold else cached
-
+    vm_image, cached, cold = _vm_image(host)
     local: LocalVM | None = None
     try:
         vm = provider.create_vm(
@@ -314,11 +336,7 @@ def test_a_stock_debian_boots_into_an_engine_the_provider_reaches_over_mutual_tl
         moto.clear()
 
         if cold:
-            local.bake(cached)
-            for image in host.images.list(CACHE_REPOSITORY):  # older scripts' VMs go
-                for tag in image.tags:
-                    if tag != cached:
-                        host.images.remove(tag)
+            _keep(host, local, cached)
     finally:
         moto.clear()
         if local is not None:
@@ -327,3 +345,66 @@ def test_a_stock_debian_boots_into_an_engine_the_provider_reaches_over_mutual_tl
             provider.delete_vm(made.id)
         provider.close()
     assert aws_leftovers(ec2, scope) == []
+
+
+def test_gce_boots_the_same_way_from_the_debian_family(
+    host: docker.DockerClient, gce_fake: GCEFake
+) -> None:
+    """The GCE provider's side of the same path: the user data in the instance's metadata, the
+    VM pending until its engine answers (then marked ready in its metadata), the engine reached
+    by name; another VM's address leading here is refused."""
+    gce_fake.add_image(
+        "debian-cloud", "debian-12-bookworm-v20250610", "debian-12", created="2025-06-10T00:00:00Z"
+    )
+    ca = engineca.generate_ca(datetime.datetime.now(datetime.UTC))
+    credentials = {engineca.CA_CERT_KEY: ca.cert_pem, engineca.CA_KEY_KEY: ca.key_pem}
+    vm_image, cached, cold = _vm_image(host)
+    local = LocalVM(host, vm_image)
+    provider = GCEProvider(
+        gce_config(gce_fake, f"t-{uuid.uuid4().hex[:10]}", credentials=credentials)
+    )
+    try:
+        local.run(
+            "sh",
+            "-c",
+            f"mkdir -p /etc/docker && echo '{INNER_DAEMON_JSON}' >/etc/docker/daemon.json",
+        )
+        gce_fake.network_ips = iter([local.address, local.address])  # both VMs' addresses: here
+        vm = provider.create_vm(VMSpec(tags={"owner-uid": "g", "index": "0"}, stemcell="debian-12"))
+        other = provider.create_vm(
+            VMSpec(tags={"owner-uid": "g", "index": "1"}, stemcell="debian-12")
+        )
+
+        def metadata(name: str) -> dict[str, str]:
+            (found,) = [i for i in gce_fake.all_instances() if i["name"] == name]
+            return {item["key"]: item["value"] for item in found["metadata"]["items"]}
+
+        assert provider.vm_state(vm.id) is VMState.PENDING
+        code, output = local.apply_user_data(yaml.safe_load(metadata(vm.id)[USER_DATA_KEY]))
+        assert code == 0, output[-3000:]
+        assert provider.vm_state(vm.id) is VMState.RUNNING
+        assert metadata(vm.id).get(ENGINE_READY_KEY)
+        engine = provider.docker_client(vm.id)
+        try:
+            engine.images.load(b"".join(host.images.get(WORKLOAD_IMAGE).save(named=True)))
+            out = engine.containers.run(WORKLOAD_IMAGE, ["echo", "hello from GCE"], remove=True)
+            assert out.decode().strip() == "hello from GCE"
+        finally:
+            engine.close()
+        assert provider.vm_state(other.id) is VMState.PENDING  # its name is not this engine's
+        stranger = provider.docker_client(other.id)
+        try:
+            with pytest.raises(
+                requests.exceptions.SSLError, match=r"(?i)hostname mismatch|doesn't match"
+            ):
+                stranger.ping()
+        finally:
+            stranger.close()
+        if cold:
+            _keep(host, local, cached)
+    finally:
+        local.remove()
+        for made in provider.find_vms({}, probe=False):
+            provider.delete_vm(made.id)
+        provider.close()
+    assert gce_fake.all_instances() == []
