@@ -156,7 +156,12 @@ class JobReconciler:
         if announce is not None:
             announce(
                 JobReport(
-                    observation, decision.verdict, [], acting=True, commands=intent.job.commands
+                    observation,
+                    decision.verdict,
+                    [],
+                    acting=True,
+                    commands=intent.job.commands,
+                    vm_config=intent.job.vm_config,
                 )
             )
         performer = Performer(
