@@ -413,7 +413,8 @@ class AWSProvider:
                     found.extend(reservation.get("Instances", []))
         matching = [i for i in found if wanted.items() <= self._tags_of(i.get("Tags")).items()]
         matching.sort(key=lambda i: (i.get("LaunchTime", _EPOCH), i["InstanceId"]))
-        return map_probing(matching, self._probing, lambda i: self._vm(i, probe=probe))
+        probing = self._probing if probe else lambda _: False
+        return map_probing(matching, probing, lambda i: self._vm(i, probe=probe))
 
     def _probing(self, instance: InstanceTypeDef) -> bool:
         tags = self._tags_of(instance.get("Tags"))
@@ -452,7 +453,7 @@ class AWSProvider:
         name = required(
             name,
             "spec.provider.options.image_id",
-            "an AMI, or a stock image such as debian-12, unless the job names its stemcell",
+            "an AMI, or a stock image such as debian-12, unless the Deployment names its stemcell",
         )
         stock = bootstrap.stock_image(name)
         if stock is None:

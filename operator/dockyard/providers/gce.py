@@ -552,7 +552,8 @@ class GCEProvider:
         name = required(
             name,
             "spec.provider.options.image",
-            "an image URL, or a stock image such as debian-12, unless the job names its stemcell",
+            "an image URL, or a stock image such as debian-12, unless the Deployment names "
+            "its stemcell",
         )
         stock = bootstrap.stock_image(name)
         if stock is None:
@@ -568,7 +569,8 @@ class GCEProvider:
         wanted = self._labels(tags)
         matching = [i for i in found if wanted.items() <= dict(i.labels).items()]
         matching.sort(key=lambda i: (i.creation_timestamp, i.name))
-        return map_probing(matching, self._probing, lambda i: self._vm(i, probe=probe))
+        probing = self._probing if probe else lambda _: False
+        return map_probing(matching, probing, lambda i: self._vm(i, probe=probe))
 
     @staticmethod
     def _probing(instance: compute_v1.Instance) -> bool:
