@@ -176,6 +176,10 @@ class Provider(Protocol):
     #: Capabilities this provider's VMs cannot give their containers (local VMs on a host that
     #: refuses --privileged lack SYS_RESOURCE): a privileged container gets every other one.
     withheld_capabilities: frozenset[str]
+    # Optional, read with getattr (not part of the protocol, so plug-ins need not have it):
+    # ``vm_config_salt: str``, what else than stemcell and machine type the provider makes VMs
+    # from (aws/gce: the engine CA's fingerprint). The runtime folds it into each VM's recorded
+    # config, so a change of it replaces the VMs through the rollout like a new stemcell.
 
     def create_vm(self, spec: VMSpec) -> VM: ...
 
