@@ -86,6 +86,7 @@ OPTIONS = {
 # folders under /run/dockyard-local/<root hash> instead.
 MAX_ROOT_FOR_SOCKETS = 64
 SHORT_RUN_ROOT = Path("/run/dockyard-local")
+ADDRESS_ATTEMPTS = 3  # a VM whose address another process took at the same time picks again
 
 _STATES = {
     "running": VMState.RUNNING,
@@ -202,6 +203,14 @@ class LocalProvider:
         self.disks = DiskStore(self.root / "disks")
         self.snapshots = DiskStore(self.root / "snapshots")  # point-in-time copies of disks
         self._lock = RootLock(self.root / ".lock")
+        # What this process is making: instances (tags) and the addresses it gave out, so threads
+        # that create VMs side by side, outside the root's lock, never make one instance twice
+        # nor pick one address twice. Another process that picks the same address meanwhile
+        # fails to start its VM ("Address already in use") and picks again.
+        self._claims = threading.Condition()
+        self._creating: set[tuple[tuple[str, str], ...]] = set()
+        self._given: dict[str, str] = {}  # address -> VM id, until this process removes the VM
+        self._network_seen: tuple[ipaddress.IPv4Network | None, str | None] | None = None
         try:
             self.client = docker.from_env(timeout=60)
         except docker.errors.DockerException as error:
@@ -264,25 +273,36 @@ class LocalProvider:
         result: dict[str, Any] = self.client.api.inspect_network(self.network)
         return result
 
-    def _free_address(self, subnet: ipaddress.IPv4Network, gateway: str | None) -> str:
-        used = {gateway.split("/")[0]} if gateway else {str(next(subnet.hosts()))}
+    def _addresses_in_use(self) -> set[str]:
         with _docker_call(f"listing the containers on {self.network}"):
             found = self.client.api.containers(all=True, filters={"network": self.network})
-        for entry in found:
-            address = _Summary(entry).address(self.network)
-            if address:
-                used.add(address.split("/")[0])
-        for host in subnet.hosts():
-            if str(host) not in used:
-                return str(host)
+        addresses = (_Summary(entry).address(self.network) for entry in found)
+        return {address.split("/")[0] for address in addresses if address}
+
+    def _give_address(
+        self, vm_id: str, subnet: ipaddress.IPv4Network, gateway: str | None, in_use: set[str]
+    ) -> str:
+        """The first address neither listed nor given out by this process; held for ``vm_id``."""
+        taken = in_use | ({gateway.split("/")[0]} if gateway else {str(next(subnet.hosts()))})
+        with self._claims:
+            taken |= set(self._given)
+            for host in subnet.hosts():
+                if str(host) not in taken:
+                    self._given[str(host)] = vm_id
+                    return str(host)
         raise TransientError(f"network {self.network} ({subnet}) has no free address left")
+
+    def _take_back_address(self, vm_id: str) -> None:
+        with self._claims:
+            for address in [a for a, owner in self._given.items() if owner == vm_id]:
+                del self._given[address]
 
     def _release_plumbing_if_idle(self) -> None:
         """With no VM and no disk left, the root's network and shared mount go too, so a clean
         root leaves nothing on the host. A disk keeps them: a VM will come for it (a resurrection
         deletes the last VM and makes the next at once; tearing down and rebuilding the network
         in between cost it ~0.3 s)."""
-        if self.disks.all():
+        if self.disks.all() or self._creating:
             return
         with _docker_call("listing VMs"):
             if self.client.api.containers(all=True, filters={"label": self._root_filter()}):
@@ -294,6 +314,7 @@ class LocalProvider:
             # Ours, or one an older Dockyard made without a root label (and a subnet of ours).
             if labels.get(LABEL_ROOT, self.root_id) == self.root_id and LABEL_NETWORK in labels:
                 self.client.api.remove_network(self.network)
+                self._network_seen = None
         if mounts_under(self.shared):
             run("umount", str(self.shared))
         shutil.rmtree(self.shared, ignore_errors=True)
@@ -377,20 +398,53 @@ class LocalProvider:
     def create_vm(self, spec: VMSpec) -> VM:
         tags = _check_tags(spec.tags)
         stemcell = spec.stemcell or self.default_stemcell
-        # Outside the root's lock: what only reads (100 VMs made at once queue on that lock).
         self._check_stemcell(stemcell)
         flags = self._flags(stemcell)
-        with self._lock.held():  # only the naming and addressing: VMs boot side by side
-            same = [vm for vm in self.find_vms(tags) if dict(vm.tags) == tags]
-            vm_id = same[0].id if same else self._create_vm(tags, stemcell, spec.metadata, flags)
+        instance = tuple(sorted(tags.items()))
+        with self._claims:  # a second caller for one instance waits, then finds the first's VM
+            self._claims.wait_for(lambda: instance not in self._creating)
+            self._creating.add(instance)
+        try:
+            # No Docker call under the root's lock: 100 VMs made at once would queue on it.
+            vm_id = self._find_or_create_vm(tags, stemcell, spec.metadata, flags)
+        finally:
+            with self._claims:
+                self._creating.discard(instance)
+                self._claims.notify_all()
         summary = self._inspect(vm_id)
-        if summary.status == "created" and not same:
-            self._boot(vm_id)
-            summary = self._inspect(vm_id)
         if summary.status == "running":
             self._wait_for_engine(vm_id)
             summary = self._inspect(vm_id)
         return self._vm(summary)
+
+    def _find_or_create_vm(
+        self,
+        tags: Mapping[str, str],
+        stemcell: str,
+        metadata: Mapping[str, str],
+        flags: Mapping[str, Any],
+    ) -> str:
+        for attempt in range(1, ADDRESS_ATTEMPTS + 1):
+            same = [vm for vm in self.find_vms(tags) if dict(vm.tags) == tags]
+            if same:
+                return same[0].id
+            with self._lock.held():  # the root's network and mount: made once, cheap after
+                self._ensure_shared_mount()
+                subnet, gateway = self._network_seen or self._ensure_network()
+                self._network_seen = subnet, gateway
+            vm_id = f"dyvm-{uuid.uuid4().hex[:12]}"
+            try:
+                self._create_vm(vm_id, tags, stemcell, metadata, flags, subnet, gateway)
+                self._boot(vm_id)
+            except TransientError as error:
+                text = str(error)
+                if "Address already in use" in text and attempt < ADDRESS_ATTEMPTS:
+                    continue  # another process picked the same address: pick again
+                if "not found" in text and "network" in text:
+                    self._network_seen = None  # removed by another process: made again next time
+                raise
+            return vm_id
+        raise AssertionError("unreachable")
 
     def _check_stemcell(self, stemcell: str) -> None:
         try:
@@ -404,14 +458,14 @@ class LocalProvider:
 
     def _create_vm(
         self,
+        vm_id: str,
         tags: Mapping[str, str],
         stemcell: str,
         metadata: Mapping[str, str],
         flags: Mapping[str, Any],
-    ) -> str:
-        self._ensure_shared_mount()
-        subnet, gateway = self._ensure_network()
-        vm_id = f"dyvm-{uuid.uuid4().hex[:12]}"
+        subnet: ipaddress.IPv4Network | None,
+        gateway: str | None,
+    ) -> None:
         run_dir = self._vm_dir(vm_id) / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metadata.json").write_text(json.dumps(dict(metadata), sort_keys=True))
@@ -432,7 +486,9 @@ class LocalProvider:
         )
         if "privileged" not in flags:  # the stand-in: systempaths=unconfined as well
             host_config["MaskedPaths"], host_config["ReadonlyPaths"] = [], []
-        address = self._free_address(subnet, gateway) if subnet is not None else None
+        address = None
+        if subnet is not None:
+            address = self._give_address(vm_id, subnet, gateway, self._addresses_in_use())
         try:
             with _docker_call(f"creating VM {vm_id}"):
                 try:
@@ -446,7 +502,6 @@ class LocalProvider:
         except BaseException:
             self._discard(vm_id)
             raise
-        return vm_id
 
     def _create_container(
         self,
@@ -471,7 +526,7 @@ class LocalProvider:
             networking_config=api.create_networking_config(
                 {self.network: api.create_endpoint_config(ipv4_address=address)}
             ),
-        )  # started by _boot, outside the root's lock: VMs boot side by side
+        )
 
     def _boot(self, vm_id: str) -> None:
         try:
@@ -485,6 +540,7 @@ class LocalProvider:
         """What a create cut short left: the container, its engine's volume, its folders."""
         self._remove_container(vm_id)
         self._remove_volume(vm_id)
+        self._take_back_address(vm_id)
         shutil.rmtree(self._vm_dir(vm_id), ignore_errors=True)
         with contextlib.suppress(OSError):
             (self.shared / vm_id).rmdir()
@@ -543,6 +599,7 @@ class LocalProvider:
             self._remove_container(vm_id)
         # Also when the container was removed behind our back (its engine's volume stays).
         self._remove_volume(vm_id)
+        self._take_back_address(vm_id)
         with self._lock.held():
             for record in self.disks.all():
                 if record.attached_to == vm_id:
@@ -680,9 +737,9 @@ class LocalProvider:
             return self._disk(record)
 
     def attach_disk(self, vm_id: str, disk_id: str) -> Attachment:
-        with self._lock.held():
+        self._inspect(vm_id)
+        with self._lock.held():  # who holds the disk is settled here, the mount made outside
             record = self._record(disk_id)
-            self._inspect(vm_id)
             holder = record.attached_to
             if holder not in (None, vm_id):
                 if self.vm_state(holder) is not VMState.MISSING:
@@ -692,10 +749,15 @@ class LocalProvider:
                 self._detach(record)  # its VM is gone: take the disk over
             self._ensure_shared_mount()
             mount_point = self.shared / vm_id / disk_id
-            device = self.disks.mount(record, mount_point)
             record.attached_to, record.mount_point = vm_id, str(mount_point)
             self.disks.save(record)
-            return Attachment(device=device, mount_path=f"{DISK_ROOT_IN_VM}/{disk_id}")
+        try:
+            device = self.disks.mount(record, mount_point)
+        except BaseException:
+            with self._lock.held():
+                self._detach(self._record(disk_id))
+            raise
+        return Attachment(device=device, mount_path=f"{DISK_ROOT_IN_VM}/{disk_id}")
 
     def _detach(self, record: DiskRecord) -> None:
         self.disks.unmount(record)
