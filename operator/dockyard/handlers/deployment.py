@@ -6,6 +6,7 @@ previous is Ready at its new generation (BOSH's serial instance groups).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 DEPLOYMENT_LABEL = "dockyard.dev/deployment"
 _PASSED_ON = "commands_passed_on"  # a Deployment's memo: the commands last passed to its Jobs
 JOB_LABEL = "dockyard.dev/job"
+ROLL_UP_RETRY_FIRST, ROLL_UP_RETRY_MAX = 0.5, 30.0
 
 
 def job_object_name(deployment: str, job: str) -> str:
@@ -297,10 +299,21 @@ def _not_ready(deployment: Deployment, by_job: dict[str | None, dict[str, Any]])
 
 
 async def _roll_up(fleet: Fleet, group: tuple[str, str]) -> None:
-    """The board settled again: the Deployment may be Ready now (no Job event may follow)."""
-    parent = await kube.get("deployments", *group)
-    if parent is not None:
-        await reconcile_deployment(parent, fleet)
+    """A Job changed, or the board settled again: the Deployment may be Ready now. While the
+    API is away this tries again with a back-off: no Job event may follow to do it later."""
+    delay = ROLL_UP_RETRY_FIRST
+    while True:
+        try:
+            parent = await kube.get("deployments", *group)
+            if parent is not None:
+                await reconcile_deployment(parent, fleet)
+            return
+        except Exception as error:
+            log.warning(
+                "rolling up Deployment %s/%s failed (again in %.1fs): %s", *group, delay, error
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, ROLL_UP_RETRY_MAX)
 
 
 def _fleet(memo: kopf.Memo) -> Fleet:
@@ -342,12 +355,10 @@ async def job_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: A
     """A child changed (kopf keeps no diff of status, so this follows raw watch events): roll
     its status up, continue a serial rollout. (Its cross-job dependents learn of its containers
     from the fleet's board, not from here.)"""
-    if type is None:  # the initial listing; resume handlers cover it
-        return
+    # A listing (type None) too: after the watch reconnects, a change made while it was away
+    # shows only there (at the operator's start the Deployment's resume handler does the same).
     namespace = body.metadata.namespace or ""
     deployment_name = body.get("metadata", {}).get("labels", {}).get(DEPLOYMENT_LABEL)
     if not deployment_name:
         return
-    parent = await kube.get("deployments", namespace, deployment_name)
-    if parent is not None:
-        await reconcile_deployment(parent, _fleet(memo))
+    await _roll_up(_fleet(memo), (namespace, deployment_name))
