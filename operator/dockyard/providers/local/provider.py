@@ -304,6 +304,9 @@ class LocalProvider:
         in between cost it ~0.3 s)."""
         if self.disks.all() or self._creating:
             return
+        with contextlib.suppress(OSError):
+            if any(self.vms_root.iterdir()):  # a VM being made (or one gone that left its folder)
+                return
         with _docker_call("listing VMs"):
             if self.client.api.containers(all=True, filters={"label": self._root_filter()}):
                 return
@@ -428,20 +431,21 @@ class LocalProvider:
             same = [vm for vm in self.find_vms(tags) if dict(vm.tags) == tags]
             if same:
                 return same[0].id
-            with self._lock.held():  # the root's network and mount: made once, cheap after
+            vm_id = f"dyvm-{uuid.uuid4().hex[:12]}"
+            with self._lock.held():  # the root's network and mount, made once; cheap after
                 self._ensure_shared_mount()
                 subnet, gateway = self._network_seen or self._ensure_network()
                 self._network_seen = subnet, gateway
-            vm_id = f"dyvm-{uuid.uuid4().hex[:12]}"
+                # The VM's folder says "a VM is here" to any process about to release the
+                # network and mount (the container is made after the lock).
+                (self._vm_dir(vm_id) / "run").mkdir(parents=True, exist_ok=True)
             try:
                 self._create_vm(vm_id, tags, stemcell, metadata, flags, subnet, gateway)
                 self._boot(vm_id)
             except TransientError as error:
-                text = str(error)
-                if "Address already in use" in text and attempt < ADDRESS_ATTEMPTS:
+                self._network_seen = None  # another process may have made it again, otherwise
+                if "Address already in use" in str(error) and attempt < ADDRESS_ATTEMPTS:
                     continue  # another process picked the same address: pick again
-                if "not found" in text and "network" in text:
-                    self._network_seen = None  # removed by another process: made again next time
                 raise
             return vm_id
         raise AssertionError("unreachable")
@@ -824,9 +828,7 @@ class LocalProvider:
                 self.delete_disk(record.id)
             for record in self.snapshots.all():
                 self.snapshots.delete(record)
-            for mount_point in mounts_under(self.root):
-                if mount_point != str(self.shared):
-                    run("umount", "--lazy", mount_point)
+            self._unmount_all()
             for device, backing in loop_devices().items():
                 if backing.startswith(f"{self.root}/"):
                     run("losetup", "--detach", device)
@@ -835,10 +837,21 @@ class LocalProvider:
             for volume in volumes.get("Volumes") or []:
                 with contextlib.suppress(docker.errors.NotFound):
                     self.client.api.remove_volume(volume["Name"], force=True)
-            self._release_plumbing_if_idle()
+            # The folders first: a VM's folder keeps the network and mount.
             shutil.rmtree(self.vms_root, ignore_errors=True)
+            self._release_plumbing_if_idle()
             for leftover in (self.root / "disks").glob("*.tmp"):
                 leftover.unlink(missing_ok=True)
+
+    def _unmount_all(self) -> None:
+        """Every mount below the root, deepest first, the shared folder's bind last. A mount made
+        on the folder under that bind (while it was away) shows only once the bind is gone."""
+        for _ in range(3):
+            for mount_point in mounts_under(self.root):
+                with contextlib.suppress(TransientError):  # covered, or gone with a parent
+                    run("umount", "--lazy", mount_point)
+            if not mounts_under(self.root):
+                return
 
     def leftovers(self) -> list[str]:
         """Everything of this root still on the host, human-readable; empty when clean."""
