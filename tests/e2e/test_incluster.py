@@ -238,7 +238,8 @@ def test_the_operator_runs_in_cluster_from_deploy_and_a_standby_takes_over(
             pods = _operator_pods(kubectl)
             return len(pods) == 2 and all(_privileged(p) for p in pods)
 
-        wait_for(rolled_out, timeout=45, what="deploy/local/ rolled out, the old Pods gone")
+        # Under the Pods' 60 s grace period: a standby that ignored SIGTERM would be still there.
+        wait_for(rolled_out, timeout=55, what="deploy/local/ rolled out, the old Pods gone")
         wait_for(lambda: _active_pod(kubectl), timeout=60, what="an active operator Pod")
         wait_for(lambda: _standby_pods(kubectl), timeout=60, what="a standby operator Pod")
         print(f"deploy/local/: rolled out in {time.monotonic() - started:.1f} s")
