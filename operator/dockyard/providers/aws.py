@@ -48,7 +48,6 @@ from dockyard.providers.dockertls import (
     DEFAULT_PORT,
     DockerTLS,
     map_probing,
-    user_data_secrets,
 )
 from dockyard.providers.options import (
     check_known,
@@ -481,22 +480,12 @@ class AWSProvider:
         }
         secrets: list[str] = []
         if self._tls.issuing:
-            certificate = self._tls.issue_for_vm()
-            all_tags[ENGINE_NAME_TAG] = certificate.name
-            all_tags[ENGINE_CA_TAG] = certificate.ca_fingerprint
+            boot = self._tls.boot_for_vm(bootstrap.EC2_USER_DATA_LIMIT)
+            all_tags[ENGINE_NAME_TAG] = boot.certificate.name
+            all_tags[ENGINE_CA_TAG] = boot.certificate.ca_fingerprint
             request["TagSpecifications"][0]["Tags"] = self._tag_list(all_tags)
-            try:
-                user_data = bootstrap.user_data(
-                    ca_pem=certificate.ca_pem,
-                    cert_pem=certificate.cert_pem,
-                    key_pem=certificate.key_pem,
-                    port=self._tls.port,
-                    limit=bootstrap.EC2_USER_DATA_LIMIT,
-                )
-            except ValueError as error:
-                raise PermanentError(f"user data: {error}") from None
-            secrets = user_data_secrets(user_data, certificate.key_pem)
-            request["UserData"] = user_data  # boto3 base64-encodes it
+            secrets = boot.secrets
+            request["UserData"] = boot.user_data  # boto3 base64-encodes it
         if self.subnet_id:
             request["SubnetId"] = self.subnet_id
         else:

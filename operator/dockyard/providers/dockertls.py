@@ -35,7 +35,7 @@ import docker
 import docker.tls
 import requests.adapters
 
-from dockyard.providers import engineca
+from dockyard.providers import bootstrap, engineca
 from dockyard.providers.base import PermanentError, TransientError
 
 T = TypeVar("T")
@@ -58,6 +58,16 @@ class VMCertificate:
     ca_pem: str
     cert_pem: str
     key_pem: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class VMBoot:
+    """What a new VM boots with: its certificate, the user data that installs its engine with it,
+    and what of that to mask while the request carrying it is sent."""
+
+    certificate: VMCertificate
+    user_data: bytes = field(repr=False)
+    secrets: list[str] = field(repr=False)
 
 
 def map_probing(
@@ -167,6 +177,21 @@ class DockerTLS:
             cert_pem=issued.cert_pem,
             key_pem=issued.key_pem,
         )
+
+    def boot_for_vm(self, limit: int) -> VMBoot:
+        """A new VM's certificate and its user data (at most ``limit`` bytes, the IaaS's)."""
+        certificate = self.issue_for_vm()
+        try:
+            user_data = bootstrap.user_data(
+                ca_pem=certificate.ca_pem,
+                cert_pem=certificate.cert_pem,
+                key_pem=certificate.key_pem,
+                port=self.port,
+                limit=limit,
+            )
+        except ValueError as error:
+            raise PermanentError(f"user data: {error}") from None
+        return VMBoot(certificate, user_data, user_data_secrets(user_data, certificate.key_pem))
 
     def _folder(self) -> Path:
         if self._dir is None:

@@ -61,7 +61,6 @@ from dockyard.providers.dockertls import (
     DEFAULT_PORT,
     DockerTLS,
     map_probing,
-    user_data_secrets,
 )
 from dockyard.providers.options import (
     check_known,
@@ -620,22 +619,12 @@ class GCEProvider:
         ]
         metadata.append(compute_v1.Items(key=TAGS_METADATA_KEY, value=json.dumps(dict(spec.tags))))
         if self._tls.issuing:
-            certificate = self._tls.issue_for_vm()
-            try:
-                user_data = bootstrap.user_data(
-                    ca_pem=certificate.ca_pem,
-                    cert_pem=certificate.cert_pem,
-                    key_pem=certificate.key_pem,
-                    port=self._tls.port,
-                    limit=GCE_METADATA_VALUE_LIMIT,
-                )
-            except ValueError as error:
-                raise PermanentError(f"user data: {error}") from None
-            secrets += user_data_secrets(user_data, certificate.key_pem)
+            boot = self._tls.boot_for_vm(GCE_METADATA_VALUE_LIMIT)
+            secrets += boot.secrets
             metadata += [
-                compute_v1.Items(key=USER_DATA_KEY, value=user_data.decode()),
-                compute_v1.Items(key=ENGINE_NAME_KEY, value=certificate.name),
-                compute_v1.Items(key=ENGINE_CA_KEY, value=certificate.ca_fingerprint),
+                compute_v1.Items(key=USER_DATA_KEY, value=boot.user_data.decode()),
+                compute_v1.Items(key=ENGINE_NAME_KEY, value=boot.certificate.name),
+                compute_v1.Items(key=ENGINE_CA_KEY, value=boot.certificate.ca_fingerprint),
             ]
         interface = compute_v1.NetworkInterface(network=self.network)
         if self.subnetwork:
