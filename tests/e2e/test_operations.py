@@ -20,7 +20,7 @@ import pytest
 
 from dockyard.handlers.desired import commands_fingerprint
 from dockyard.providers import ProviderConfig, make_provider
-from dockyard.providers.base import TAG_INDEX, TAG_OWNER_UID, TAG_VM_CONFIG
+from dockyard.providers.base import TAG_DISK, TAG_INDEX, TAG_OWNER_UID, TAG_VM_CONFIG
 from dockyard.runtime.world import vm_fingerprint
 from tests.conftest import REPO, Kubectl
 from tests.e2e.conftest import GetObject
@@ -107,6 +107,13 @@ def in_db(local: Any, uid: str, index: int, command: str) -> str:
 
 def drains(local: Any, uid: str, index: int) -> int:
     return int(in_db(local, uid, index, "cat /data/drains 2>/dev/null | wc -l").strip())
+
+
+def disks_of(local: Any, namespace: str) -> set[str]:
+    """The namespace's disks (the other test worker's come and go in the same provider root)."""
+    return {
+        d.id for d in local.find_disks({}) if d.tags.get(TAG_DISK, "").startswith(f"{namespace}.")
+    }
 
 
 def data(local: Any, uid: str, index: int) -> str:
@@ -365,12 +372,12 @@ def test_each_instance_command_does_what_it_says_and_nothing_else(
     assert {i: v.id for i, v in vms(local, uid).items()} == vm_ids
 
     # recreate one instance: a new VM for it only, its disk and data kept
-    disks = {d.id for d in local.find_disks({})}
+    disks = disks_of(local, namespace)
     checksum = data(local, uid, 0)
     vm_ids, _ = step("recreate", "ic-db/0")
     now_ids = {i: v.id for i, v in vms(local, uid).items()}
     assert now_ids[0] != vm_ids[0] and now_ids[1] == vm_ids[1]
-    assert {d.id for d in local.find_disks({})} == disks and data(local, uid, 0) == checksum
+    assert disks_of(local, namespace) == disks and data(local, uid, 0) == checksum
 
     # stop: containers stopped, VM kept; start: running again
     vm_ids, _ = step("stop", "ic-db/1")
@@ -384,7 +391,7 @@ def test_each_instance_command_does_what_it_says_and_nothing_else(
 
     # stop --hard: the VM goes, the disk stays; start: a new VM with the same disk
     vm_ids, _ = step("stop", "ic-db/1", "--hard")
-    assert 1 not in vms(local, uid) and {d.id for d in local.find_disks({})} == disks
+    assert 1 not in vms(local, uid) and disks_of(local, namespace) == disks
     step("start", "ic-db/1")
     assert vms(local, uid)[1].id != vm_ids[1]
 

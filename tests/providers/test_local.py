@@ -361,6 +361,25 @@ def test_after_deleting_everything_nothing_is_left(tmp_path: Path) -> None:
         own.close()
 
 
+def test_vms_are_made_after_another_process_released_the_roots_network(tmp_path: Path) -> None:
+    """Two operators on one root: when one removes the last VM, the network goes; the other's
+    next VM must bring it back (a remembered network let the container be made, never started)."""
+    own = make_local_provider(tmp_path)
+    other = LocalProvider(ProviderConfig(type="local", options={"root": str(tmp_path)}))
+    try:
+        first = own.create_vm(VMSpec(tags=tags()))
+        other.delete_vm(first.id)
+        assert not any(item.startswith("network ") for item in local_leftovers(own))
+        second = own.create_vm(VMSpec(tags=tags()))
+        assert own.vm_state(second.id) is VMState.RUNNING
+        own.delete_vm(second.id)
+        assert local_leftovers(own) == []
+    finally:
+        purge_local(own)
+        other.close()
+        own.close()
+
+
 def test_local_cleanup_script_leaves_nothing(tmp_path: Path) -> None:
     own = make_local_provider(tmp_path)
     try:

@@ -210,7 +210,6 @@ class LocalProvider:
         self._claims = threading.Condition()
         self._creating: set[tuple[tuple[str, str], ...]] = set()
         self._given: dict[str, str] = {}  # address -> VM id, until this process removes the VM
-        self._network_seen: tuple[ipaddress.IPv4Network | None, str | None] | None = None
         try:
             self.client = docker.from_env(timeout=60)
         except docker.errors.DockerException as error:
@@ -317,7 +316,6 @@ class LocalProvider:
             # Ours, or one an older Dockyard made without a root label (and a subnet of ours).
             if labels.get(LABEL_ROOT, self.root_id) == self.root_id and LABEL_NETWORK in labels:
                 self.client.api.remove_network(self.network)
-                self._network_seen = None
         if mounts_under(self.shared):
             run("umount", str(self.shared))
         shutil.rmtree(self.shared, ignore_errors=True)
@@ -432,10 +430,11 @@ class LocalProvider:
             if same:
                 return same[0].id
             vm_id = f"dyvm-{uuid.uuid4().hex[:12]}"
-            with self._lock.held():  # the root's network and mount, made once; cheap after
+            # The root's network and mount, made again when another process released them (not
+            # remembered: a network removed meanwhile lets a container be made, not started).
+            with self._lock.held():
                 self._ensure_shared_mount()
-                subnet, gateway = self._network_seen or self._ensure_network()
-                self._network_seen = subnet, gateway
+                subnet, gateway = self._ensure_network()
                 # The VM's folder says "a VM is here" to any process about to release the
                 # network and mount (the container is made after the lock).
                 (self._vm_dir(vm_id) / "run").mkdir(parents=True, exist_ok=True)
@@ -443,7 +442,6 @@ class LocalProvider:
                 self._create_vm(vm_id, tags, stemcell, metadata, flags, subnet, gateway)
                 self._boot(vm_id)
             except TransientError as error:
-                self._network_seen = None  # another process may have made it again, otherwise
                 if "Address already in use" in str(error) and attempt < ADDRESS_ATTEMPTS:
                     continue  # another process picked the same address: pick again
                 raise
