@@ -64,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_run(run: argparse.ArgumentParser) -> None:
+    _add_scope(run)
+    _add_serving(run)
+    run.set_defaults(func=_run)
+
+
+def _add_scope(run: argparse.ArgumentParser) -> None:
+    """What this replica acts on, and when: namespaces, a shard's selector, the leader lease."""
     run.add_argument(
         "--namespace",
         action="append",
@@ -99,6 +106,10 @@ def _add_run(run: argparse.ArgumentParser) -> None:
         default=0,
         help="serve /livez (the process runs) and /readyz (active and ready) here (0: off)",
     )
+
+
+def _add_serving(run: argparse.ArgumentParser) -> None:
+    """Its endpoints, action pools and the policy for namespaces without a level."""
     run.add_argument(
         "--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)"
     )
@@ -133,7 +144,6 @@ def _add_run(run: argparse.ArgumentParser) -> None:
         help="a VM directory baseline lets bindVolumes.hostPath use, with what is below it "
         "(repeatable; default: /var/vcap/data; also DOCKYARD_ALLOWED_HOST_PATHS=a:b)",
     )
-    run.set_defaults(func=_run)
 
 
 if __name__ == "__main__":

@@ -164,15 +164,7 @@ class JobReconciler:
                     vm_config=intent.job.vm_config,
                 )
             )
-        performer = Performer(
-            self.world,
-            seen,
-            {want.name: want for want in desired.containers},
-            desired.stemcell,
-            desired.machine_type,
-            desired.commands.recreate,
-            desired.skip_drain,
-        )
+        performer = self._performer(desired, seen)
         graph = order(decision.actions, intent.job)
         self.execution = Execution(graph, performer.perform, self.pool)  # kept: cancel() finds it
         decided = self.clock()
@@ -192,12 +184,18 @@ class JobReconciler:
             graph.depth(),
             self.clock() - executed,
         )
-        final = _report(observation, after, intent)
-        final.records = report.records + performer.records + final.records
-        for slot, (count, oom) in report.engine_restarts.items():
-            more, oom_after = final.engine_restarts.get(slot, (0, False))
-            final.engine_restarts[slot] = (count + more, oom or oom_after)
-        return final
+        return _after_acting(report, performer.records, _report(observation, after, intent))
+
+    def _performer(self, desired: JobDesired, seen: dict[int, InstanceWorld]) -> Performer:
+        return Performer(
+            self.world,
+            seen,
+            {want.name: want for want in desired.containers},
+            desired.stemcell,
+            desired.machine_type,
+            desired.commands.recreate,
+            desired.skip_drain,
+        )
 
     def _decide(self, intent: JobIntent, observation: JobObservation) -> Decision:
         decision = decide(intent, observation, self.memory, self.clock())
@@ -296,6 +294,15 @@ def _teardown(
                     log.warning("detaching the disk %s: %s", disk.id, error)
             if disks == "orphan" and TAG_ORPHANED_AT not in disk.tags:
                 world.provider.set_disk_metadata(disk.id, {TAG_ORPHANED_AT: orphan_stamp()})
+
+
+def _after_acting(before: JobReport, acted: list[ActionRecord], final: JobReport) -> JobReport:
+    """The report of a pass that acted: what it did, and the engines' restarts of both looks."""
+    final.records = before.records + acted + final.records
+    for slot, (count, oom) in before.engine_restarts.items():
+        more, oom_after = final.engine_restarts.get(slot, (0, False))
+        final.engine_restarts[slot] = (count + more, oom or oom_after)
+    return final
 
 
 def _report(observation: JobObservation, decision: Decision, intent: JobIntent) -> JobReport:
