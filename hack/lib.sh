@@ -3,6 +3,9 @@ set -euo pipefail
 
 DOCKYARD_CACHE="${DOCKYARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dockyard}"
 DOCKYARD_STATE="${DOCKYARD_STATE:-/var/lib/dockyard}"
+# The local control plane: its state folder and the apiserver's port (hack/controlplane, hack/node.sh).
+CP_DIR="${DOCKYARD_CONTROLPLANE_DIR:-$DOCKYARD_STATE/controlplane}"
+API_PORT="${DOCKYARD_API_PORT:-16443}"
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$HACK_DIR/.." && pwd)"
 

@@ -3,7 +3,6 @@
 # --purge also deletes etcd's data and the certificates.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-CP_DIR="${DOCKYARD_CONTROLPLANE_DIR:-$DOCKYARD_STATE/controlplane}"
 for name in kube-controller-manager kube-apiserver etcd; do
   pidfile="$CP_DIR/$name.pid"
   [[ -f $pidfile ]] || continue

@@ -5,9 +5,7 @@
 # binary and flags is reused, what runs with others is restarted. Prints the admin kubeconfig path.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-CP_DIR="${DOCKYARD_CONTROLPLANE_DIR:-$DOCKYARD_STATE/controlplane}"
 ETCD_PORT="${DOCKYARD_ETCD_PORT:-12379}"
-API_PORT="${DOCKYARD_API_PORT:-16443}"
 KCM_PORT="${DOCKYARD_KCM_PORT:-20257}"
 KUBECONFIG_OUT="$CP_DIR/admin.kubeconfig"
 
