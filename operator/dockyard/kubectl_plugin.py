@@ -208,7 +208,7 @@ def container_on_vm(kubectl: Kubectl, job_name: str, index: int, name: str | Non
         name = names[0]
     if name not in names:
         raise PluginError(f"name a container of {job_name}: {', '.join(names)}")
-    if not entry.get("vmId"):
+    if not entry.get("vmId") or entry.get("state") == "missing":
         raise PluginError(f"instance {job_name}/{index} has no VM ({entry.get('state', '?')})")
     spec = parse_job(job).spec.provider
     provider = make_provider(provider_config(spec, _secrets(kubectl, job)))

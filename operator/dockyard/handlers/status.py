@@ -69,7 +69,7 @@ def job_status(
     return {
         "observedGeneration": generation,
         "observedCommands": commands_fingerprint(job.metadata.annotations),
-        "replicas": sum(1 for i in instances if "vmId" in i),
+        "replicas": sum(1 for i in instances if report.observation.instances[i["index"]].has_vm),
         "readyInstances": verdict.ready_instances,
         "instances": instances,
         "conditions": kstatus(
@@ -121,6 +121,11 @@ def _instance(
         if seen.address:
             instance["address"] = seen.address
         instance.update(_made_from(job, seen, old, report.vm_config))
+    elif old.get("vmId") and instance["state"] != "stopped-hard":
+        # Gone from the IaaS behind our back: remembered until a VM replaces it, so a pass
+        # whose clean-up of it failed is followed by one that resurrects it again (deletes
+        # what it left: volumes, folders, attachments), not by one that makes a new instance.
+        instance["vmId"] = old["vmId"]
     if seen.disk is not None:
         instance["disk"] = f"{job.metadata.name}-{index}"
     return instance

@@ -548,8 +548,20 @@ class LocalProvider:
             (self.shared / vm_id).rmdir()
 
     def _remove_container(self, vm_id: str) -> None:
-        with contextlib.suppress(docker.errors.NotFound), _docker_call(f"removing VM {vm_id}"):
-            self.client.api.remove_container(vm_id, force=True, v=True)
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                with _docker_call(f"removing VM {vm_id}"):
+                    self.client.api.remove_container(vm_id, force=True, v=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except TransientError as error:
+                # Someone else is removing it (`docker rm -f` by hand): done in a moment, and
+                # its engine's volume can go only after it.
+                if "already in progress" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def _remove_volume(self, vm_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound), _docker_call(f"removing volume {vm_id}"):
