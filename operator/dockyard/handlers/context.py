@@ -373,9 +373,12 @@ def spec_problem(job: Job) -> str:
 
 
 async def _namespace_labels(fleet: Fleet, job: Job) -> dict[str, str] | None:
-    """The Job's namespace's labels; None when they cannot be read (the default level then).
-    One read per namespace and refresh period, whatever the number of its Jobs."""
-    namespace = job.metadata.namespace or ""
+    return await cached_namespace_labels(fleet, job.metadata.namespace or "")
+
+
+async def cached_namespace_labels(fleet: Fleet, namespace: str) -> dict[str, str] | None:
+    """A namespace's labels; None when they cannot be read (the default level then). One read
+    per namespace and refresh period, whatever the number of its Jobs and Deployments."""
     cached = fleet.namespace_labels.get(namespace)
     if cached is not None and time.monotonic() - cached[0] < SECRETS_REFRESH / 2:
         return cached[1]

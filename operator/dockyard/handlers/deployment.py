@@ -20,6 +20,7 @@ from dockyard.api.policy import violations
 from dockyard.api.selector import SHARD_LABEL, inherited
 from dockyard.api.validation import FieldError, validate_spec
 from dockyard.handlers import kube, shard
+from dockyard.handlers.context import cached_namespace_labels
 from dockyard.handlers.desired import (
     DEPLOYMENT_WIDE,
     PAUSED,
@@ -133,7 +134,7 @@ async def reconcile_deployment(body: dict[str, Any], fleet: Fleet) -> None:
             return
 
         wanted = {job.name for job in deployment.spec.jobs}
-        for job_name, job in existing.items():
+        for job_name, job in list(existing.items()):
             if job_name not in wanted:
                 kopf.info(
                     kube.as_body(body),
@@ -141,14 +142,16 @@ async def reconcile_deployment(body: dict[str, Any], fleet: Fleet) -> None:
                     message=f"job {job_name} left the spec",
                 )
                 await kube.delete("jobs", namespace, job["metadata"]["name"])
+                del existing[job_name]
 
         for index, template in enumerate(deployment.spec.jobs):
             current = await _apply_job(deployment, body, index, existing.get(template.name))
             if current is None:
                 continue  # paused before it was made
+            existing[template.name] = current  # as made or patched: no second listing
             if deployment.spec.update.serial and not _ready_at_generation(current):
                 break  # later jobs wait for this one (the Job's status change wakes us)
-        children = await kube.list_("jobs", namespace, f"{DEPLOYMENT_LABEL}={name}")
+        children = list(existing.values())
         await _publish(deployment, body, children, stalled="", fleet=fleet)
         metrics.set_deployment_ready(namespace, name, _all_ready(deployment, children))
         del generation
@@ -210,12 +213,7 @@ def _all_ready(deployment: Deployment, children: list[dict[str, Any]]) -> bool:
 
 async def _policy_violations(deployment: Deployment, fleet: Fleet) -> list[FieldError]:
     """What the namespace's policy level refuses: no Job is made or changed for it."""
-    namespace = deployment.metadata.namespace or ""
-    try:
-        labels: dict[str, str] | None = await kube.namespace_labels(namespace)
-    except kube.ApiException as error:
-        log.warning("reading namespace %s for its policy level: %s", namespace, error)
-        labels = None
+    labels = await cached_namespace_labels(fleet, deployment.metadata.namespace or "")
     return violations(deployment.spec, fleet.policy.level_of(labels), fleet.policy)
 
 
@@ -298,22 +296,43 @@ def _not_ready(deployment: Deployment, by_job: dict[str | None, dict[str, Any]])
     return waiting
 
 
+_WAITING_ROLL_UPS: set[tuple[str, str]] = set()
+
+
 async def _roll_up(fleet: Fleet, group: tuple[str, str]) -> None:
     """A Job changed, or the board settled again: the Deployment may be Ready now. While the
-    API is away this tries again with a back-off: no Job event may follow to do it later."""
-    delay = ROLL_UP_RETRY_FIRST
-    while True:
-        try:
-            parent = await kube.get("deployments", *group)
-            if parent is not None:
-                await reconcile_deployment(parent, fleet)
-            return
-        except Exception as error:
-            log.warning(
-                "rolling up Deployment %s/%s failed (again in %.1fs): %s", *group, delay, error
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, ROLL_UP_RETRY_MAX)
+    API is away this tries again with a back-off: no Job event may follow to do it later.
+
+    At most one roll-up per Deployment waits behind the running one: it reads the Deployment
+    and its Jobs when it starts, so it covers every change that asked for one meanwhile (a
+    ramp of 100 instances otherwise read every Job of the namespace once per status write)."""
+    if group in _WAITING_ROLL_UPS:
+        return
+    _WAITING_ROLL_UPS.add(group)
+    started = False
+    try:
+        async with fleet.lock(("roll-up", *group)):
+            _WAITING_ROLL_UPS.discard(group)
+            started = True
+            delay = ROLL_UP_RETRY_FIRST
+            while True:
+                try:
+                    parent = await kube.get("deployments", *group)
+                    if parent is not None:
+                        await reconcile_deployment(parent, fleet)
+                    return
+                except Exception as error:
+                    log.warning(
+                        "rolling up Deployment %s/%s failed (again in %.1fs): %s",
+                        *group,
+                        delay,
+                        error,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, ROLL_UP_RETRY_MAX)
+    finally:
+        if not started:  # cancelled while waiting
+            _WAITING_ROLL_UPS.discard(group)
 
 
 def _fleet(memo: kopf.Memo) -> Fleet:

@@ -106,6 +106,12 @@ _flags_cache: dict[str, dict[str, Any]] = {}
 _flags_lock = threading.Lock()
 
 
+# A few VM removals at once, not the whole action pool: Docker 20.10.24 (Debian's) can deadlock
+# when containers leave a network while it processes another endpoint's removal from the same
+# network (moby/libnetwork#2649, fixed by #2679 after 20.10.24); 100 at once hung it here.
+_REMOVALS = threading.BoundedSemaphore(4)
+
+
 @contextlib.contextmanager
 def _docker_call(what: str) -> Iterator[None]:
     """Docker API hiccups (and a host engine that is down) are worth retrying."""
@@ -551,7 +557,7 @@ class LocalProvider:
         deadline = time.monotonic() + 30.0
         while True:
             try:
-                with _docker_call(f"removing VM {vm_id}"):
+                with _REMOVALS, _docker_call(f"removing VM {vm_id}"):
                     self.client.api.remove_container(vm_id, force=True, v=True)
                 return
             except docker.errors.NotFound:
