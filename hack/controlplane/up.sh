@@ -57,8 +57,10 @@ SAN
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 fi
 
-write_kubeconfig() { # file user
-  cat >"$1" <<KC
+write_kubeconfig() { # file user; replaced in one rename, and only when it changes: tests and
+  # kubectl read it while another up.sh runs (a truncated file sends kubectl to localhost:8080)
+  local temporary="$1.$$"
+  cat >"$temporary" <<KC
 apiVersion: v1
 kind: Config
 clusters:
@@ -76,6 +78,7 @@ contexts:
   context: {cluster: dockyard-local, user: $2, namespace: default}
 current-context: dockyard-local
 KC
+  if cmp -s "$temporary" "$1"; then rm -f "$temporary"; else mv -f "$temporary" "$1"; fi
 }
 write_kubeconfig "$KUBECONFIG_OUT" admin
 write_kubeconfig "$CP_DIR/controller-manager.kubeconfig" controller-manager

@@ -81,7 +81,8 @@ async def ensure_disk(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 async def delete_disk(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A hand-made disk with reclaimPolicy Delete goes with its record; so does an orphaned
     one (``kubectl delete dypd <orphan>``: now, not at expiry). A Job's other records: the Job
-    deletes its disks itself (scale-down, teardown)."""
+    deletes its disks itself (scale-down, teardown); deleted while the Job is torn down too
+    (the namespace goes), the record waits for the teardown to orphan or keep its disk."""
     namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     labels = body.get("metadata", {}).get("labels", {})
     if labels.get(ORPHANED_LABEL) == "true":
@@ -90,7 +91,16 @@ async def delete_disk(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if labels.get(REPLACED_LABEL) == "true":  # a migrated disk's old one: now, not at expiry
         await _delete_replaced(fleet_of(memo), body)
         return
-    if labels.get("dockyard.dev/job"):
+    job_name = labels.get("dockyard.dev/job")
+    if job_name:
+        job = await kube.get("jobs", namespace, job_name)
+        going = job is not None and bool(job["metadata"].get("deletionTimestamp"))
+        if job is not None and (going or await kube.namespace_terminating(namespace)):
+            # Deleted with its Job (`kubectl delete namespace`, which may delete the records
+            # first): the Job's teardown says whether the disk is kept (Retain) or orphaned,
+            # and an orphan whose record goes goes with it. Gone first, the record left the
+            # disk on the IaaS with no record at all.
+            raise kopf.TemporaryError(f"waiting for the teardown of Job {job_name}", delay=2)
         return
     disk = parse_persistent_disk(body)
     if disk.spec.reclaim_policy != "Delete":

@@ -184,6 +184,21 @@ async def read_config_map(namespace: str, name: str) -> dict[str, str]:
     return await _run(call)
 
 
+async def namespace_terminating(name: str) -> bool:
+    """The namespace is being deleted (or is gone)."""
+
+    def call() -> bool:
+        try:
+            found = core().read_namespace(name)
+        except ApiException as error:
+            if error.status == 404:
+                return True
+            raise
+        return bool(found.metadata and found.metadata.deletion_timestamp)
+
+    return await _run(call)
+
+
 async def namespace_labels(name: str) -> dict[str, str]:
     """A namespace's labels (its policy level among them)."""
 
