@@ -29,6 +29,7 @@ def _run(args: argparse.Namespace) -> int:
         os.environ["DOCKYARD_SELECTOR"] = args.selector
     from dockyard.planning.lease import LeaseTimings
 
+    _raise_open_files_limit()
     duration = args.lease_duration
     try:
         timings = LeaseTimings(duration, duration * 2 / 3, duration / 3, min(1.0, duration / 6))
@@ -44,6 +45,20 @@ def _run(args: argparse.Namespace) -> int:
         probe_port=args.probe_port,
         lease_timings=timings,
     )
+
+
+def _raise_open_files_limit() -> None:
+    """Up to the hard limit, as Go programs do: each VM holds ~20 sockets (its engine's client
+    and event stream), and the soft limit of many shells (1024) stopped the operator at ~50."""
+    import contextlib
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        # Above the kernel's nr_open the call fails: what we have is kept.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def main(argv: list[str] | None = None) -> int:
