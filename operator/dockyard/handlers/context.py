@@ -114,7 +114,9 @@ class JobRuntime:
         runtime.secrets = secrets
         runtime.config_maps = await _read_config_maps(job)
         runtime._secrets_read = (time.monotonic(), job.metadata.generation or 0)
-        runtime.namespace_labels = await _namespace_labels(fleet, job)
+        runtime.namespace_labels = await cached_namespace_labels(
+            fleet, job.metadata.namespace or ""
+        )
         if job.status.observed_generation != job.metadata.generation:
             runtime._offer(starting_status(job, datetime.now(UTC)))
         return runtime
@@ -333,7 +335,7 @@ class JobRuntime:
         # ConfigMaps are not re-read here: their watch tells when one changes.
         try:
             fresh = await _read_secrets(job)
-            labels = await _namespace_labels(self.fleet, job)
+            labels = await cached_namespace_labels(self.fleet, job.metadata.namespace or "")
         except Exception as error:  # the API is away: the cache serves on
             log.warning("re-reading the Secrets of Job %s failed: %s", self.ref[1], error)
             self._secrets_read = (time.monotonic(), self._secrets_read[1])
@@ -370,10 +372,6 @@ def spec_problem(job: Job) -> str:
     naming the field: nothing is done for it until it is mended."""
     problems = [str(e) for e in validate_spec(job.spec, job_name=job.metadata.name)]
     return "; ".join(problems + instance_commands(job)[2])
-
-
-async def _namespace_labels(fleet: Fleet, job: Job) -> dict[str, str] | None:
-    return await cached_namespace_labels(fleet, job.metadata.namespace or "")
 
 
 async def cached_namespace_labels(fleet: Fleet, namespace: str) -> dict[str, str] | None:

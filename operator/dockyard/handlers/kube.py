@@ -186,24 +186,20 @@ async def read_config_map(namespace: str, name: str) -> dict[str, str]:
 
 async def namespace_terminating(name: str) -> bool:
     """The namespace is being deleted (or is gone)."""
-
-    def call() -> bool:
-        try:
-            found = core().read_namespace(name)
-        except ApiException as error:
-            if error.status == 404:
-                return True
-            raise
-        return bool(found.metadata and found.metadata.deletion_timestamp)
-
-    return await _run(call)
+    found = await _run(lambda: _read_namespace(name))
+    return found is None or bool(found.metadata and found.metadata.deletion_timestamp)
 
 
 async def namespace_labels(name: str) -> dict[str, str]:
-    """A namespace's labels (its policy level among them)."""
+    """A namespace's labels (its policy level among them); none when it is gone."""
+    found = await _run(lambda: _read_namespace(name))
+    return dict((found.metadata.labels if found and found.metadata else None) or {})
 
-    def call() -> dict[str, str]:
-        found = core().read_namespace(name)
-        return dict((found.metadata.labels if found.metadata else None) or {})
 
-    return await _run(call)
+def _read_namespace(name: str) -> Any:
+    try:
+        return core().read_namespace(name)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
