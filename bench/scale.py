@@ -295,15 +295,12 @@ def main() -> None:
             "operator_cpu_seconds_to_ready": round(process_facts(pid)["cpu_seconds"] - ramp_cpu, 1),
         }
         if args.baseline:
-            result["ready_over_scripted_workload"] = round(
-                result["all_ready_seconds"]
-                / max(result["baseline_scripted_workload_seconds"], 0.1),
-                2,
-            )
-            result["ready_over_baseline"] = round(
-                result["all_ready_seconds"] / max(result["baseline_bare_vms_booted_seconds"], 0.1),
-                2,
-            )
+            ready = result["all_ready_seconds"]
+            for ratio, baseline in (
+                ("ready_over_scripted_workload", "baseline_scripted_workload_seconds"),
+                ("ready_over_baseline", "baseline_bare_vms_booted_seconds"),
+            ):
+                result[ratio] = round(ready / max(result[baseline], 0.1), 2)
         log(
             f"{vms} VMs Ready in {result['all_ready_seconds']} s, the operator's CPU "
             f"{result['operator_cpu_seconds_to_ready']} s"

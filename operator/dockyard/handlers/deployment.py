@@ -296,43 +296,42 @@ def _not_ready(deployment: Deployment, by_job: dict[str | None, dict[str, Any]])
     return waiting
 
 
-_WAITING_ROLL_UPS: set[tuple[str, str]] = set()
-
-
 async def _roll_up(fleet: Fleet, group: tuple[str, str]) -> None:
-    """A Job changed, or the board settled again: the Deployment may be Ready now. While the
-    API is away this tries again with a back-off: no Job event may follow to do it later.
+    """A Job changed, or the board settled again: the Deployment may be Ready now.
 
     At most one roll-up per Deployment waits behind the running one: it reads the Deployment
     and its Jobs when it starts, so it covers every change that asked for one meanwhile (a
     ramp of 100 instances otherwise read every Job of the namespace once per status write)."""
-    if group in _WAITING_ROLL_UPS:
+    if group in fleet.roll_ups_waiting:
         return
-    _WAITING_ROLL_UPS.add(group)
-    started = False
+    fleet.roll_ups_waiting.add(group)
+    lock = fleet.lock(("roll-up", *group))
     try:
-        async with fleet.lock(("roll-up", *group)):
-            _WAITING_ROLL_UPS.discard(group)
-            started = True
-            delay = ROLL_UP_RETRY_FIRST
-            while True:
-                try:
-                    parent = await kube.get("deployments", *group)
-                    if parent is not None:
-                        await reconcile_deployment(parent, fleet)
-                    return
-                except Exception as error:
-                    log.warning(
-                        "rolling up Deployment %s/%s failed (again in %.1fs): %s",
-                        *group,
-                        delay,
-                        error,
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, ROLL_UP_RETRY_MAX)
+        await lock.acquire()
     finally:
-        if not started:  # cancelled while waiting
-            _WAITING_ROLL_UPS.discard(group)
+        fleet.roll_ups_waiting.discard(group)
+    try:
+        await _roll_up_until_done(fleet, group)
+    finally:
+        lock.release()
+
+
+async def _roll_up_until_done(fleet: Fleet, group: tuple[str, str]) -> None:
+    """While the API is away this tries again with a back-off: no Job event may follow to do
+    it later."""
+    delay = ROLL_UP_RETRY_FIRST
+    while True:
+        try:
+            parent = await kube.get("deployments", *group)
+            if parent is not None:
+                await reconcile_deployment(parent, fleet)
+            return
+        except Exception as error:
+            log.warning(
+                "rolling up Deployment %s/%s failed (again in %.1fs): %s", *group, delay, error
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, ROLL_UP_RETRY_MAX)
 
 
 def _fleet(memo: kopf.Memo) -> Fleet:

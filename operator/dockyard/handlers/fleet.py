@@ -46,6 +46,8 @@ class Fleet:
         self.fence = fence
         # namespace -> (monotonic time read, its labels): one read serves all its Jobs a while.
         self.namespace_labels: dict[str, tuple[float, dict[str, str]]] = {}
+        # Deployments with a roll-up waiting behind the running one (one covers every ask).
+        self.roll_ups_waiting: set[Group] = set()
         self.policy = policy or Policy()
         # The CA of aws/gce VMs' engines (a Secret in the operator's namespace).
         self.engine_ca = EngineCAStore()
